@@ -1,0 +1,147 @@
+"""Loading MedSAM2 checkpoints: the official ``{"model": state_dict}`` file, weights only, strict.
+
+Every failure is a :class:`CheckpointError` whose message is a sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Mapping
+
+import torch
+
+from .config import MEDSAM2_T512, MedSAM2Config
+from .model.medsam2 import MedSAM2
+
+CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
+CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository
+CHECKPOINT_URL = f"https://huggingface.co/{CHECKPOINT_REPOSITORY}/resolve/main/{CHECKPOINT_FILENAME}"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, unsafe or of another architecture."""
+
+
+def cache_directory() -> Path:
+    """Per-user folder for downloaded weights (``MEDSAM2_CACHE_DIR`` overrides it)."""
+    if os.environ.get("MEDSAM2_CACHE_DIR"):
+        return Path(os.environ["MEDSAM2_CACHE_DIR"])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "medsam2"
+
+
+def default_checkpoint_path() -> Path:
+    return cache_directory() / CHECKPOINT_FILENAME
+
+
+def missing_checkpoint_message(path: Path) -> str:
+    return (
+        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
+        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
+    )
+
+
+def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
+    """The state_dict of an official checkpoint file, read without executing any code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(missing_checkpoint_message(path))
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() or "weights_only" in str(error):
+            raise CheckpointError(
+                f"Refused to load {path}: besides weights it contains Python objects that would run code "
+                f"when unpickled. Nothing from it was executed. Use the official {CHECKPOINT_FILENAME}."
+            ) from error
+        raise CheckpointError(_damaged_message(path, error)) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(_damaged_message(path, error)) from error
+    if not isinstance(content, Mapping) or not isinstance(content.get("model"), Mapping):
+        found = f"keys {sorted(content)[:5]}" if isinstance(content, Mapping) else type(content).__name__
+        raise CheckpointError(
+            f"{path} is not a MedSAM2 checkpoint: expected a dictionary with a 'model' state_dict, found {found}."
+        )
+    state_dict = dict(content["model"])
+    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise CheckpointError(f"{path} is not a MedSAM2 checkpoint: its 'model' entry holds non-tensor values.")
+    return state_dict
+
+
+def _damaged_message(path: Path, error: BaseException) -> str:
+    size = path.stat().st_size
+    return (
+        f"The checkpoint {path} ({size:,} bytes) is damaged or not a PyTorch file ({error.__class__.__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else 'no details'}). Download it again."
+    )
+
+
+def load_model(
+    path: str | Path, config: MedSAM2Config = MEDSAM2_T512, device: torch.device | str = "cpu"
+) -> MedSAM2:
+    """Build the network for ``config`` and load the checkpoint strictly; returns it in eval mode."""
+    state_dict = read_state_dict(path)
+    model = MedSAM2(config)
+    check_compatible(state_dict, model.state_dict(), path)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+def check_compatible(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path) -> None:
+    """Raise a CheckpointError naming missing/unexpected/mis-shaped keys and what the checkpoint looks like."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        key for key in set(expected) & set(state_dict) if tuple(expected[key].shape) != tuple(state_dict[key].shape)
+    )
+    if not (missing or unexpected or mismatched):
+        return
+    problems: List[str] = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        examples = ", ".join(
+            f"{key} {list(state_dict[key].shape)} instead of {list(expected[key].shape)}" for key in mismatched[:3]
+        )
+        problems.append(f"{len(mismatched)} tensors of another shape (e.g. {examples})")
+    raise CheckpointError(
+        f"The checkpoint {path} does not fit the configured architecture: {'; '.join(problems)}. "
+        f"{describe_architecture(state_dict)}"
+    )
+
+
+_HIERA_VARIANTS = {(96, 12): "Hiera-T (tiny)", (96, 16): "Hiera-S (small)", (112, 24): "Hiera-B+ (base plus)",
+                   (144, 48): "Hiera-L (large)"}
+
+
+def describe_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A guess, from key names and shapes, of which model a state_dict belongs to."""
+    keys = set(state_dict)
+    if any(key.startswith("image_encoder.blocks.") for key in keys):
+        return "It looks like a SAM (version 1) checkpoint, not SAM 2 / MedSAM2."
+    patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
+    if patch is None:
+        return "It does not look like a SAM 2 family checkpoint."
+    if any(".conv_1x1." in key for key in keys):
+        return "It looks like an EfficientTAM / EfficientMedSAM2 (ViT) checkpoint, which this extension does not run."
+    blocks = {int(key.split(".")[3]) for key in keys if key.startswith("image_encoder.trunk.blocks.")}
+    width, depth = int(patch.shape[0]), len(blocks)
+    trunk = _HIERA_VARIANTS.get((width, depth), f"a Hiera trunk of width {width} with {depth} blocks")
+    version = "SAM 2.1" if "no_obj_embed_spatial" in keys else "SAM 2.0"
+    neck = state_dict.get("image_encoder.neck.convs.0.conv.weight")
+    neck_text = f", decoder width {int(neck.shape[0])}" if neck is not None else ""
+    return (
+        f"It looks like a {version} checkpoint with {trunk}{neck_text}; MedSAM2 is SAM 2.1 Hiera-T at 512 px. "
+        "If it is a model of another size, pass its config file (--config)."
+    )

@@ -1,0 +1,90 @@
+"""Mask decoder: output tokens attend to the image embedding; each mask token becomes a 128x128 mask.
+
+Outputs all four mask tokens (0: single-mask token, 1-3: multimask tokens); which one is used is the
+caller's decision (see :meth:`MedSAM2.decode`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .common import MLP, LayerNorm2d
+from .transformer import TwoWayTransformer
+
+NUM_MASK_TOKENS = 4
+
+
+@dataclass
+class DecoderOutput:
+    mask_logits: torch.Tensor  # (B, 4, 4s, 4s) low-resolution mask logits, one per mask token
+    iou_scores: torch.Tensor  # (B, 4) predicted IoU of each mask
+    mask_tokens: torch.Tensor  # (B, 4, C) mask tokens after the transformer (source of object pointers)
+    object_score_logits: torch.Tensor  # (B, 1) > 0 when the object is present on the slice
+
+
+class MaskDecoder(nn.Module):
+    def __init__(self, dim: int, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer = TwoWayTransformer(dim)
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(NUM_MASK_TOKENS, dim)
+        self.obj_score_token = nn.Embedding(1, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        # Projections of the stride-4 and stride-8 image features added during upscaling.
+        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
+        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, num_layers=3) for _ in range(NUM_MASK_TOKENS)
+        )
+        self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, NUM_MASK_TOKENS, num_layers=3, sigmoid_output=True)
+        self.pred_obj_score_head = MLP(dim, dim, 1, num_layers=3)
+
+    def project_high_res_features(
+        self, stride4: torch.Tensor, stride8: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Done once per slice when it is encoded: (B, C, 4s, 4s), (B, C, 2s, 2s) -> C/8 and C/4 channels."""
+        return self.conv_s0(stride4), self.conv_s1(stride8)
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt: torch.Tensor,
+        dense_prompt: torch.Tensor,
+        high_res_features: Tuple[torch.Tensor, torch.Tensor],
+    ) -> DecoderOutput:
+        """image_embedding (B, C, s, s), image_pe (1, C, s, s), sparse_prompt (B, N, C), dense_prompt
+        (B, C, s, s), high_res_features from :meth:`project_high_res_features`."""
+        batch = sparse_prompt.shape[0]
+        output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt], dim=1)
+        image = image_embedding + dense_prompt
+        tokens_out, image_tokens = self.transformer(image, image_pe, tokens)
+        object_token, iou_token = tokens_out[:, 0], tokens_out[:, 1]
+        mask_tokens = tokens_out[:, 2 : 2 + NUM_MASK_TOKENS]
+
+        feat_s0, feat_s1 = high_res_features
+        upconv1, norm, act1, upconv2, act2 = self.output_upscaling
+        image = image_tokens.transpose(1, 2).reshape(image.shape)
+        upscaled = act1(norm(upconv1(image) + feat_s1))
+        upscaled = act2(upconv2(upscaled) + feat_s0)
+
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return DecoderOutput(
+            mask_logits=masks,
+            iou_scores=self.iou_prediction_head(iou_token),
+            mask_tokens=mask_tokens,
+            object_score_logits=self.pred_obj_score_head(object_token),
+        )
