@@ -1,0 +1,66 @@
+"""Shared test fixtures: the tiny MedSAM2 parity data copied into Testing/Data (see Data/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+import torch
+
+from MedSAM2Lib.checkpoint import load_model
+from MedSAM2Lib.config import load_config
+
+DATA = Path(__file__).resolve().parent / "Data"
+# CI clones the repository with ../shared beside it; a plain clone has only Testing/Data.
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medsam2"
+
+# Fixture set -> (checkpoint variant, hole filling on?)
+FIXTURE_SETS = {
+    "tiny_fillholes": ("tiny", True),
+    "tiny_nofill": ("tiny", False),
+    "tiny_fallback_fillholes": ("tiny_fallback", True),
+    "tiny_fallback_nofill": ("tiny_fallback", False),
+    "tiny_absent_nofill": ("tiny_absent", False),
+}
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max |reference| (the fixtures' tolerance measure)."""
+    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return load_config(DATA / "medsam2_tiny_test.yaml")
+
+
+@pytest.fixture(scope="session")
+def input_volume():
+    content = np.load(DATA / "input_volume.npz")
+    return content["imgs"], int(content["key_slice"]), [float(v) for v in content["box"]]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Dict[str, Path]:
+    """Paths of the three tiny checkpoints in the official format. The fallback and absent variants are the
+    base checkpoint with the few tensors in which they differ (stored in checkpoint_variants.npz)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    base_path = DATA / "medsam2_tiny_random_seed0.pt"
+    paths = {"tiny": base_path}
+    deltas = np.load(DATA / "checkpoint_variants.npz")
+    for variant in ("tiny_fallback", "tiny_absent"):
+        state_dict = torch.load(base_path, weights_only=True)["model"]
+        for name in deltas.files:
+            prefix, _, key = name.partition("/")
+            if prefix == variant:
+                state_dict[key] = torch.from_numpy(deltas[name])
+        paths[variant] = folder / f"medsam2_{variant}_seed0.pt"
+        torch.save({"model": state_dict}, paths[variant])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config, checkpoints):
+    return load_model(checkpoints["tiny"], tiny_config)

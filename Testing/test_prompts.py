@@ -1,0 +1,67 @@
+"""The predictor refuses unusable input with a sentence, before any computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MedSAM2Lib.predictor import PromptError, VolumePredictor, planned_slices, select_device
+
+VOLUME = np.zeros((5, 40, 60), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "volume, key_slice, box, extra, message",
+    [
+        (np.zeros((40, 60), np.uint8), 0, [1, 1, 5, 5], {}, "needs a 3D volume"),
+        (np.zeros((2, 5, 40, 60), np.uint8), 0, [1, 1, 5, 5], {}, "needs a 3D volume"),
+        (VOLUME.astype(np.int16), 0, [1, 1, 5, 5], {}, "windowed to uint8"),
+        (VOLUME, 5, [1, 1, 5, 5], {}, r"Slice 5 is outside the volume, which has slices 0\.\.4"),
+        (VOLUME, -1, [1, 1, 5, 5], {}, "outside the volume"),
+        (VOLUME, 2, [10, 10, 10, 20], {}, "has no area"),
+        (VOLUME, 2, [10, 20, 30, 5], {}, "has no area"),
+        (VOLUME, 2, [10, 10, 61, 20], {}, r"reaches outside the slice.*x 0\.\.60 and y 0\.\.40"),
+        (VOLUME, 2, [-1, 10, 20, 20], {}, "reaches outside the slice"),
+        (VOLUME, 2, [1, 2, 3], {}, "four numbers"),
+        (VOLUME, 2, [1, 2, 3, float("nan")], {}, "four numbers"),
+        (VOLUME, 2, [1, 2, 30, 30], {"direction": "up"}, "Unknown direction 'up'"),
+        (VOLUME, 2, [1, 2, 30, 30], {"slice_range": (3, 4)}, "must .* include the box's slice 2"),
+        (VOLUME, 2, [1, 2, 30, 30], {"slice_range": (0, 5)}, "within 0..4"),
+    ],
+)
+def test_bad_prompts_are_refused_clearly(tiny_model, volume, key_slice, box, extra, message):
+    predictor = VolumePredictor(tiny_model)
+    with pytest.raises(PromptError, match=message):
+        next(predictor.propagate(volume, key_slice, box, **extra))
+    assert predictor.encoder_calls == 0
+
+
+def test_box_touching_the_slice_edges_is_accepted(tiny_model):
+    result = VolumePredictor(tiny_model).segment_slice(VOLUME, 0, [0, 0, 60, 40])
+    assert result.index == 0 and result.logits.shape == (40, 60)
+
+
+def test_single_slice_volume_yields_only_that_slice(tiny_model):
+    results = list(VolumePredictor(tiny_model).propagate(VOLUME[:1], 0, [5, 5, 30, 30]))
+    assert [r.index for r in results] == [0]
+
+
+def test_stopping_the_iteration_stops_the_work(tiny_model):
+    predictor = VolumePredictor(tiny_model)
+    iterator = predictor.propagate(VOLUME, 2, [5, 5, 30, 30])
+    next(iterator), next(iterator)
+    iterator.close()
+    assert predictor.encoder_calls == 2
+
+
+def test_planned_slices():
+    assert planned_slices(6, 2, "both", None) == [2, 3, 4, 5, 1, 0]
+    assert planned_slices(6, 2, "forward", None) == [2, 3, 4, 5]
+    assert planned_slices(6, 2, "backward", (1, 4)) == [2, 1]
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="Unknown device"):
+        select_device("tpu")
