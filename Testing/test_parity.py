@@ -77,6 +77,13 @@ def test_union_and_largest_component_match_reference(name, run_set, tiny_config,
     np.testing.assert_array_equal(predictor.segment(*input_volume), reference["seg_final"])
 
 
+def test_prompted_slice_is_bit_identical_to_reference(run_set):
+    """Same torch build as the reference run (2.13.0, CPU): every operation on this path matches exactly."""
+    results, _ = run_set("tiny_nofill")
+    order, logits, _, _ = reference_slices("tiny_nofill")
+    np.testing.assert_array_equal(results[0].logits, logits[0])
+
+
 def test_each_slice_is_encoded_once(run_set, input_volume):
     _, encoder_calls = run_set("tiny_fillholes")
     assert encoder_calls == input_volume[0].shape[0]  # the reference encodes D + 2 times

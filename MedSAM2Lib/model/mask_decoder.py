@@ -7,10 +7,12 @@ caller's decision (see :meth:`MedSAM2.decode`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import contextlib
 from typing import Tuple
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
@@ -69,7 +71,11 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt], dim=1)
         image = image_embedding + dense_prompt
-        tokens_out, image_tokens = self.transformer(image, image_pe, tokens)
+        # On CPU the reference runs these attention layers with the math kernel (its sdp_kernel context turns
+        # flash attention off); doing the same keeps the prompted slice's logits bit-identical to it.
+        kernel = sdpa_kernel(SDPBackend.MATH) if image.device.type == "cpu" else contextlib.nullcontext()
+        with kernel:
+            tokens_out, image_tokens = self.transformer(image, image_pe, tokens)
         object_token, iou_token = tokens_out[:, 0], tokens_out[:, 1]
         mask_tokens = tokens_out[:, 2 : 2 + NUM_MASK_TOKENS]
 
