@@ -12,7 +12,7 @@ again, propagate backward) with three differences that do not change the result:
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
@@ -68,6 +68,28 @@ def planned_slices(num_slices: int, key_slice: int, direction: str, slice_range:
     if direction in ("both", "backward"):
         order += range(key_slice - 1, first - 1, -1)
     return order
+
+
+class FeatureCache:
+    """Image features of one volume's slices, kept across propagations: several prompts on one scan, or a
+    preview followed by a propagation, encode each slice once. About 4 MB per slice for the t512 model;
+    ``max_slices`` bounds it (least recently used slices are dropped)."""
+
+    def __init__(self, volume: np.ndarray, max_slices: Optional[int] = None) -> None:
+        self.volume = volume
+        self.max_slices = max_slices
+        self._features: "OrderedDict[int, ImageFeatures]" = OrderedDict()
+
+    def get(self, index: int) -> Optional[ImageFeatures]:
+        features = self._features.get(index)
+        if features is not None:
+            self._features.move_to_end(index)
+        return features
+
+    def put(self, index: int, features: ImageFeatures) -> None:
+        self._features[index] = features
+        if self.max_slices is not None and len(self._features) > self.max_slices:
+            self._features.popitem(last=False)
 
 
 class _MemoryBank:
@@ -130,18 +152,22 @@ class VolumePredictor:
         box: Sequence[float],
         direction: str = "both",
         slice_range: Optional[Tuple[int, int]] = None,
+        cache: Optional[FeatureCache] = None,
     ) -> Iterator[SliceResult]:
         """Yield one :class:`SliceResult` per slice: the key slice, then forward, then backward.
 
         volume: uint8 (D, H, W); box: x0, y0, x1, y1 in pixels of a slice (x = column, y = row, 0..W and
-        0..H); slice_range: inclusive (first, last) slices to stay within. Stop iterating to cancel.
+        0..H); slice_range: inclusive (first, last) slices to stay within; cache: features of this volume
+        from earlier calls. Stop iterating to cancel.
         """
         validate_prompt(volume, key_slice, box, direction, slice_range)
+        if cache is not None and cache.volume is not volume:
+            raise ValueError("The feature cache belongs to another volume.")
         num_slices = volume.shape[0]
         config = self.model.config
         max_pointers = min(num_slices, config.max_obj_ptrs)
 
-        key_features = self._encode(volume, key_slice)
+        key_features = self._encode(volume, key_slice, cache)
         with self._compute():
             key_output = self.model.segment_with_box(key_features, self._model_box(box, volume.shape[1:]))
             key_logits = self._filled(key_output.low_res_logits)
@@ -157,7 +183,7 @@ class VolumePredictor:
         for indices in (forward, backward):
             bank = _MemoryBank(key_slice, key_memory, config.num_maskmem, max_pointers)
             for index in indices:
-                features = self._encode(volume, index)
+                features = self._encode(volume, index, cache)
                 with self._compute():
                     output = self.model.track(features, bank.memories(index), bank.pointers(index), num_slices)
                     memory = self.model.encode_memory(
@@ -167,9 +193,11 @@ class VolumePredictor:
                     logits = self._filled(output.low_res_logits)
                 yield self._result(index, logits, output, volume.shape[1:])
 
-    def segment_slice(self, volume: np.ndarray, key_slice: int, box: Sequence[float]) -> SliceResult:
+    def segment_slice(
+        self, volume: np.ndarray, key_slice: int, box: Sequence[float], cache: Optional[FeatureCache] = None
+    ) -> SliceResult:
         """Preview: the box's slice only."""
-        return next(self.propagate(volume, key_slice, box))
+        return next(self.propagate(volume, key_slice, box, cache=cache))
 
     def segment(
         self,
@@ -179,11 +207,12 @@ class VolumePredictor:
         direction: str = "both",
         slice_range: Optional[Tuple[int, int]] = None,
         on_slice: Optional[Callable[[SliceResult], None]] = None,
+        cache: Optional[FeatureCache] = None,
     ) -> np.ndarray:
         """Whole-volume uint8 (D, H, W) mask: union of every yielded slice, then (by default) its largest
         26-connected component. ``on_slice`` sees each result and may raise :class:`Cancelled`."""
         mask = np.zeros(volume.shape, dtype=np.uint8)
-        for result in self.propagate(volume, key_slice, box, direction, slice_range):
+        for result in self.propagate(volume, key_slice, box, direction, slice_range, cache):
             mask[result.index] |= result.mask
             if on_slice is not None:
                 on_slice(result)
@@ -199,11 +228,15 @@ class VolumePredictor:
             stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
         return stack
 
-    def _encode(self, volume: np.ndarray, index: int) -> ImageFeatures:
-        image = model_input(volume[index], self.model.config.image_size).to(self.device)
-        with self._compute():
-            features = self.model.encode_image(image.unsqueeze(0))
-        self.encoder_calls += 1
+    def _encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:
+        features = cache.get(index) if cache is not None else None
+        if features is None:
+            image = model_input(volume[index], self.model.config.image_size).to(self.device)
+            with self._compute():
+                features = self.model.encode_image(image.unsqueeze(0))
+            self.encoder_calls += 1
+            if cache is not None:
+                cache.put(index, features)
         return features
 
     def _model_box(self, box: Sequence[float], slice_shape: Tuple[int, int]) -> torch.Tensor:

@@ -158,3 +158,32 @@ def test_against_the_shared_fixture_files(name, run_set, checkpoints):
     yielded = np.concatenate([reference["fwd_logits"], reference["rev_logits"][1:]])
     for result, ref_logits in zip(results, yielded):
         assert relative_error(result.logits, ref_logits) <= TOLERANCE
+
+
+def test_feature_cache_encodes_each_slice_once_across_prompts(tiny_model, input_volume):
+    from MedSAM2Lib.predictor import FeatureCache
+
+    volume, key_slice, box = input_volume
+    predictor = VolumePredictor(tiny_model)
+    cache = FeatureCache(volume)
+    preview = predictor.segment_slice(volume, key_slice, box, cache=cache)
+    results = list(predictor.propagate(volume, key_slice, box, cache=cache))
+    assert predictor.encoder_calls == volume.shape[0]
+    np.testing.assert_array_equal(preview.logits, results[0].logits)
+    order, logits, _, _ = reference_slices("tiny_fillholes")
+    for result in results:
+        assert relative_error(result.logits, logits[order.index(result.index)]) <= TOLERANCE
+    list(predictor.propagate(volume, 5, [100, 60, 190, 140], cache=cache))
+    assert predictor.encoder_calls == volume.shape[0]
+    with pytest.raises(ValueError, match="another volume"):
+        next(predictor.propagate(volume.copy(), key_slice, box, cache=cache))
+
+
+def test_bounded_feature_cache_drops_least_recently_used(tiny_model, input_volume):
+    from MedSAM2Lib.predictor import FeatureCache
+
+    volume, key_slice, box = input_volume
+    predictor = VolumePredictor(tiny_model)
+    cache = FeatureCache(volume, max_slices=1)
+    list(predictor.propagate(volume, key_slice, box, direction="forward", cache=cache))
+    assert cache.get(volume.shape[0] - 1) is not None and cache.get(key_slice) is None
