@@ -1,0 +1,437 @@
+"""Box on a slice view -> whole-volume segment, headless, on Slicer's own MRML and segment-editor classes.
+
+The Segment Editor effect (MedSAM2Slicer) and the tests drive the same :class:`MedSAM2Logic`; they differ
+only in the :class:`EditorAccess` that reads the editor's state and writes the result. Writing always goes
+through the segment editor's "modify selected segment by labelmap" in Set mode, after saving state for
+undo, so masking (editable area, intensity range), overwrite of other segments and undo behave as for
+Slicer's own effects.
+
+Geometry: the box is mapped from the view to the voxel grid of the *aligned source volume* (the source
+volume resampled to the segmentation's geometry, as every segment editor effect sees it), so the result
+lands voxel for voxel in the segmentation whatever the two geometries are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
+from .preprocessing import as_uint8, ct_preset_window, mr_percentile_window, window
+from .slice_geometry import StackPrompt, box_prompt, stack_geometry, transform_points
+
+
+class EditorStateError(ValueError):
+    """The segment editor's state (segmentation, source volume, transforms) does not allow segmenting."""
+
+
+# -- reading the editor's state -------------------------------------------------------------------------
+
+
+def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def array_from_image(image: vtk.vtkImageData) -> np.ndarray:
+    """Scalars of a single-component image as a (K, J, I) array (a copy)."""
+    dimensions = image.GetDimensions()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dimensions[::-1]).copy()
+
+
+@dataclass
+class SourceImage:
+    """What segmenting needs from the editor: the aligned source volume and how to reach it from world RAS."""
+
+    image: "slicer.vtkOrientedImageData"  # source volume resampled to the segmentation geometry
+    volume_node: "slicer.vtkMRMLScalarVolumeNode"  # for its display window
+    world_to_segmentation: np.ndarray = field(default_factory=lambda: np.eye(4))  # 4x4, segmentation transform
+
+    @property
+    def extent_start(self) -> np.ndarray:
+        return np.array(self.image.GetExtent()[0::2])
+
+    @property
+    def shape_ijk(self) -> Tuple[int, int, int]:
+        return tuple(self.image.GetDimensions())
+
+    def ras_to_array_index(self) -> np.ndarray:
+        """4x4 from world RAS to continuous (I, J, K) indices into :meth:`array`'s reversed axes."""
+        image_to_world = vtk.vtkMatrix4x4()
+        self.image.GetImageToWorldMatrix(image_to_world)
+        to_index = np.linalg.inv(matrix_to_array(image_to_world)) @ self.world_to_segmentation
+        to_index[:3, 3] -= self.extent_start
+        return to_index
+
+    def array(self) -> np.ndarray:
+        return array_from_image(self.image)
+
+
+def check_source_volume(volume_node) -> None:
+    """Refuse volumes MedSAM2 cannot propagate through: none, vector/4D, single-slice."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise EditorStateError("Select a source volume in the Segment Editor first.")
+    image = volume_node.GetImageData()
+    components = image.GetNumberOfScalarComponents()
+    if components != 1:
+        raise EditorStateError(
+            f"The source volume '{volume_node.GetName()}' has {components} values per voxel (a colour, vector or "
+            "4D volume); MedSAM2 needs a scalar 3D volume. Extract one frame or channel first."
+        )
+    dimensions = image.GetDimensions()
+    if min(dimensions) < 2:
+        raise EditorStateError(
+            f"The source volume '{volume_node.GetName()}' has dimensions {dimensions[0]} x {dimensions[1]} x "
+            f"{dimensions[2]}: a single slice. MedSAM2 propagates through a 3D volume with at least two slices."
+        )
+
+
+def world_to_node_matrix(node) -> np.ndarray:
+    """4x4 from world RAS to a transformable node's local RAS; refuses non-linear transforms."""
+    parent = node.GetParentTransformNode()
+    matrix = vtk.vtkMatrix4x4()
+    if parent is not None and not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, parent, matrix):
+        raise EditorStateError(
+            f"'{node.GetName()}' is under a non-linear transform. Harden the transform (Data module) first."
+        )
+    return matrix_to_array(matrix)
+
+
+# -- windowing -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How the source intensities become the model's uint8 input.
+
+    display: the source volume's window/level as shown (what the clinician sees) - the default;
+    window: explicit [lower, upper]; ct-preset: a named CT window; mr-percentiles: 0.5-99.5 percentiles of
+    non-zero voxels; none: values already in 0..255.
+    """
+
+    mode: str = "display"
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    preset: Optional[str] = None
+
+    def apply(self, volume: np.ndarray, volume_node) -> np.ndarray:
+        if self.mode == "display":
+            display = volume_node.GetDisplayNode() if volume_node is not None else None
+            if display is None or not hasattr(display, "GetWindow"):
+                raise EditorStateError("The source volume has no display window; choose another windowing.")
+            half = display.GetWindow() / 2.0
+            return window(volume, display.GetLevel() - half, display.GetLevel() + half)
+        if self.mode == "window":
+            return window(volume, self.lower, self.upper)
+        if self.mode == "ct-preset":
+            return ct_preset_window(volume, self.preset)
+        if self.mode == "mr-percentiles":
+            return mr_percentile_window(volume)
+        if self.mode == "none":
+            return as_uint8(volume)
+        raise ValueError(f"Unknown windowing mode {self.mode!r}.")
+
+
+# -- editor access: read state, write results ------------------------------------------------------------
+
+
+class EditorAccess:
+    """What the logic needs from a segment editor; subclasses bind it to a concrete editor."""
+
+    def source(self) -> SourceImage:
+        raise NotImplementedError
+
+    def segmentation_node(self) -> "slicer.vtkMRMLSegmentationNode":
+        raise NotImplementedError
+
+    def selected_segment_id(self) -> Optional[str]:
+        raise NotImplementedError
+
+    def write(self, labelmap: "slicer.vtkOrientedImageData") -> None:
+        """Save state for undo, then set the selected segment (created if none) to labelmap, in Set mode
+        with the editor's masking and overwrite settings."""
+        raise NotImplementedError
+
+
+class EditorLogicAccess(EditorAccess):
+    """Headless access through ``vtkSlicerSegmentEditorLogic`` (its own undo history)."""
+
+    def __init__(self, editor_logic: "slicer.vtkSlicerSegmentEditorLogic") -> None:
+        self.editor_logic = editor_logic
+
+    def source(self) -> SourceImage:
+        logic = self.editor_logic
+        if not logic.IsSegmentationNodeValid():
+            raise EditorStateError("Select a segmentation in the Segment Editor first.")
+        volume_node = logic.GetSourceVolumeNode()
+        check_source_volume(volume_node)
+        if not logic.UpdateAlignedSourceVolume():
+            raise EditorStateError("The source volume cannot be resampled to the segmentation's geometry.")
+        return SourceImage(
+            logic.GetAlignedSourceVolume(), volume_node, world_to_node_matrix(logic.GetSegmentationNode())
+        )
+
+    def segmentation_node(self):
+        return self.editor_logic.GetSegmentationNode()
+
+    def selected_segment_id(self) -> Optional[str]:
+        return _existing_segment(self.segmentation_node(), self.editor_logic.GetSegmentEditorNode().GetSelectedSegmentID())
+
+    def write(self, labelmap) -> None:
+        logic = self.editor_logic
+        logic.SaveStateForUndo()
+        segment_id = self.selected_segment_id()
+        if segment_id is None:
+            segment_id = self.segmentation_node().GetSegmentation().AddEmptySegment("", "MedSAM2")
+            logic.GetSegmentEditorNode().SetSelectedSegmentID(segment_id)
+        logic.ModifySegmentByLabelmap(
+            self.segmentation_node(), segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet,
+            True, False,
+        )
+
+
+def _existing_segment(segmentation_node, segment_id: Optional[str]) -> Optional[str]:
+    """The segment ID if the segmentation has that segment, else None."""
+    if segment_id and segmentation_node.GetSegmentation().GetSegment(segment_id) is not None:
+        return segment_id
+    return None
+
+
+def segment_mask_on(segmentation_node, segment_id: str, reference: "slicer.vtkOrientedImageData") -> np.ndarray:
+    """A segment's current content as a 0/1 (K, J, I) array on a reference image's grid."""
+    segment_image = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, segment_id, segment_image, False
+    ):
+        raise EditorStateError(f"The segment {segment_id!r} has no binary labelmap to edit.")
+    resampled = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(segment_image, reference, resampled)
+    if resampled.GetPointData().GetScalars() is None:
+        return np.zeros(reference.GetDimensions()[::-1], dtype=np.uint8)
+    return (array_from_image(resampled) > 0).astype(np.uint8)
+
+
+# -- the logic -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewPrompt:
+    """A box prompt on the aligned source volume's grid."""
+
+    source: SourceImage
+    stack: StackPrompt
+
+    @property
+    def slice_axis(self) -> int:
+        return self.stack.geometry.slice_axis
+
+    @property
+    def num_slices(self) -> int:
+        return self.source.shape_ijk[self.slice_axis]
+
+
+@dataclass
+class SegmentationResult:
+    """A mask on the aligned source volume's grid and the slices that were computed."""
+
+    mask: np.ndarray  # uint8 (K, J, I) like the aligned source volume
+    slices: List[int]  # slices that were segmented (indices along the slice axis)
+    slice_axis: int  # 0, 1, 2 for I, J, K
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class MedSAM2Logic:
+    """Turns a box on a view into a segment. The predictor is injected (tests may pass a stand-in)."""
+
+    def __init__(self, predictor: VolumePredictor, max_cached_slices: Optional[int] = 128) -> None:
+        self.predictor = predictor
+        self.max_cached_slices = max_cached_slices
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[FeatureCache] = None
+
+    # prompts
+
+    def prompt_from_view(
+        self, source: SourceImage, slice_node, xy_corners: Sequence[Sequence[float]]
+    ) -> ViewPrompt:
+        """A box dragged in a slice view: two opposite corners in the view's XY (pixel) coordinates."""
+        (x0, y0), (x1, y1) = [tuple(corner[:2]) for corner in xy_corners]
+        xy_to_index = source.ras_to_array_index() @ matrix_to_array(slice_node.GetXYToRAS())
+        geometry = stack_geometry(xy_to_index[:3, 0], xy_to_index[:3, 1])
+        corners_xy = np.array([[x0, y0, 0], [x1, y0, 0], [x0, y1, 0], [x1, y1, 0]], dtype=np.float64)
+        corners = transform_points(xy_to_index, corners_xy)
+        return ViewPrompt(source, box_prompt(geometry, corners, source.shape_ijk))
+
+    def prompt_from_ras(self, source: SourceImage, ras_points: Sequence[Sequence[float]]) -> ViewPrompt:
+        """A box given by points in world RAS (two opposite corners, or more) lying on one slice.
+
+        The slices run along the voxel axis on which the points agree; rows and columns are oriented as
+        Slicer's standard axial, coronal or sagittal view of that plane would show them.
+        """
+        to_index = source.ras_to_array_index()
+        points = transform_points(to_index, ras_points)
+        slice_axis = int(np.argmin(np.ptp(points, axis=0)))
+        if np.ptp(points[:, slice_axis]) >= 0.5:
+            raise EditorStateError("The box's points are not on one slice of the volume.")
+        right, up = _standard_view_directions(to_index, slice_axis)
+        geometry = stack_geometry(right, up)
+        return ViewPrompt(source, box_prompt(geometry, points, source.shape_ijk))
+
+    # computing
+
+    def segment(
+        self,
+        prompt: ViewPrompt,
+        windowing: Windowing = Windowing(),
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: Optional[Tuple[int, int]] = None,
+        progress: Optional[ProgressCallback] = None,
+        should_cancel: Optional[Callable[[], bool]] = None,
+    ) -> SegmentationResult:
+        """Run the model: the box's slice only (``propagate=False``, a preview) or through the volume.
+
+        progress(done, total) is called after each slice; should_cancel() is asked after each slice and
+        raises :class:`Cancelled` when it says yes. Nothing is written here.
+        """
+        stack, cache = self._stack(prompt, windowing)
+        key = prompt.stack.slice_index
+        slices = planned_slices(stack.shape[0], key, direction, slice_range) if propagate else [key]
+
+        done = 0
+
+        def on_slice(_result: SliceResult) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, len(slices))
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+
+        box = prompt.stack.box
+        if propagate:
+            stack_mask = self.predictor.segment(stack, key, box, direction, slice_range, on_slice, cache)
+        else:
+            result = self.predictor.segment_slice(stack, key, box, cache)
+            on_slice(result)
+            stack_mask = np.zeros(stack.shape, dtype=np.uint8)
+            stack_mask[key] = result.mask
+        mask = prompt.stack.geometry.from_stack(stack_mask)
+        return SegmentationResult(mask, sorted(slices), prompt.slice_axis)
+
+    def write(self, editor: EditorAccess, prompt: ViewPrompt, result: SegmentationResult) -> None:
+        """Set the selected segment to the result on the computed slices, undoably; the segment keeps its
+        content on the other slices.
+
+        Slicer's Set mode replaces the whole segment, so the labelmap carries the segment's current content
+        outside the computed slices (masking and overwrite settings then act as for Slicer's own effects).
+        """
+        modifier = result.mask.copy()
+        segment_id = editor.selected_segment_id()
+        if segment_id is not None:
+            current = segment_mask_on(editor.segmentation_node(), segment_id, prompt.source.image)
+            untouched = np.ones(modifier.shape[2 - result.slice_axis], dtype=bool)
+            untouched[result.slices] = False
+            index = [slice(None)] * 3
+            index[2 - result.slice_axis] = untouched
+            modifier[tuple(index)] = current[tuple(index)]
+        editor.write(labelmap_like(prompt.source.image, modifier))
+
+    def process(
+        self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]], **options
+    ) -> SegmentationResult:
+        """Everything a click on Propagate does: prompt from the view, segment, write."""
+        prompt = self.prompt_from_view(editor.source(), slice_node, xy_corners)
+        result = self.segment(prompt, **options)
+        self.write(editor, prompt, result)
+        return result
+
+    def clear_cache(self) -> None:
+        self._cache_key = self._cache = None
+
+    # internals
+
+    def _stack(self, prompt: ViewPrompt, windowing: Windowing) -> Tuple[np.ndarray, FeatureCache]:
+        """The windowed stack for this prompt, reusing image features while volume, window and axis stay."""
+        image = prompt.source.image
+        display = prompt.source.volume_node.GetDisplayNode() if prompt.source.volume_node else None
+        key = (id(self.predictor), id(image), image.GetMTime(), windowing, prompt.stack.geometry,
+               display.GetMTime() if display is not None and windowing.mode == "display" else None)
+        if key != self._cache_key:
+            volume = windowing.apply(prompt.source.array(), prompt.source.volume_node)
+            stack = prompt.stack.geometry.to_stack(volume)
+            self._cache_key, self._cache = key, FeatureCache(stack, self.max_cached_slices)
+        return self._cache.volume, self._cache
+
+
+def labelmap_like(image: "slicer.vtkOrientedImageData", mask_kji: np.ndarray) -> "slicer.vtkOrientedImageData":
+    """A uint8 oriented image with ``image``'s geometry and extent holding ``mask_kji``."""
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetExtent(image.GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    labelmap.SetImageToWorldMatrix(matrix)
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask_kji, dtype=np.uint8).ravel(), deep=True,
+                                         array_type=vtk.VTK_UNSIGNED_CHAR)
+    labelmap.GetPointData().SetScalars(scalars)
+    return labelmap
+
+
+def _standard_view_directions(ras_to_index: np.ndarray, slice_axis: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Screen right and up, in index space, of Slicer's standard view closest to a voxel plane, projected
+    onto that plane (as 'Rotate to volume plane' would show it)."""
+    index_to_ras = np.linalg.inv(ras_to_index)[:3, :3]
+    normal_ras = index_to_ras[:, slice_axis]
+    anatomical = int(np.argmax(np.abs(normal_ras)))  # 0: sagittal (R), 1: coronal (A), 2: axial (S)
+    slice_to_ras = vtk.vtkMatrix3x3()
+    getter = [slicer.vtkMRMLSliceNode.GetSagittalSliceToRASMatrix, slicer.vtkMRMLSliceNode.GetCoronalSliceToRASMatrix,
+              slicer.vtkMRMLSliceNode.GetAxialSliceToRASMatrix][anatomical]
+    getter(slice_to_ras, True)
+    directions = []
+    for column in (0, 1):
+        direction = ras_to_index[:3, :3] @ np.array([slice_to_ras.GetElement(row, column) for row in range(3)])
+        direction[slice_axis] = 0.0
+        directions.append(direction)
+    return directions[0], directions[1]
+
+
+# -- saving ----------------------------------------------------------------------------------------------
+
+
+def _write_with_storage_node(node, storage_node, path) -> None:
+    scene = node.GetScene()
+    scene.AddNode(storage_node)
+    try:
+        storage_node.SetFileName(str(path))
+        if not storage_node.WriteData(node):
+            raise OSError(f"Could not write {path}.")
+    finally:
+        scene.RemoveNode(storage_node)
+
+
+def save_segmentation(segmentation_node, path) -> None:
+    """Save a segmentation as ``.seg.nrrd`` (all segments, names, colours, its own geometry)."""
+    _write_with_storage_node(segmentation_node, slicer.vtkMRMLSegmentationStorageNode(), path)
+
+
+def save_segment_as_labelmap(segmentation_node, segment_id: str, reference_volume_node, path) -> None:
+    """Save one segment as a 0/1 labelmap volume file (NRRD, NIfTI, ...) on the reference volume's grid,
+    with its spacing, origin and directions."""
+    scene = segmentation_node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, reference_volume_node
+        ):
+            raise EditorStateError(f"Segment {segment_id!r} could not be exported.")
+        _write_with_storage_node(labelmap, slicer.vtkMRMLVolumeArchetypeStorageNode(), path)
+    finally:
+        scene.RemoveNode(labelmap)
