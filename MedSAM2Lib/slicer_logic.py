@@ -1,7 +1,7 @@
 """Box on a slice view -> whole-volume segment, headless, on Slicer's own MRML and segment-editor classes.
 
 The Segment Editor effect (MedSAM2Slicer) and the tests drive the same :class:`MedSAM2Logic`; they differ
-only in the :class:`EditorAccess` that reads the editor's state and writes the result. Writing always goes
+only in the :class:`EditorBackend` through which the editor's state is read and the result written. Writing always goes
 through the segment editor's "modify selected segment by labelmap" in Set mode, after saving state for
 undo, so masking (editable area, intensity range), overwrite of other segments and undo behave as for
 Slicer's own effects.
@@ -14,7 +14,7 @@ lands voxel for voxel in the segmentation whatever the two geometries are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import slicer
@@ -139,66 +139,77 @@ class Windowing:
 # -- editor access: read state, write results ------------------------------------------------------------
 
 
-class EditorAccess:
-    """What the logic needs from a segment editor; subclasses bind it to a concrete editor."""
+class EditorBackend(Protocol):
+    """The four things a segment editor must provide; implemented for vtkSlicerSegmentEditorLogic here and
+    for the Segment Editor's effect API in MedSAM2Slicer."""
 
-    def source(self) -> SourceImage:
-        raise NotImplementedError
+    def editor_node(self) -> "slicer.vtkMRMLSegmentEditorNode": ...
 
-    def segmentation_node(self) -> "slicer.vtkMRMLSegmentationNode":
-        raise NotImplementedError
+    def aligned_source_image(self) -> Optional["slicer.vtkOrientedImageData"]:
+        """The source volume resampled to the segmentation's geometry (None if that fails)."""
 
-    def selected_segment_id(self) -> Optional[str]:
-        raise NotImplementedError
+    def save_state_for_undo(self) -> None: ...
 
-    def write(self, labelmap: "slicer.vtkOrientedImageData") -> None:
-        """Save state for undo, then set the selected segment (created if none) to labelmap, in Set mode
-        with the editor's masking and overwrite settings."""
-        raise NotImplementedError
+    def modify_selected_segment(self, labelmap: "slicer.vtkOrientedImageData") -> None:
+        """Set mode, honouring the editor's masking and overwrite settings."""
 
 
-class EditorLogicAccess(EditorAccess):
-    """Headless access through ``vtkSlicerSegmentEditorLogic`` (its own undo history)."""
+class SegmentEditorLogicBackend:
+    """Headless backend: ``vtkSlicerSegmentEditorLogic``, which keeps its own undo history."""
 
     def __init__(self, editor_logic: "slicer.vtkSlicerSegmentEditorLogic") -> None:
         self.editor_logic = editor_logic
 
-    def source(self) -> SourceImage:
-        logic = self.editor_logic
-        if not logic.IsSegmentationNodeValid():
-            raise EditorStateError("Select a segmentation in the Segment Editor first.")
-        volume_node = logic.GetSourceVolumeNode()
-        check_source_volume(volume_node)
-        if not logic.UpdateAlignedSourceVolume():
-            raise EditorStateError("The source volume cannot be resampled to the segmentation's geometry.")
-        return SourceImage(
-            logic.GetAlignedSourceVolume(), volume_node, world_to_node_matrix(logic.GetSegmentationNode())
+    def editor_node(self):
+        return self.editor_logic.GetSegmentEditorNode()
+
+    def aligned_source_image(self):
+        return self.editor_logic.GetAlignedSourceVolume() if self.editor_logic.UpdateAlignedSourceVolume() else None
+
+    def save_state_for_undo(self) -> None:
+        self.editor_logic.SaveStateForUndo()
+
+    def modify_selected_segment(self, labelmap) -> None:
+        editor_node = self.editor_node()
+        self.editor_logic.ModifySegmentByLabelmap(
+            editor_node.GetSegmentationNode(), editor_node.GetSelectedSegmentID(), labelmap,
+            slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False,
         )
 
-    def segmentation_node(self):
-        return self.editor_logic.GetSegmentationNode()
+
+class EditorAccess:
+    """The editor's state as the logic reads it, and the undoable write of a result."""
+
+    def __init__(self, backend: EditorBackend) -> None:
+        self.backend = backend
+
+    def segmentation_node(self) -> "slicer.vtkMRMLSegmentationNode":
+        return self.backend.editor_node().GetSegmentationNode()
 
     def selected_segment_id(self) -> Optional[str]:
-        return _existing_segment(self.segmentation_node(), self.editor_logic.GetSegmentEditorNode().GetSelectedSegmentID())
+        """The selected segment's ID, or None when no existing segment is selected."""
+        segment_id = self.backend.editor_node().GetSelectedSegmentID()
+        if segment_id and self.segmentation_node().GetSegmentation().GetSegment(segment_id) is not None:
+            return segment_id
+        return None
 
-    def write(self, labelmap) -> None:
-        logic = self.editor_logic
-        logic.SaveStateForUndo()
-        segment_id = self.selected_segment_id()
-        if segment_id is None:
+    def source(self) -> SourceImage:
+        if self.segmentation_node() is None:
+            raise EditorStateError("Select a segmentation in the Segment Editor first.")
+        volume_node = self.backend.editor_node().GetSourceVolumeNode()
+        check_source_volume(volume_node)
+        image = self.backend.aligned_source_image()
+        if image is None:
+            raise EditorStateError("The source volume cannot be resampled to the segmentation's geometry.")
+        return SourceImage(image, volume_node, world_to_node_matrix(self.segmentation_node()))
+
+    def write(self, labelmap: "slicer.vtkOrientedImageData") -> None:
+        """Save state for undo, then set the selected segment (created if none) to labelmap."""
+        self.backend.save_state_for_undo()
+        if self.selected_segment_id() is None:
             segment_id = self.segmentation_node().GetSegmentation().AddEmptySegment("", "MedSAM2")
-            logic.GetSegmentEditorNode().SetSelectedSegmentID(segment_id)
-        logic.ModifySegmentByLabelmap(
-            self.segmentation_node(), segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet,
-            True, False,
-        )
-
-
-def _existing_segment(segmentation_node, segment_id: Optional[str]) -> Optional[str]:
-    """The segment ID if the segmentation has that segment, else None."""
-    if segment_id and segmentation_node.GetSegmentation().GetSegment(segment_id) is not None:
-        return segment_id
-    return None
+            self.backend.editor_node().SetSelectedSegmentID(segment_id)
+        self.backend.modify_selected_segment(labelmap)
 
 
 def segment_mask_on(segmentation_node, segment_id: str, reference: "slicer.vtkOrientedImageData") -> np.ndarray:
@@ -260,11 +271,13 @@ class MedSAM2Logic:
     def prompt_from_view(
         self, source: SourceImage, slice_node, xy_corners: Sequence[Sequence[float]]
     ) -> ViewPrompt:
-        """A box dragged in a slice view: two opposite corners in the view's XY (pixel) coordinates."""
-        (x0, y0), (x1, y1) = [tuple(corner[:2]) for corner in xy_corners]
+        """A box dragged in a slice view: two opposite corners in the view's XY (pixel) coordinates, with an
+        optional third coordinate z locating the slice they were drawn on (0: the slice shown)."""
+        (x0, y0, z0), (x1, y1, z1) = [tuple(corner) + (0.0,) * (3 - len(corner)) for corner in xy_corners]
+        z = (z0 + z1) / 2
         xy_to_index = source.ras_to_array_index() @ matrix_to_array(slice_node.GetXYToRAS())
         geometry = stack_geometry(xy_to_index[:3, 0], xy_to_index[:3, 1])
-        corners_xy = np.array([[x0, y0, 0], [x1, y0, 0], [x0, y1, 0], [x1, y1, 0]], dtype=np.float64)
+        corners_xy = np.array([[x0, y0, z], [x1, y0, z], [x0, y1, z], [x1, y1, z]], dtype=np.float64)
         corners = transform_points(xy_to_index, corners_xy)
         return ViewPrompt(source, box_prompt(geometry, corners, source.shape_ijk))
 

@@ -10,7 +10,7 @@ import slicer
 import vtk
 
 from MedSAM2Lib.predictor import SliceResult, planned_slices, validate_prompt
-from MedSAM2Lib.slicer_logic import EditorLogicAccess, labelmap_like, matrix_to_array
+from MedSAM2Lib.slicer_logic import EditorAccess, SegmentEditorLogicBackend, labelmap_like, matrix_to_array
 from MedSAM2Lib.slicer_scenario import default_slice_logic
 
 
@@ -38,7 +38,7 @@ class SlicerScene:
         self.editor_logic.SetMRMLScene(self.scene)
         self.editor_logic.SetMRMLApplicationLogic(self.app_logic)
         self.editor_logic.SetSegmentEditorNode(self.editor_node)
-        self.editor = EditorLogicAccess(self.editor_logic)
+        self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
         self._slice_logics: List[slicer.vtkMRMLSliceLogic] = []
 
     def segmentation_for(self, volume_node, with_segment: bool = False):

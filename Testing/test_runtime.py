@@ -1,0 +1,49 @@
+"""Readiness checks and the model cache the Slicer module relies on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from MedSAM2Lib import runtime
+from MedSAM2Lib.runtime import ModelCache, ModelChoice
+
+from conftest import DATA
+
+
+def test_torch_status_with_the_installed_torch():
+    usable, message = runtime.torch_status()
+    assert usable and message.startswith("PyTorch 2.")
+
+
+@pytest.mark.parametrize("version, usable", [("2.4.1", False), ("2.5.0+cu121", True), ("2.13.0", True),
+                                             ("1.13.1", False), ("2.5.0a0", True)])
+def test_minimum_torch_version(monkeypatch, version, usable):
+    monkeypatch.setattr(runtime, "installed_torch_version", lambda: version)
+    assert runtime.torch_status()[0] is usable
+
+
+def test_missing_torch_is_named(monkeypatch):
+    monkeypatch.setattr(runtime, "installed_torch_version", lambda: None)
+    assert runtime.torch_status() == (False, "PyTorch is not installed (MedSAM2 needs 2.5 or later).")
+
+
+def test_missing_packages_are_pip_names(monkeypatch):
+    assert runtime.missing_packages() == []
+    monkeypatch.setattr(runtime, "EXTRA_PACKAGES", {"yaml": "PyYAML", "no_such_module_here": "no-such-package"})
+    assert runtime.missing_packages() == ["no-such-package"]
+
+
+def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, tmp_path):
+    copy = tmp_path / "tiny.pt"
+    copy.write_bytes(checkpoints["tiny"].read_bytes())
+    choice = ModelChoice(copy, DATA / "medsam2_tiny_test.yaml", "cpu")
+    cache = ModelCache()
+    first = cache.model(choice)
+    assert cache.model(choice) is first
+    predictor = cache.predictor(choice, fill_holes=False, keep_largest_component=False)
+    assert predictor.model is first and not predictor.fill_holes and not predictor.keep_largest_component
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.model(choice) is not first
