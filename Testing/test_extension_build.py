@@ -1,0 +1,137 @@
+"""The Slicer extension's build files, checked without Slicer (desktop Slicer cannot be built or installed here):
+every file the extension needs is listed in the CMake build, what is listed exists, the Qt layer compiles, and
+the catalog entry and metadata agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "MedSAM2Lib"
+MODULE = ROOT / "MedSAM2Slicer"
+TEST_DATA = ROOT / "Testing" / "Data"
+
+# The catalog entry schema (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json): its property
+# names and types; it allows no other property.
+CATALOG_SCHEMA = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                  "slicer-extension-catalog-entry-schema-v1.0.1.json#")
+CATALOG_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                      "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+
+
+def cmake_sets(path: Path) -> Dict[str, List[str]]:
+    """The values of the ``set(NAME value...)`` commands in a CMake file, with ${MODULE_NAME} expanded."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())  # no '#' appears inside the strings of our files
+    values = {}
+    for name, body in re.findall(r"\bset\((\w+)\s*(.*?)\)", text, re.DOTALL):
+        items = re.findall(r'"[^"]*"|\S+', body)
+        values[name] = [item.strip('"').replace("${MODULE_NAME}", values.get("MODULE_NAME", [""])[0]) for item in items]
+    return values
+
+
+def files_under(folder: Path, python: bool) -> Set[str]:
+    """Files of a source folder relative to it, .py files or the others, without caches and build files."""
+    found = set()
+    for path in folder.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts and path.name != "CMakeLists.txt":
+            if (path.suffix == ".py") == python:
+                found.add(path.relative_to(folder).as_posix())
+    return found
+
+
+@pytest.fixture(scope="module")
+def module_cmake() -> Dict[str, List[str]]:
+    return cmake_sets(MODULE / "CMakeLists.txt")
+
+
+@pytest.fixture(scope="module")
+def extension_cmake() -> Dict[str, List[str]]:
+    return cmake_sets(ROOT / "CMakeLists.txt")
+
+
+def assert_lists_exactly(module_cmake, variable: str, present: Set[str]) -> None:
+    """The CMake list ``variable`` of MedSAM2Slicer/CMakeLists.txt names exactly the ``present`` files."""
+    listed = set(module_cmake[variable])
+    assert sorted(present - listed) == [], f"files missing from {variable} in MedSAM2Slicer/CMakeLists.txt"
+    assert sorted(listed - present) == [], f"{variable} in MedSAM2Slicer/CMakeLists.txt names files that do not exist"
+
+
+def test_every_python_file_of_the_library_is_built(module_cmake):
+    assert_lists_exactly(module_cmake, "MEDSAM2LIB_PYTHON_SCRIPTS", files_under(LIBRARY, python=True))
+
+
+def test_every_data_file_of_the_library_ships(module_cmake):
+    assert_lists_exactly(module_cmake, "MEDSAM2LIB_RESOURCES", files_under(LIBRARY, python=False))
+
+
+def test_every_python_file_of_the_qt_layer_is_built(module_cmake):
+    assert_lists_exactly(module_cmake, "MODULE_PYTHON_SCRIPTS", files_under(MODULE, python=True))
+
+
+def test_every_resource_of_the_qt_layer_is_listed(module_cmake):
+    assert_lists_exactly(module_cmake, "MODULE_PYTHON_RESOURCES", files_under(MODULE, python=False))
+
+
+def test_self_test_data_ships_with_the_module(module_cmake):
+    listed = set(module_cmake["MODULE_SELF_TEST_DATA"])
+    assert all((TEST_DATA / name).is_file() for name in listed)
+    # The data files the self-test names, directly or through the shared scenario.
+    readers = [MODULE / "MedSAM2.py", LIBRARY / "slicer_scenario.py"]
+    named = {name for path in readers for name in re.findall(r'"([\w.-]+\.(?:pt|yaml|npz))"', path.read_text())}
+    assert named and sorted(named - listed) == [], "data the self-test reads is missing from MODULE_SELF_TEST_DATA"
+    # The CMake file copies them to Resources/Testing beside MedSAM2.py, where the self-test looks.
+    assert re.search(r'SELF_TEST_DATA\s*=\s*MODULE_DIR\s*/\s*"Resources"\s*/\s*"Testing"', readers[0].read_text())
+
+
+def test_qt_layer_compiles():
+    """Syntax of the module and the effect (they import Qt and slicer, which only desktop Slicer has)."""
+    for path in sorted(MODULE.rglob("*.py")):
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def test_extension_is_the_module_folder_with_pytorch(extension_cmake):
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert extension_cmake["EXTENSION_DEPENDS"] == ["PyTorch"]
+    assert extension_cmake["EXTENSION_CATEGORY"] == ["Segmentation"]
+    assert re.search(r"add_subdirectory\(MedSAM2Slicer\)", text) and (MODULE / "CMakeLists.txt").is_file()
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text
+
+
+def test_catalog_entry_follows_the_schema_and_the_build(extension_cmake):
+    entry = json.loads((ROOT / "MedSAM2.json").read_text())
+    assert CATALOG_REQUIRED <= set(entry) <= set(CATALOG_PROPERTIES)
+    assert all(isinstance(entry[key], CATALOG_PROPERTIES[key]) for key in entry)
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert entry["category"] == extension_cmake["EXTENSION_CATEGORY"][0]
+    assert entry["build_dependencies"] == extension_cmake["EXTENSION_DEPENDS"]
+    assert entry["scm_url"] == extension_cmake["EXTENSION_HOMEPAGE"][0]
+    assert entry["build_subdirectory"] == "." and entry["scm_revision"] == "main" and 1 <= entry["tier"] <= 5
+
+
+def test_icon_url_is_the_module_icon(extension_cmake):
+    homepage = extension_cmake["EXTENSION_HOMEPAGE"][0]
+    repository = homepage.removeprefix("https://github.com/")
+    icon_url = extension_cmake["EXTENSION_ICONURL"][0]
+    prefix = f"https://raw.githubusercontent.com/{repository}/main/"
+    assert icon_url.startswith(prefix) and icon_url.removeprefix(prefix) == "MedSAM2Slicer/Resources/Icons/MedSAM2.png"
+
+
+@pytest.mark.parametrize("icon", ["MedSAM2Slicer/Resources/Icons/MedSAM2.png",
+                                  "MedSAM2Slicer/SegmentEditorMedSAM2Lib/SegmentEditorEffect.png"])
+def test_icons_are_128_pixel_pngs(icon):
+    with Image.open(ROOT / icon) as image:
+        assert image.format == "PNG" and image.size == (128, 128)
+
+
+def test_licence_file_is_the_declared_apache_2():
+    assert "Apache License\n                           Version 2.0" in (ROOT / "LICENSE.txt").read_text()
+    assert re.search(r'^license = "Apache-2.0"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
