@@ -12,7 +12,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, default_checkpoint_path
 from .config import ConfigError
-from .predictor import PromptError, SliceResult, planned_slices
+from .predictor import PromptError, planned_slices
 from .preprocessing import CT_WINDOW_PRESETS
 from .volume_io import VolumeError
 
@@ -21,25 +21,37 @@ USER_ERRORS = (CheckpointError, ConfigError, PromptError, VolumeError, ValueErro
 
 
 class ProgressBar:
-    """One-line progress on stderr: bar, slices done, seconds per slice."""
+    """One-line progress on stderr: bar, items done, seconds per item (a slice unless ``unit`` says otherwise)."""
 
-    def __init__(self, total: int, label: str, stream=None, width: int = 30) -> None:
-        self.total, self.label, self.width = total, label, width
+    def __init__(self, total: int, label: str, stream=None, width: int = 30, unit: str = "slice") -> None:
+        self.total, self.label, self.width, self.unit = total, label, width, unit
         self.stream = stream or sys.stderr
         self.done = 0
         self.started = time.perf_counter()
+        self._line = ""
 
-    def advance(self, _result: Optional[SliceResult] = None) -> None:
+    def advance(self, _item: Optional[object] = None) -> None:
         self.done += 1
-        elapsed = time.perf_counter() - self.started
-        filled = self.width * self.done // max(self.total, 1)
-        self.stream.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-            f"({elapsed / self.done:.2f} s/slice)"
-        )
+        self._draw()
         if self.done == self.total:
             self.stream.write("\n")
         self.stream.flush()
+
+    def note(self, message: str) -> None:
+        """A line of its own above the bar (which is drawn again below it while unfinished)."""
+        self.stream.write(f"\r{message.ljust(len(self._line))}\n")
+        if 0 < self.done < self.total:
+            self._draw()
+        self.stream.flush()
+
+    def _draw(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        filled = self.width * self.done // max(self.total, 1)
+        self._line = (
+            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+            f"({elapsed / self.done:.2f} s/{self.unit})"
+        )
+        self.stream.write(f"\r{self._line}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,16 +77,19 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
                          help="use the intensities as they are (they must be whole numbers in 0..255); the default")
 
 
-def windowed(volume: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    from .preprocessing import as_uint8, ct_preset_window, mr_percentile_window, window
+def window_choice(args: argparse.Namespace):
+    """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.batch.WindowChoice`."""
+    from .batch import WindowChoice
 
     if args.window:
-        return window(volume, *args.window)
+        return WindowChoice("window", tuple(args.window))
     if args.ct_preset:
-        return ct_preset_window(volume, args.ct_preset)
-    if args.mr_percentiles:
-        return mr_percentile_window(volume)
-    return as_uint8(volume)
+        return WindowChoice(args.ct_preset)
+    return WindowChoice("mr-percentiles" if args.mr_percentiles else "none")
+
+
+def windowed(volume: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    return window_choice(args).apply(volume)
 
 
 def build_predictor(args: argparse.Namespace):
@@ -103,6 +118,84 @@ def command_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchRunner, read_deeplesion_table, read_prompt_table, write_summary
+
+    if args.format == "deeplesion":
+        prompts, outcomes = read_deeplesion_table(args.prompts, args.images)
+    else:
+        prompts, outcomes = read_prompt_table(args.prompts, args.images, window_choice(args))
+    for outcome in outcomes:
+        print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
+    progress = ProgressBar(len(prompts), "Prompts", unit="prompt")
+    runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
+                         on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress))
+    summary = args.summary or args.out / "summary.csv"
+    try:
+        runner.run(prompts)
+    except KeyboardInterrupt:
+        write_summary(summary, outcomes + runner.outcomes)
+        print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
+        return 130
+    outcomes += runner.outcomes
+    write_summary(summary, outcomes)
+    counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("ok", "skipped", "failed")}
+    print(f"{counts['ok']} prompts segmented, {counts['skipped']} skipped, {counts['failed']} failed. Summary: {summary}")
+    return 1 if counts["failed"] else 0
+
+
+def _where(outcome) -> str:
+    return f"{outcome.image}, line {outcome.row}" if outcome.row is not None else outcome.image
+
+
+def _report_scan(report, progress: ProgressBar) -> None:
+    """Per scan: its failures, then one line with its timing."""
+    for outcome in report.outcomes:
+        if outcome.status == "failed":
+            progress.note(f"medsam2: {_where(outcome)}: failed: {outcome.message}")
+    done = sum(outcome.status == "ok" for outcome in report.outcomes)
+    if all(outcome.status == "skipped" for outcome in report.outcomes):
+        progress.note(f"{report.name}: skipped, {report.output} exists")
+    else:
+        progress.note(f"{report.name}: {done}/{len(report.outcomes)} prompts in {report.seconds:.1f} s"
+                      + (f" -> {report.output}" if done else ""))
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import format_table, mean_scores, paired_files, score_pair, write_scores_csv
+
+    scores = []
+    for case, prediction, reference in paired_files(args.prediction, args.reference):
+        scores += score_pair(case, prediction, reference, args.labels, args.tolerance)
+    print(f"Dice and normalised surface Dice at {args.tolerance:g} mm")
+    print(format_table(scores + mean_scores(scores)))
+    write_scores_csv(args.csv, scores)
+    print(f"Wrote {args.csv}")
+    unscored = [score for score in scores if score.status != "ok"]
+    for score in unscored:
+        print(f"medsam2: {score.case}: {score.status}", file=sys.stderr)
+    return 1 if unscored else 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .demo import CREDIT, DEMO_PROMPT, missing_weights_message, run_demo
+
+    checkpoint = args.checkpoint or default_checkpoint_path()
+    if not checkpoint.is_file():
+        raise CheckpointError(missing_weights_message(checkpoint))
+    predictor = build_predictor(args)
+    first, last = DEMO_PROMPT.slice_range
+    progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
+    result = run_demo(predictor, args.out, on_slice=progress.advance)
+    print(f"Mask: {result.mask_path}")
+    print(f"Picture: {result.png_path}")
+    print(f"The {DEMO_PROMPT.structure}: {result.voxels} voxels ({result.millilitres:.1f} ml) on slices "
+          f"{result.slices[0]}..{result.slices[1]}, from a box on slice {DEMO_PROMPT.key_slice}.")
+    print(CREDIT)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam2", description="MedSAM2 3D segmentation from a box on one slice.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +211,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_window_arguments(segment)
     add_model_arguments(segment)
     segment.set_defaults(run=command_segment)
+
+    batch = commands.add_parser("batch", help="segment the prompts of a table: one label map per scan")
+    batch.add_argument("prompts", type=Path, help="CSV: image, slice, x0, y0, x1, y1 [, window, label, direction, "
+                                                  "first_slice, last_slice]; or DeepLesion's info table")
+    batch.add_argument("--images", type=Path, required=True, help="folder the table's image paths are relative to")
+    batch.add_argument("--out", type=Path, required=True, help="folder for the label maps and the summary")
+    batch.add_argument("--format", choices=["table", "deeplesion"], default="table",
+                       help="deeplesion: DeepLesion_Dataset_Info.csv and its <case>_<first>-<last>.nii.gz volumes")
+    batch.add_argument("--overwrite", action="store_true", help="segment scans whose output exists again")
+    batch.add_argument("--summary", type=Path, default=None, help="summary CSV (default: OUT/summary.csv)")
+    batch.add_argument("--cache-slices", type=int, default=None, metavar="N",
+                       help="keep the features of at most N slices per scan (default: all; about 4 MB each)")
+    add_window_arguments(batch)
+    add_model_arguments(batch)
+    batch.set_defaults(run=command_batch)
+
+    evaluate = commands.add_parser("evaluate", help="per-label Dice and normalised surface Dice against references")
+    evaluate.add_argument("prediction", type=Path, help="label map, or a folder of them")
+    evaluate.add_argument("reference", type=Path,
+                          help="reference label map, or a folder: each file in it is paired with the prediction "
+                               "of the same relative path")
+    evaluate.add_argument("--labels", nargs="+", type=int, default=None,
+                          help="labels to score (default: every label in either map)")
+    evaluate.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
+                          help="surface Dice tolerance in millimetres (default: 2)")
+    evaluate.add_argument("--csv", type=Path, default=Path("evaluation.csv"),
+                          help="where to write the scores (default: evaluation.csv)")
+    evaluate.set_defaults(run=command_evaluate)
+
+    demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
+    demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),
+                      help="folder for the mask and the picture (default: medsam2-demo)")
+    add_model_arguments(demo)
+    demo.set_defaults(run=command_demo)
     return parser
 
 

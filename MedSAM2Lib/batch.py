@@ -1,0 +1,540 @@
+"""Batch segmentation from a table of prompts: several structures per scan, one label map per scan.
+
+Prompt table (CSV; header names in any case and order):
+
+- ``image``: the scan's file, relative to the images folder (or absolute); any volume ``read_volume`` reads.
+- ``slice``: index of the box's slice along the array's first axis, from 0.
+- ``x0, y0, x1, y1``: the box on that slice in pixels, x = column, y = row (as ``medsam2 segment --box``).
+- ``window`` (optional): ``LO HI`` (or ``LO, HI``), a CT preset name, ``mr-percentiles`` or ``none``; empty or
+  absent: the command line's windowing.
+- ``label`` (optional): 1..255; empty or absent: one more than the highest label of the scan's earlier rows.
+  Rows with the same label are one structure (their masks are merged).
+- ``direction`` (optional): ``both`` (default), ``forward`` or ``backward``; ``first_slice`` and ``last_slice``
+  (optional, both or neither): the inclusive slice range to stay within.
+
+DeepLesion's ``DeepLesion_Dataset_Info.csv`` is read by :func:`read_deeplesion_table` instead.
+
+How a scan is processed:
+
+- It is read once. Its rows are segmented per window: each distinct window gives one uint8 volume and one
+  :class:`~MedSAM2Lib.predictor.FeatureCache`, so each slice is encoded once for all the rows sharing that
+  window (rows with different windows see different images and cannot share features).
+- Each row is segmented on its own, and the predictor's post-processing (the largest 3D component) applies to
+  that row's mask only, never to the union of several rows: a small lesion beside a large one survives.
+- Overlaps: **earlier rows win**. Label maps are composed in table order and a voxel keeps the label of the
+  first row whose mask covers it; the voxels a row loses this way are counted in the summary
+  (``overlap_voxels``).
+- The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
+  file name when outside it), in the input's format and with its spacing, origin and direction. It is written
+  when at least one of the scan's rows succeeded, through a temporary file renamed into place, so a file that
+  exists is a finished output; existing outputs are skipped unless ``overwrite``.
+- A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
+  reported with its table line and skipped; the other rows go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .predictor import DIRECTIONS, FeatureCache
+from .preprocessing import CT_WINDOW_PRESETS, as_uint8, ct_preset_window, mr_percentile_window, window
+from .volume_io import read_volume, write_mask
+
+TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")
+DEEPLESION_COLUMNS = ("file_name", "key_slice_index", "bounding_boxes", "dicom_windows", "slice_range")
+# DeepLesion volumes are named <patient>_<study>_<series>_<first>-<last>.nii.gz (first and last slice, 1-based).
+DEEPLESION_VOLUME = re.compile(r"^(\d{6}_\d{2}_\d{2})_(\d{3})-(\d{3})\.nii\.gz$")
+DEEPLESION_CASE = re.compile(r"^(\d{6}_\d{2}_\d{2})")
+MAX_LABEL = 255  # label maps are written as uint8
+ROW_ERRORS = (ValueError, OSError, RuntimeError)  # PromptError and VolumeError are ValueErrors
+
+
+class TableError(ValueError):
+    """The prompt table as a whole cannot be read (missing, no header, required columns absent)."""
+
+
+# -- what a row asks for ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowChoice:
+    """How a scan's intensities become the model's uint8 input; rows with equal choices share features.
+
+    name: ``none`` (values already 0..255), ``mr-percentiles``, a CT preset name, or ``window`` with bounds."""
+
+    name: str
+    bounds: Optional[Tuple[float, float]] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "WindowChoice":
+        text = text.strip().lower()
+        if text in ("none", "mr-percentiles") or text in CT_WINDOW_PRESETS:
+            return cls(text)
+        parts = [part for part in re.split(r"[,;\s]+", text) if part]
+        try:
+            lower, upper = (float(part) for part in parts)
+        except ValueError:
+            raise ValueError(
+                f"window {text!r} is not 'LO HI', 'none', 'mr-percentiles' or a CT preset "
+                f"({', '.join(CT_WINDOW_PRESETS)})."
+            ) from None
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+            raise ValueError(f"window {text!r}: LO must be below HI and both finite.")
+        return cls("window", (lower, upper))
+
+    def apply(self, volume: np.ndarray) -> np.ndarray:
+        """(D, H, W) intensities -> uint8 (D, H, W)."""
+        if self.bounds is not None:
+            return window(volume, *self.bounds)
+        if self.name == "mr-percentiles":
+            return mr_percentile_window(volume)
+        if self.name == "none":
+            return as_uint8(volume)
+        return ct_preset_window(volume, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.bounds[0]:g} {self.bounds[1]:g}" if self.bounds else self.name
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One row of a prompt table: a box on one slice of one scan, and the label its mask gets."""
+
+    row: int  # line of the table file (the header is line 1)
+    image: Path  # absolute
+    key_slice: int
+    box: Tuple[float, float, float, float]  # x0, y0, x1, y1 in slice pixels
+    window: WindowChoice
+    label: int
+    direction: str = "both"
+    slice_range: Optional[Tuple[int, int]] = None
+
+
+@dataclass
+class Outcome:
+    """One row of the summary CSV: what became of one prompt (or of a table row that is not one)."""
+
+    row: Optional[int]
+    image: str
+    label: Optional[int]
+    status: str  # ok, failed or skipped
+    message: str = ""
+    output: str = ""
+    voxels: int = 0  # of this row's own mask
+    slices: int = 0  # slices this row's mask touches
+    overlap_voxels: int = 0  # of this row's mask, already labelled by an earlier row
+    seconds: float = 0.0  # segmenting this row (the first row of a window also encodes the slices)
+    scan_seconds: float = 0.0  # the whole scan: reading, windowing, every row, writing
+
+
+SUMMARY_COLUMNS = [column.name for column in fields(Outcome)]
+
+
+# -- reading tables ----------------------------------------------------------------------------------------
+
+
+def _read_rows(path: Path, required: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
+    """(line number, {lower-case column: stripped text}) for each data row of a CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            columns = [name.strip().lower() for name in reader.fieldnames or []]
+            missing = [name for name in required if name not in columns]
+            if missing:
+                raise TableError(
+                    f"{path} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'no header'})."
+                )
+            rows = []
+            for row in reader:
+                cells = {name.strip().lower(): (value or "").strip() for name, value in row.items() if name is not None}
+                rows.append((reader.line_num, cells))
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise TableError(f"Cannot read the prompt table {path}: {error}") from error
+
+
+def _integer(text: str, column: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{column} {text!r} is not a number.") from None
+    if not value.is_integer():
+        raise ValueError(f"{column} {text!r} is not a whole number.")
+    return int(value)
+
+
+def _decimal(text: str, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{column} {text!r} is not a number.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{column} {text!r} is not a finite number.")
+    return value
+
+
+def _label(text: str, column: str = "label") -> int:
+    label = _integer(text, column)
+    if not 1 <= label <= MAX_LABEL:
+        raise ValueError(f"{column} {label} is outside 1..{MAX_LABEL}.")
+    return label
+
+
+def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window: WindowChoice, next_label: int) -> Prompt:
+    """A prompt from one row of our table; ValueError with a sentence when a cell is unusable."""
+    box = tuple(_decimal(cells[column], column) for column in ("x0", "y0", "x1", "y1"))
+    window_text = cells.get("window", "")
+    direction = cells.get("direction", "") or "both"
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    first, last = cells.get("first_slice", ""), cells.get("last_slice", "")
+    if bool(first) != bool(last):
+        raise ValueError("give both first_slice and last_slice, or neither.")
+    return Prompt(
+        row=line,
+        image=image,
+        key_slice=_integer(cells["slice"], "slice"),
+        box=box,
+        window=WindowChoice.parse(window_text) if window_text else default_window,
+        label=_label(cells["label"]) if cells.get("label") else next_label,
+        direction=direction,
+        slice_range=(_integer(first, "first_slice"), _integer(last, "last_slice")) if first else None,
+    )
+
+
+def read_prompt_table(
+    path: Path, images: Path, default_window: WindowChoice = WindowChoice("none")
+) -> Tuple[List[Prompt], List[Outcome]]:
+    """The usable prompts of a table and a ``failed`` outcome for each row that is not usable."""
+    prompts: List[Prompt] = []
+    failures: List[Outcome] = []
+    highest_label: Dict[Path, int] = {}
+    for line, cells in _read_rows(Path(path), TABLE_COLUMNS):
+        if not cells["image"]:
+            failures.append(Outcome(line, "", None, "failed", "the image cell is empty."))
+            continue
+        image = (Path(images) / cells["image"]).resolve()
+        try:
+            prompt = _table_prompt(line, cells, image, default_window, highest_label.get(image, 0) + 1)
+        except ValueError as error:
+            failures.append(Outcome(line, cells["image"], None, "failed", str(error)))
+            continue
+        if prompt.label > MAX_LABEL:
+            failures.append(Outcome(line, cells["image"], None, "failed", f"no label left below {MAX_LABEL + 1}."))
+            continue
+        highest_label[image] = max(highest_label.get(image, 0), prompt.label)
+        prompts.append(prompt)
+    return prompts, failures
+
+
+def _numbers(text: str, count: int, column: str) -> List[float]:
+    values = text.split(",")
+    if len(values) != count:
+        raise ValueError(f"{column} {text!r} should hold {count} comma-separated numbers.")
+    return [_decimal(value.strip(), column) for value in values]
+
+
+def _deeplesion_range(cells: Dict[str, str]) -> Optional[Tuple[str, int, int]]:
+    """(case, first slice, last slice) a DeepLesion row belongs to, or None when it names none."""
+    case = DEEPLESION_CASE.match(cells.get("file_name", ""))
+    try:
+        first, last = (int(value) for value in cells.get("slice_range", "").split(","))
+    except ValueError:
+        return None
+    return (case.group(1), first, last) if case else None
+
+
+def _deeplesion_prompt(line: int, cells: Dict[str, str], image: Path, first_slice: int, label: int) -> Prompt:
+    """A prompt from one DeepLesion row, read as the official MedSAM2 CT script reads it.
+
+    ``Bounding_boxes`` is read as y0, x0, y1, x1, each truncated to an integer, and swapped to x0, y0, x1, y1;
+    the key slice is ``Key_slice_index`` minus the first slice of ``Slice_range`` (both 1-based in DeepLesion,
+    so the difference indexes the volume, which holds exactly that range); ``DICOM_windows`` is the window."""
+    y0, x0, y1, x1 = (int(value) for value in _numbers(cells["bounding_boxes"], 4, "Bounding_boxes"))
+    lower, upper = _numbers(cells["dicom_windows"], 2, "DICOM_windows")
+    return Prompt(
+        row=line,
+        image=image,
+        key_slice=_integer(cells["key_slice_index"], "Key_slice_index") - first_slice,
+        box=(x0, y0, x1, y1),
+        window=WindowChoice.parse(f"{lower!r} {upper!r}"),
+        label=label,
+    )
+
+
+def deeplesion_volumes(images: Path) -> Tuple[Dict[Tuple[str, int, int], Path], List[Outcome]]:
+    """DeepLesion volumes in a folder by (case, first slice, last slice), and a failure for each other .nii.gz."""
+    volumes, failures = {}, []
+    for path in sorted(Path(images).glob("*.nii.gz")):
+        if path.name.startswith("."):
+            continue
+        match = DEEPLESION_VOLUME.match(path.name)
+        if match is None:
+            failures.append(Outcome(None, path.name, None, "failed",
+                                    "the name is not <patient>_<study>_<series>_<first>-<last>.nii.gz (DeepLesion)."))
+            continue
+        volumes[(match.group(1), int(match.group(2)), int(match.group(3)))] = path.resolve()
+    return volumes, failures
+
+
+def read_deeplesion_table(path: Path, images: Path) -> Tuple[List[Prompt], List[Outcome]]:
+    """Prompts for the DeepLesion volumes in ``images`` from DeepLesion's info table.
+
+    A row belongs to a volume when its ``File_name`` starts with the volume's case and its ``Slice_range``
+    equals the volume's range; other rows are not about these volumes and are passed over. Lesions get labels
+    1, 2, ... per volume in table order (a failed row keeps its number). Volumes without rows are skipped."""
+    volumes, outcomes = deeplesion_volumes(images)
+    prompts: List[Prompt] = []
+    lesions: Dict[Path, int] = {}
+    for line, cells in _read_rows(Path(path), DEEPLESION_COLUMNS):
+        key = _deeplesion_range(cells)
+        image = volumes.get(key) if key else None
+        if image is None:
+            continue
+        lesions[image] = lesions.get(image, 0) + 1
+        try:
+            prompts.append(_deeplesion_prompt(line, cells, image, key[1], lesions[image]))
+        except ValueError as error:
+            outcomes.append(Outcome(line, image.name, lesions[image], "failed", str(error)))
+    for image in volumes.values():
+        if image not in lesions:
+            outcomes.append(Outcome(None, image.name, None, "skipped", "no row of the table is about this volume."))
+    return prompts, outcomes
+
+
+# -- label maps ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Region:
+    """A mask kept as its bounding box: masks are small against the volume."""
+
+    box: Tuple[slice, ...]
+    values: np.ndarray  # bool, the mask inside ``box``
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> "Region":
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            return cls(tuple(slice(0, 0) for _ in mask.shape), np.zeros((0,) * mask.ndim, bool))
+        box = []
+        for axis in range(mask.ndim):
+            occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+            box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+        return cls(tuple(box), mask[tuple(box)])
+
+    @property
+    def voxels(self) -> int:
+        return int(self.values.sum())
+
+    @property
+    def slices(self) -> int:
+        return int(self.values.any(axis=(1, 2)).sum()) if self.values.ndim == 3 else 0
+
+
+def compose_labels(shape: Tuple[int, ...], regions: Sequence[Tuple[int, Region]]) -> Tuple[np.ndarray, List[int]]:
+    """Label map (uint8, ``shape``) of (label, region) pairs in priority order, and per pair the voxels it lost.
+
+    Earlier pairs win: a voxel keeps the first label that covers it. Pairs with the same label merge (a voxel
+    they share is not counted as lost)."""
+    label_map = np.zeros(shape, dtype=np.uint8)
+    lost = []
+    for label, region in regions:
+        target = label_map[region.box]  # a view: writing to it writes the label map
+        taken = target != 0
+        lost.append(int((region.values & taken & (target != label)).sum()))
+        target[region.values & ~taken] = label
+    return label_map, lost
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanReport:
+    """What became of one scan, for progress messages."""
+
+    name: str  # the image, relative to the images folder when inside it
+    output: Path
+    outcomes: List[Outcome] = field(default_factory=list)
+    seconds: float = 0.0  # reading, windowing, segmenting and writing (0 for a scan not segmented)
+
+
+def group_in_order(items: Iterable, key: Callable) -> "OrderedDict[object, list]":
+    """Items grouped by key, groups in order of first appearance, items in their order."""
+    groups: "OrderedDict[object, list]" = OrderedDict()
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def display_path(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it, else as it is."""
+    try:
+        return Path(path).relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class BatchRunner:
+    """Runs prompts scan by scan (see the module docstring for the rules).
+
+    predictor_factory: called once, when the first scan needs segmenting (so a run that only skips never loads
+    the model); it returns an object with VolumePredictor's ``segment``. on_prompt sees each prompt when done;
+    on_scan each scan's report. ``outcomes`` holds the outcomes of the scans finished so far."""
+
+    def __init__(
+        self,
+        predictor_factory: Callable[[], object],
+        images: Path,
+        output_folder: Path,
+        overwrite: bool = False,
+        cache_slices: Optional[int] = None,
+        on_prompt: Optional[Callable[[Prompt], None]] = None,
+        on_scan: Optional[Callable[[ScanReport], None]] = None,
+    ) -> None:
+        self._predictor_factory = predictor_factory
+        self._predictor = None
+        self.images = Path(images).resolve()
+        self.output_folder = Path(output_folder)
+        self.overwrite = overwrite
+        self.cache_slices = cache_slices
+        self.on_prompt = on_prompt or (lambda prompt: None)
+        self.on_scan = on_scan or (lambda report: None)
+        self.outcomes: List[Outcome] = []
+
+    def output_path(self, image: Path) -> Path:
+        relative = Path(display_path(image, self.images))
+        if relative.is_absolute() or ".." in relative.parts:
+            relative = Path(image.name)
+        return self.output_folder / relative
+
+    def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
+        owners: Dict[Path, Path] = {}
+        for image, scan_prompts in group_in_order(prompts, lambda prompt: prompt.image).items():
+            output = self.output_path(image)
+            report = ScanReport(display_path(image, self.images), output)
+            problem = _output_problem(image, output, owners)
+            if problem is not None:
+                report.outcomes = self._all(scan_prompts, "failed", problem)
+            elif output.exists() and not self.overwrite:
+                report.outcomes = self._all(scan_prompts, "skipped", f"{output} exists (--overwrite redoes it).")
+            else:
+                if self._predictor is None:
+                    self._predictor = self._predictor_factory()  # errors here (no weights) stop the whole batch
+                started = time.perf_counter()
+                report.outcomes = self._segment_scan(image, scan_prompts, output)
+                report.seconds = time.perf_counter() - started
+            for outcome in report.outcomes:
+                outcome.scan_seconds = report.seconds
+            self.outcomes += report.outcomes
+            self.on_scan(report)
+        return self.outcomes
+
+    def _outcome(self, prompt: Prompt, status: str, message: str = "") -> Outcome:
+        return Outcome(prompt.row, display_path(prompt.image, self.images), prompt.label, status, message)
+
+    def _all(self, prompts: Sequence[Prompt], status: str, message: str) -> List[Outcome]:
+        for prompt in prompts:
+            self.on_prompt(prompt)
+        return [self._outcome(prompt, status, message) for prompt in prompts]
+
+    def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
+        try:
+            volume, geometry = read_volume(image)
+        except (ValueError, OSError) as error:
+            return self._all(prompts, "failed", str(error))
+        regions: Dict[Prompt, Region] = {}
+        outcomes = {prompt: self._outcome(prompt, "failed") for prompt in prompts}
+        for window_choice, group in group_in_order(prompts, lambda prompt: prompt.window).items():
+            try:
+                windowed = window_choice.apply(volume)
+            except ValueError as error:
+                for prompt in group:
+                    outcomes[prompt].message = f"window {window_choice}: {error}"
+                    self.on_prompt(prompt)
+                continue
+            cache = FeatureCache(windowed, self.cache_slices)
+            for prompt in group:
+                self._segment_prompt(prompt, windowed, cache, regions, outcomes[prompt])
+        self._compose_and_write(volume.shape, regions, outcomes, geometry, output)
+        return list(outcomes.values())
+
+    def _segment_prompt(self, prompt: Prompt, windowed: np.ndarray, cache: FeatureCache,
+                        regions: Dict[Prompt, Region], outcome: Outcome) -> None:
+        started = time.perf_counter()
+        try:
+            mask = self._predictor.segment(windowed, prompt.key_slice, prompt.box, prompt.direction,
+                                           prompt.slice_range, cache=cache)
+        except ROW_ERRORS as error:
+            outcome.message = str(error) or type(error).__name__
+        else:
+            regions[prompt] = Region.of(mask)
+            outcome.status = "ok"
+        outcome.seconds = time.perf_counter() - started
+        self.on_prompt(prompt)
+
+    def _compose_and_write(self, shape, regions: Dict[Prompt, Region], outcomes: Dict[Prompt, Outcome],
+                           geometry, output: Path) -> None:
+        if not regions:
+            return
+        ordered = sorted(regions, key=lambda prompt: prompt.row)
+        label_map, lost = compose_labels(shape, [(prompt.label, regions[prompt]) for prompt in ordered])
+        try:
+            write_atomically(output, label_map, geometry)
+        except (ValueError, OSError) as error:
+            for prompt in ordered:
+                outcomes[prompt].status, outcomes[prompt].message = "failed", str(error)
+            return
+        for prompt, lost_voxels in zip(ordered, lost):
+            region, outcome = regions[prompt], outcomes[prompt]
+            outcome.output, outcome.voxels, outcome.slices = str(output), region.voxels, region.slices
+            outcome.overlap_voxels = lost_voxels
+            if region.voxels == 0:
+                outcome.message = "the mask is empty."
+
+
+def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Optional[str]:
+    """Why ``output`` cannot be ``image``'s output in this run (``owners``: output -> image so far), or None."""
+    owner = owners.setdefault(output.resolve(), image)
+    if output.resolve() == image:
+        return f"its output {output} would replace the image itself; choose another output folder."
+    if owner != image:
+        return f"its output {output} is also the output of {owner}."
+    return None
+
+
+def write_atomically(output: Path, label_map: np.ndarray, geometry) -> None:
+    """Write to a hidden temporary file beside ``output`` and rename it: ``output`` appears complete or not at all."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".partial-{output.name}")
+    try:
+        write_mask(temporary, label_map, geometry)
+        os.replace(temporary, output)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_summary(path: Path, outcomes: Sequence[Outcome]) -> None:
+    """The summary CSV: one line per outcome, in table order (rows that are not prompts last)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(outcomes, key=lambda outcome: (outcome.row is None, outcome.row or 0))
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for outcome in ordered:
+            cells = asdict(outcome)
+            cells["seconds"], cells["scan_seconds"] = f"{outcome.seconds:.3f}", f"{outcome.scan_seconds:.3f}"
+            writer.writerow(cells)

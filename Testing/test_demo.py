@@ -1,0 +1,69 @@
+"""``medsam2 demo``: the shipped scan and its notice, the run on the tiny model, and the message without weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from MedSAM2Lib.checkpoint import CHECKPOINT_URL
+from MedSAM2Lib.cli import main
+from MedSAM2Lib.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
+from MedSAM2Lib.predictor import validate_prompt
+
+from conftest import DATA
+
+
+def test_the_scan_is_small_credited_and_the_box_is_on_the_ventricle():
+    assert DEMO_SCAN.stat().st_size < 2 * 1024 * 1024
+    notice = DEMO_NOTICE.read_text()
+    assert "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre" in notice
+    assert "provided that the above copyright" in notice
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(DEMO_SCAN)))
+    assert volume.shape == (78, 195, 157) and volume.dtype == np.uint8
+    validate_prompt(volume, DEMO_PROMPT.key_slice, DEMO_PROMPT.box, "both", DEMO_PROMPT.slice_range)
+    key_slice = volume[DEMO_PROMPT.key_slice]
+    x0, y0, x1, y1 = DEMO_PROMPT.box
+    brain = key_slice[key_slice > 20]
+    dark = np.median(brain) / 2  # cerebrospinal fluid is dark on T1
+    assert (key_slice[y0:y1, x0:x1] < dark).mean() > 3 * (brain < dark).mean()
+
+
+def test_overview_slices_lie_halfway_to_the_mask_ends():
+    assert overview_slices(45, (30, 60)) == [37, 45, 53]
+    assert overview_slices(45, (45, 45)) == [45, 45, 45]
+
+
+def test_demo_writes_the_mask_and_the_picture(tmp_path, checkpoints, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml"),
+                 "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    mask_path, png_path = out / "right_lateral_ventricle.nii.gz", out / "right_lateral_ventricle.png"
+    assert f"Mask: {mask_path}" in captured.out and f"Picture: {png_path}" in captured.out
+    assert "Louis Collins" in captured.out and "33/33" in captured.err
+    scan, mask = sitk.ReadImage(str(DEMO_SCAN)), sitk.ReadImage(str(mask_path))
+    assert mask.GetSize() == scan.GetSize() and np.allclose(mask.GetSpacing(), scan.GetSpacing())
+    assert np.allclose(mask.GetOrigin(), scan.GetOrigin()) and np.allclose(mask.GetDirection(), scan.GetDirection())
+    voxels = sitk.GetArrayFromImage(mask)
+    first, last = DEMO_PROMPT.slice_range
+    assert voxels.any() and not voxels[:first].any() and not voxels[last + 1:].any()
+    picture = np.asarray(Image.open(png_path).convert("RGB"))
+    assert picture.shape[1] == 3 * 157 * PNG_SCALE + 2 * 4 and picture.shape[0] > 195 * PNG_SCALE
+    assert (picture == OUTLINE_COLOUR).all(axis=2).any()
+
+
+def test_without_weights_the_demo_says_how_to_get_them(tmp_path):
+    environment = dict(os.environ, MEDSAM2_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-m", "MedSAM2Lib.cli", "demo", "--out", str(tmp_path / "demo")],
+                            capture_output=True, text=True, env=environment)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    expected = tmp_path / "cache" / "MedSAM2_latest.pt"
+    assert f"no checkpoint at {expected}" in result.stderr
+    assert f'curl -L -o "{expected}" {CHECKPOINT_URL}' in result.stderr and "--checkpoint PATH" in result.stderr
+    assert not (tmp_path / "demo").exists()
