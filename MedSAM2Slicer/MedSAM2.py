@@ -98,7 +98,7 @@ class MedSAM2ModuleLogic:
             return False
         self.installPythonPackages()
         if not self.checkpointPath().is_file():
-            self.downloadWeights()
+            return self.downloadWeights()
         return True
 
     def installPythonPackages(self):
@@ -118,7 +118,8 @@ class MedSAM2ModuleLogic:
             slicer.util.pip_install(package)
 
     def downloadWeights(self):
-        """Download the official checkpoint into the cache folder, verified against its published SHA256."""
+        """Download the official checkpoint into the cache folder, verified against its published SHA256;
+        False if the user cancelled (nothing is left behind)."""
         from MedSAM2Lib import weights
 
         progress = slicer.util.createProgressDialog(labelText="Downloading MedSAM2 weights...", maximum=100)
@@ -128,15 +129,17 @@ class MedSAM2ModuleLogic:
                 slicer.app.processEvents()
 
             weights.download_checkpoint(self.checkpointPath(), progress=report, should_cancel=lambda: progress.wasCanceled)
+            return True
+        except weights.DownloadCancelled:
+            return False
         finally:
             progress.close()
 
     def useLocalCheckpoint(self, path):
         """Pick a checkpoint file already on this computer (offline sites); it is checked before use."""
-        from MedSAM2Lib.checkpoint import read_state_dict
+        from MedSAM2Lib.weights import install_local_checkpoint
 
-        read_state_dict(path)
-        self.setCheckpointPath(path)
+        self.setCheckpointPath(install_local_checkpoint(path))
 
     def predictor(self, fill_holes=True, keep_largest_component=True):
         """A VolumePredictor on the configured checkpoint and device, or None if setup was declined."""
