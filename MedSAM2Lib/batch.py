@@ -47,7 +47,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .predictor import DIRECTIONS, FeatureCache
-from .preprocessing import CT_WINDOW_PRESETS, as_uint8, ct_preset_window, mr_percentile_window, window
+from .preprocessing import Windowing
 from .volume_io import read_volume, write_mask
 
 TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")
@@ -67,46 +67,6 @@ class TableError(ValueError):
 
 
 @dataclass(frozen=True)
-class WindowChoice:
-    """How a scan's intensities become the model's uint8 input; rows with equal choices share features.
-
-    name: ``none`` (values already 0..255), ``mr-percentiles``, a CT preset name, or ``window`` with bounds."""
-
-    name: str
-    bounds: Optional[Tuple[float, float]] = None
-
-    @classmethod
-    def parse(cls, text: str) -> "WindowChoice":
-        text = text.strip().lower()
-        if text in ("none", "mr-percentiles") or text in CT_WINDOW_PRESETS:
-            return cls(text)
-        parts = [part for part in re.split(r"[,;\s]+", text) if part]
-        try:
-            lower, upper = (float(part) for part in parts)
-        except ValueError:
-            raise ValueError(
-                f"window {text!r} is not 'LO HI', 'none', 'mr-percentiles' or a CT preset "
-                f"({', '.join(CT_WINDOW_PRESETS)})."
-            ) from None
-        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-            raise ValueError(f"window {text!r}: LO must be below HI and both finite.")
-        return cls("window", (lower, upper))
-
-    def apply(self, volume: np.ndarray) -> np.ndarray:
-        """(D, H, W) intensities -> uint8 (D, H, W)."""
-        if self.bounds is not None:
-            return window(volume, *self.bounds)
-        if self.name == "mr-percentiles":
-            return mr_percentile_window(volume)
-        if self.name == "none":
-            return as_uint8(volume)
-        return ct_preset_window(volume, self.name)
-
-    def __str__(self) -> str:
-        return f"{self.bounds[0]:g} {self.bounds[1]:g}" if self.bounds else self.name
-
-
-@dataclass(frozen=True)
 class Prompt:
     """One row of a prompt table: a box on one slice of one scan, and the label its mask gets."""
 
@@ -114,7 +74,7 @@ class Prompt:
     image: Path  # absolute
     key_slice: int
     box: Tuple[float, float, float, float]  # x0, y0, x1, y1 in slice pixels
-    window: WindowChoice
+    window: Windowing
     label: int
     direction: str = "both"
     slice_range: Optional[Tuple[int, int]] = None
@@ -190,7 +150,7 @@ def _label(text: str, column: str = "label") -> int:
     return label
 
 
-def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window: WindowChoice, next_label: int) -> Prompt:
+def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window: Windowing, next_label: int) -> Prompt:
     """A prompt from one row of our table; ValueError with a sentence when a cell is unusable."""
     box = tuple(_decimal(cells[column], column) for column in ("x0", "y0", "x1", "y1"))
     window_text = cells.get("window", "")
@@ -205,7 +165,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
         image=image,
         key_slice=_integer(cells["slice"], "slice"),
         box=box,
-        window=WindowChoice.parse(window_text) if window_text else default_window,
+        window=Windowing.parse(window_text) if window_text else default_window,
         label=_label(cells["label"]) if cells.get("label") else next_label,
         direction=direction,
         slice_range=(_integer(first, "first_slice"), _integer(last, "last_slice")) if first else None,
@@ -213,7 +173,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
 
 
 def read_prompt_table(
-    path: Path, images: Path, default_window: WindowChoice = WindowChoice("none")
+    path: Path, images: Path, default_window: Windowing = Windowing("none")
 ) -> Tuple[List[Prompt], List[Outcome]]:
     """The usable prompts of a table and a ``failed`` outcome for each row that is not usable."""
     prompts: List[Prompt] = []
@@ -267,7 +227,7 @@ def _deeplesion_prompt(line: int, cells: Dict[str, str], image: Path, first_slic
         image=image,
         key_slice=_integer(cells["key_slice_index"], "Key_slice_index") - first_slice,
         box=(x0, y0, x1, y1),
-        window=WindowChoice.parse(f"{lower!r} {upper!r}"),
+        window=Windowing.parse(f"{lower!r} {upper!r}"),
         label=label,
     )
 

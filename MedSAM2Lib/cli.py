@@ -78,14 +78,14 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def window_choice(args: argparse.Namespace):
-    """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.batch.WindowChoice`."""
-    from .batch import WindowChoice
+    """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.preprocessing.Windowing`."""
+    from .preprocessing import Windowing
 
     if args.window:
-        return WindowChoice("window", tuple(args.window))
+        return Windowing("window", tuple(args.window))
     if args.ct_preset:
-        return WindowChoice(args.ct_preset)
-    return WindowChoice("mr-percentiles" if args.mr_percentiles else "none")
+        return Windowing(args.ct_preset)
+    return Windowing("mr-percentiles" if args.mr_percentiles else "none")
 
 
 def windowed(volume: np.ndarray, args: argparse.Namespace) -> np.ndarray:

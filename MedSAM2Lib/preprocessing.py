@@ -6,7 +6,10 @@ filter (still uint8), repeated to RGB and normalised with ImageNet statistics in
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -71,6 +74,46 @@ def as_uint8(volume: np.ndarray) -> np.ndarray:
             "give a display window (or a CT preset, or MR percentile windowing) instead of no windowing."
         )
     return volume.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How intensities become the model's uint8 input; volumes windowed alike share image features.
+
+    name: ``none`` (values already 0..255), ``mr-percentiles``, a CT preset name, or ``window`` with bounds."""
+
+    name: str
+    bounds: Optional[Tuple[float, float]] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Windowing":
+        text = text.strip().lower()
+        if text in ("none", "mr-percentiles") or text in CT_WINDOW_PRESETS:
+            return cls(text)
+        parts = [part for part in re.split(r"[,;\s]+", text) if part]
+        try:
+            lower, upper = (float(part) for part in parts)
+        except ValueError:
+            raise ValueError(
+                f"window {text!r} is not 'LO HI', 'none', 'mr-percentiles' or a CT preset "
+                f"({', '.join(CT_WINDOW_PRESETS)})."
+            ) from None
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+            raise ValueError(f"window {text!r}: LO must be below HI and both finite.")
+        return cls("window", (lower, upper))
+
+    def apply(self, volume: np.ndarray) -> np.ndarray:
+        """(D, H, W) intensities -> uint8 (D, H, W)."""
+        if self.bounds is not None:
+            return window(volume, *self.bounds)
+        if self.name == "mr-percentiles":
+            return mr_percentile_window(volume)
+        if self.name == "none":
+            return as_uint8(volume)
+        return ct_preset_window(volume, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.bounds[0]:g} {self.bounds[1]:g}" if self.bounds else self.name
 
 
 def resize_slice(slice_u8: np.ndarray, size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
-from .preprocessing import as_uint8, ct_preset_window, mr_percentile_window, window
+from .preprocessing import Windowing
 from .slice_geometry import StackPrompt, box_prompt, stack_geometry, transform_points
 
 
@@ -104,36 +104,13 @@ def world_to_node_matrix(node) -> np.ndarray:
 # -- windowing -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Windowing:
-    """How the source intensities become the model's uint8 input.
-
-    display: the source volume's window/level as shown (what the clinician sees) - the default;
-    window: explicit [lower, upper]; ct-preset: a named CT window; mr-percentiles: 0.5-99.5 percentiles of
-    non-zero voxels; none: values already in 0..255.
-    """
-
-    mode: str = "display"
-    lower: Optional[float] = None
-    upper: Optional[float] = None
-    preset: Optional[str] = None
-
-    def apply(self, volume: np.ndarray, volume_node) -> np.ndarray:
-        if self.mode == "display":
-            display = volume_node.GetDisplayNode() if volume_node is not None else None
-            if display is None or not hasattr(display, "GetWindow"):
-                raise EditorStateError("The source volume has no display window; choose another windowing.")
-            half = display.GetWindow() / 2.0
-            return window(volume, display.GetLevel() - half, display.GetLevel() + half)
-        if self.mode == "window":
-            return window(volume, self.lower, self.upper)
-        if self.mode == "ct-preset":
-            return ct_preset_window(volume, self.preset)
-        if self.mode == "mr-percentiles":
-            return mr_percentile_window(volume)
-        if self.mode == "none":
-            return as_uint8(volume)
-        raise ValueError(f"Unknown windowing mode {self.mode!r}.")
+def display_windowing(volume_node) -> Windowing:
+    """The window/level the source volume is displayed with: what the clinician sees."""
+    display = volume_node.GetDisplayNode() if volume_node is not None else None
+    if display is None or not hasattr(display, "GetWindow"):
+        raise EditorStateError("The source volume has no display window; choose another intensity windowing.")
+    half = display.GetWindow() / 2.0
+    return Windowing("window", (display.GetLevel() - half, display.GetLevel() + half))
 
 
 # -- editor access: read state, write results ------------------------------------------------------------
@@ -301,7 +278,7 @@ class MedSAM2Logic:
     def segment(
         self,
         prompt: ViewPrompt,
-        windowing: Windowing = Windowing(),
+        windowing: Optional[Windowing] = None,
         propagate: bool = True,
         direction: str = "both",
         slice_range: Optional[Tuple[int, int]] = None,
@@ -309,6 +286,8 @@ class MedSAM2Logic:
         should_cancel: Optional[Callable[[], bool]] = None,
     ) -> SegmentationResult:
         """Run the model: the box's slice only (``propagate=False``, a preview) or through the volume.
+
+        windowing: how intensities become the model's input; None (default) uses the display window.
 
         progress(done, total) is called after each slice; should_cancel() is asked after each slice and
         raises :class:`Cancelled` when it says yes. Nothing is written here.
@@ -370,18 +349,15 @@ class MedSAM2Logic:
 
     # internals
 
-    def _stack(self, prompt: ViewPrompt, windowing: Windowing) -> Tuple[np.ndarray, FeatureCache]:
+    def _stack(self, prompt: ViewPrompt, windowing: Optional[Windowing]) -> Tuple[np.ndarray, FeatureCache]:
         """The windowed stack for this prompt, reusing image features while volume, window and axis stay."""
         image = prompt.source.image
-        display = prompt.source.volume_node.GetDisplayNode() if prompt.source.volume_node else None
-        key = (id(self.predictor), id(image), image.GetMTime(), windowing, prompt.stack.geometry,
-               display.GetMTime() if display is not None and windowing.mode == "display" else None)
+        windowing = windowing or display_windowing(prompt.source.volume_node)
+        key = (id(self.predictor), id(image), image.GetMTime(), windowing, prompt.stack.geometry)
         if key != self._cache_key:
-            volume = windowing.apply(prompt.source.array(), prompt.source.volume_node)
-            stack = prompt.stack.geometry.to_stack(volume)
+            stack = prompt.stack.geometry.to_stack(windowing.apply(prompt.source.array()))
             self._cache_key, self._cache = key, FeatureCache(stack, self.max_cached_slices)
         return self._cache.volume, self._cache
-
 
 def labelmap_like(image: "slicer.vtkOrientedImageData", mask_kji: np.ndarray) -> "slicer.vtkOrientedImageData":
     """A uint8 oriented image with ``image``'s geometry and extent holding ``mask_kji``."""

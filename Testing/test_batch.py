@@ -14,7 +14,6 @@ from MedSAM2Lib.batch import (
     BatchRunner,
     Region,
     TableError,
-    WindowChoice,
     compose_labels,
     read_deeplesion_table,
     read_prompt_table,
@@ -22,7 +21,7 @@ from MedSAM2Lib.batch import (
 )
 from MedSAM2Lib.connected_components import largest_component
 from MedSAM2Lib.predictor import VolumePredictor, validate_prompt
-from MedSAM2Lib.preprocessing import ct_preset_window, mr_percentile_window, window
+from MedSAM2Lib.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
 from MedSAM2Lib.volume_io import VolumeError
 
 from conftest import DATA
@@ -88,13 +87,13 @@ def test_table_rows_become_prompts(tmp_path):
         "b.nrrd,5,1,2,10,12,lung,7,,2,9",
         "a.nii.gz,6,1,2,10,12,\"0, 200\",,backward,0,6",
     )
-    default = WindowChoice.parse("-160 240")
+    default = Windowing.parse("-160 240")
     prompts, failures = read_prompt_table(table, tmp_path / "images", default)
     assert failures == []
     a, b = (tmp_path / "images" / "a.nii.gz").resolve(), (tmp_path / "images" / "b.nrrd").resolve()
     assert [(p.row, p.image, p.key_slice, p.label) for p in prompts] == [(2, a, 3, 1), (3, a, 4, 2), (4, b, 5, 7), (5, a, 6, 3)]
     assert prompts[1].box == (1.5, 2.0, 10.0, 12.0)
-    assert [p.window for p in prompts] == [default, WindowChoice("none"), WindowChoice("lung"), WindowChoice("window", (0.0, 200.0))]
+    assert [p.window for p in prompts] == [default, Windowing("none"), Windowing("lung"), Windowing("window", (0.0, 200.0))]
     assert [p.direction for p in prompts] == ["both", "forward", "both", "backward"]
     assert [p.slice_range for p in prompts] == [None, None, (2, 9), (0, 6)]
 
@@ -142,12 +141,12 @@ def test_a_table_without_its_columns_or_file_is_refused(tmp_path):
 
 def test_window_choices_apply_the_preprocessing_functions():
     volume = np.linspace(-1000, 1000, 2 * 3 * 4).reshape(2, 3, 4)
-    np.testing.assert_array_equal(WindowChoice.parse(" -160, 240 ").apply(volume), window(volume, -160, 240))
-    np.testing.assert_array_equal(WindowChoice.parse("Lung").apply(volume), ct_preset_window(volume, "lung"))
-    np.testing.assert_array_equal(WindowChoice.parse("mr-percentiles").apply(volume), mr_percentile_window(volume))
-    assert str(WindowChoice.parse("-160;240")) == "-160 240" and str(WindowChoice.parse("bone")) == "bone"
+    np.testing.assert_array_equal(Windowing.parse(" -160, 240 ").apply(volume), window(volume, -160, 240))
+    np.testing.assert_array_equal(Windowing.parse("Lung").apply(volume), ct_preset_window(volume, "lung"))
+    np.testing.assert_array_equal(Windowing.parse("mr-percentiles").apply(volume), mr_percentile_window(volume))
+    assert str(Windowing.parse("-160;240")) == "-160 240" and str(Windowing.parse("bone")) == "bone"
     with pytest.raises(ValueError, match="not whole numbers in 0..255"):
-        WindowChoice.parse("none").apply(volume)
+        Windowing.parse("none").apply(volume)
 
 
 DEEPLESION_HEADER = "File_name,Patient_index,Key_slice_index,Bounding_boxes,DICOM_windows,Slice_range,Spacing_mm_px_"
@@ -173,8 +172,8 @@ def test_deeplesion_rows_are_read_as_the_official_script_reads_them(tmp_path):
         (2, volume, 4, (104, 70, 183, 131), 1),  # y/x swapped and truncated; 12 - 8
         (3, volume, 12, (20, 10, 40, 30), 2),
     ]
-    assert prompts[0].window == WindowChoice("window", (-175.0, 275.0))
-    assert prompts[1].window == WindowChoice("window", (-1350.0, 150.0))
+    assert prompts[0].window == Windowing("window", (-175.0, 275.0))
+    assert prompts[1].window == Windowing("window", (-1350.0, 150.0))
     assert prompts[0].direction == "both" and prompts[0].slice_range is None
     reported = {(outcome.image, outcome.row, outcome.label, outcome.status) for outcome in outcomes}
     assert reported == {

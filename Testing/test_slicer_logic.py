@@ -10,9 +10,9 @@ import vtk
 
 from MedSAM2Lib import slicer_scenario
 from MedSAM2Lib.predictor import Cancelled, PromptError, VolumePredictor
-from MedSAM2Lib.preprocessing import window
+from MedSAM2Lib.preprocessing import Windowing, window
 from MedSAM2Lib.slice_geometry import BoxError, ObliqueViewError
-from MedSAM2Lib.slicer_logic import (EditorStateError, MedSAM2Logic, Windowing, save_segment_as_labelmap,
+from MedSAM2Lib.slicer_logic import (EditorStateError, MedSAM2Logic, save_segment_as_labelmap,
                                      save_segmentation)
 from MedSAM2Lib.slicer_scenario import add_volume, oblique_ijk_to_ras, segment_array
 
@@ -314,7 +314,7 @@ def test_display_window_is_the_default_intensity_mapping(app, volume_node):
     # LPS-like volume in an axial view: the stack is the (K, J, I) array itself.
     np.testing.assert_array_equal(stack, window(slicer.util.arrayFromVolume(volume_node), -40, 160))
     predictor.calls.clear()
-    propagate_box(app, volume_node, predictor=predictor, windowing=Windowing("ct-preset", preset="lung"))
+    propagate_box(app, volume_node, predictor=predictor, windowing=Windowing("lung"))
     np.testing.assert_array_equal(predictor.calls[0]["volume"],
                                   window(slicer.util.arrayFromVolume(volume_node), -1350, 150))
 

@@ -14,8 +14,8 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
               ("Backward (decreasing slice index)", "backward")]
-WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "ct-preset:soft-tissue"),
-              ("CT lung", "ct-preset:lung"), ("CT bone", "ct-preset:bone"), ("CT brain", "ct-preset:brain"),
+WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
+              ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
               ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
 CORNER_GRAB_PIXELS = 8
 
@@ -245,12 +245,12 @@ oblique); one structure per box; results need review, especially far from the bo
                 self.offerRotateViews(str(error))
 
     def segmentOptions(self):
-        from MedSAM2Lib.slicer_logic import Windowing
+        from MedSAM2Lib.preprocessing import Windowing
 
         effect = self.scriptedEffect
         windowing = effect.parameter("Windowing")
-        mode, _, preset = windowing.partition(":")
-        options = {"windowing": Windowing(mode, preset=preset or None), "direction": effect.parameter("Direction")}
+        options = {"windowing": None if windowing == "display" else Windowing.parse(windowing),
+                   "direction": effect.parameter("Direction")}
         if effect.integerParameter("RangeEnabled"):
             options["slice_range"] = (effect.integerParameter("RangeFirst"), effect.integerParameter("RangeLast"))
         return options
