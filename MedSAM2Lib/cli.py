@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,9 +16,10 @@ from .config import ConfigError
 from .predictor import PromptError, planned_slices
 from .preprocessing import CT_WINDOW_PRESETS
 from .volume_io import VolumeError
+from .weights import DownloadError
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
-USER_ERRORS = (CheckpointError, ConfigError, PromptError, VolumeError, ValueError, OSError)
+USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, VolumeError, ValueError, OSError)
 
 
 class ProgressBar:
@@ -196,6 +198,27 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_download(args: argparse.Namespace) -> int:
+    from .weights import WeightsSource, download_checkpoint
+
+    destination = args.output or default_checkpoint_path()
+    shown = -1
+
+    def report(done: int, total: int) -> None:
+        nonlocal shown
+        percent = 100 * done // max(total, 1)
+        if percent != shown:
+            shown = percent
+            sys.stderr.write(f"\rDownloading MedSAM2 weights: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({percent}%)")
+            sys.stderr.flush()
+
+    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=args.mirror))
+    if shown >= 0:
+        sys.stderr.write("\n")
+    print(f"Verified MedSAM2 weights (published SHA256) at {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam2", description="MedSAM2 3D segmentation from a box on one slice.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, default=Path("evaluation.csv"),
                           help="where to write the scores (default: evaluation.csv)")
     evaluate.set_defaults(run=command_evaluate)
+
+    download = commands.add_parser("download", help="download the official MedSAM2 weights, verified by SHA256")
+    download.add_argument("-o", "--output", type=Path, default=None,
+                          help=f"where to save them (default: {default_checkpoint_path()})")
+    download.add_argument("--mirror", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+                          help="a Hugging Face mirror to download from (default: $HF_ENDPOINT or huggingface.co)")
+    download.set_defaults(run=command_download)
 
     demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
     demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),

@@ -61,8 +61,8 @@ class DemoResult:
 def missing_weights_message(checkpoint: Path) -> str:
     return (
         f"The demo needs the MedSAM2 weights, and there is no checkpoint at {checkpoint}. Get them with\n"
-        f"    mkdir -p \"{checkpoint.parent}\"\n"
-        f"    curl -L -o \"{checkpoint}\" {CHECKPOINT_URL}\n"
+        f"    medsam2 download -o \"{checkpoint}\"\n"
+        f"(or download {CHECKPOINT_URL} yourself and save it there),\n"
         "or pass --checkpoint PATH to use a MedSAM2 checkpoint you already have."
     )
 

@@ -65,5 +65,5 @@ def test_without_weights_the_demo_says_how_to_get_them(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     expected = tmp_path / "cache" / "MedSAM2_latest.pt"
     assert f"no checkpoint at {expected}" in result.stderr
-    assert f'curl -L -o "{expected}" {CHECKPOINT_URL}' in result.stderr and "--checkpoint PATH" in result.stderr
+    assert f'medsam2 download -o "{expected}"' in result.stderr and CHECKPOINT_URL in result.stderr and "--checkpoint PATH" in result.stderr
     assert not (tmp_path / "demo").exists()

@@ -207,3 +207,17 @@ def test_unusable_local_checkpoint_is_refused_and_not_copied(tmp_path, cache):
     with pytest.raises(CheckpointError, match="damaged or not a PyTorch file"):
         install_local_checkpoint(picked, copy_to_cache=True, cache_folder=cache)
     assert not cache.exists()
+
+
+def test_download_command(server, cache, capsys):
+    from MedSAM2Lib.cli import main
+
+    publish(server, CONTENT)
+    target = cache / "MedSAM2_latest.pt"
+    assert main(["download", "-o", str(target), "--mirror", server.as_uri()]) == 0
+    assert target.read_bytes() == CONTENT
+    captured = capsys.readouterr()
+    assert "(100%)" in captured.err and f"Verified MedSAM2 weights (published SHA256) at {target}" in captured.out
+    (server / "wanglab").rename(server / "moved")
+    assert main(["download", "-o", str(cache / "other.pt"), "--mirror", server.as_uri()]) == 1
+    assert "medsam2: error:" in capsys.readouterr().err and not (cache / "other.pt").exists()
