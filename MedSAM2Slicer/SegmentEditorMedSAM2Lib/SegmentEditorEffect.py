@@ -65,6 +65,7 @@ oblique); one structure per box; results need review, especially far from the bo
         self.scriptedEffect.addLabeledOptionsWidget("Direction:", self.directionCombo)
 
         self.rangeCheckBox = qt.QCheckBox("Only slices")
+        self.rangeCheckBox.setToolTip("Voxel indices along the axis the view looks through; must include the box's slice.")
         self.rangeFirstSpinBox = qt.QSpinBox()
         self.rangeLastSpinBox = qt.QSpinBox()
         for spinBox in (self.rangeFirstSpinBox, self.rangeLastSpinBox):
