@@ -71,13 +71,16 @@ def _read_npz(path: Path) -> Tuple[np.ndarray, Geometry]:
 
 
 def write_mask(path: str | Path, mask: np.ndarray, geometry: Optional[Geometry] = None) -> None:
-    """Save a uint8 (D, H, W) mask: ``.npz`` with key ``mask``, or a volume file with the given geometry."""
+    """Save a uint8 (D, H, W) mask: ``.npz`` with keys ``mask`` and ``spacing``, or a volume file with the given
+    geometry."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if is_npz(path):
-        np.savez_compressed(path, mask=mask)
+        # MedSAM2's npz layout keeps the spacing in array order (z, y, x), as read_volume expects it.
+        spacing = np.asarray((geometry or Geometry()).spacing, dtype=np.float64)[::-1]
+        np.savez_compressed(path, mask=mask, spacing=spacing)
         return
     import SimpleITK as sitk
 

@@ -101,3 +101,12 @@ def test_bad_box_is_reported(tmp_path, model_arguments, capsys):
     assert main(["segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box", "104", "70", "300", "131",
                  "-o", str(tmp_path / "m.npz")] + model_arguments) == 1
     assert "reaches outside the slice" in capsys.readouterr().err
+
+
+def test_npz_output_keeps_the_spacing(tmp_path, model_arguments):
+    source = tmp_path / "scan.npz"
+    np.savez(source, imgs=np.load(DATA / "input_volume.npz")["imgs"], spacing=np.array([2.5, 0.8, 0.7]))
+    output = tmp_path / "mask.npz"
+    assert main(["segment", str(source), "--slice", "12", "--box", "104", "70", "183", "131", "-o", str(output)]
+                + model_arguments) == 0
+    np.testing.assert_array_equal(np.load(output)["spacing"], [2.5, 0.8, 0.7])
