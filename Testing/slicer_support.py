@@ -3,7 +3,7 @@ and a test double for the predictor."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import slicer
@@ -150,10 +150,3 @@ def lesion_volume(shape_kji=(20, 48, 64), seed: int = 0) -> np.ndarray:
     volume = rng.normal(40, 15, shape_kji)
     volume[((i - 40) / 9) ** 2 + ((j - 20) / 7) ** 2 + ((k - 9) / 5) ** 2 < 1] += 120
     return volume.astype(np.int16)
-
-
-def slice_index_of(slice_node, volume_node, axis: int) -> Optional[int]:
-    """The voxel index along an axis of the plane a view shows."""
-    ras = matrix_to_array(slice_node.GetXYToRAS()) @ np.array([0.0, 0.0, 0.0, 1.0])
-    ijk = np.linalg.inv(ijk_to_ras(volume_node)) @ ras
-    return int(round(ijk[axis]))
