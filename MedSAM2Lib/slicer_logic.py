@@ -325,11 +325,11 @@ class MedSAM2Logic:
         outside the computed slices (masking and overwrite settings then act as for Slicer's own effects).
         """
         modifier = result.mask.copy()
+        untouched = np.ones(modifier.shape[2 - result.slice_axis], dtype=bool)
+        untouched[result.slices] = False
         segment_id = editor.selected_segment_id()
-        if segment_id is not None:
+        if segment_id is not None and untouched.any():  # a full propagation replaces everything: nothing to carry
             current = segment_mask_on(editor.segmentation_node(), segment_id, prompt.source.image)
-            untouched = np.ones(modifier.shape[2 - result.slice_axis], dtype=bool)
-            untouched[result.slices] = False
             index = [slice(None)] * 3
             index[2 - result.slice_axis] = untouched
             modifier[tuple(index)] = current[tuple(index)]
