@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .checkpoint import (
+from .model.checkpoint import (
     CHECKPOINT_FILENAME,
     CHECKPOINT_REPOSITORY,
     cache_directory,

@@ -53,14 +53,14 @@ class MedSAM2ModuleLogic:
     """Settings (checkpoint, device), installs on consent, and the loaded model."""
 
     def __init__(self):
-        from MedSAM2Lib.runtime import ModelCache
+        from MedSAM2Lib.slicer_glue.runtime import ModelCache
 
         self.models = ModelCache()
 
     # settings
 
     def checkpointPath(self):
-        from MedSAM2Lib.checkpoint import default_checkpoint_path
+        from MedSAM2Lib.model.checkpoint import default_checkpoint_path
 
         return Path(qt.QSettings().value("MedSAM2/Checkpoint", str(default_checkpoint_path())))
 
@@ -77,7 +77,7 @@ class MedSAM2ModuleLogic:
 
     def missingRequirements(self):
         """Sentences naming what must be installed or downloaded before segmenting (empty when ready)."""
-        from MedSAM2Lib.runtime import missing_packages, torch_status
+        from MedSAM2Lib.slicer_glue.runtime import missing_packages, torch_status
 
         missing = []
         torchReady, torchMessage = torch_status()
@@ -102,7 +102,7 @@ class MedSAM2ModuleLogic:
         return True
 
     def installPythonPackages(self):
-        from MedSAM2Lib.runtime import MINIMUM_TORCH_VERSION, missing_packages, torch_status
+        from MedSAM2Lib.slicer_glue.runtime import MINIMUM_TORCH_VERSION, missing_packages, torch_status
 
         if not torch_status()[0]:
             try:
@@ -145,7 +145,7 @@ class MedSAM2ModuleLogic:
         """A VolumePredictor on the configured checkpoint and device, or None if setup was declined."""
         if not self.ensureReady():
             return None
-        from MedSAM2Lib.runtime import ModelChoice
+        from MedSAM2Lib.slicer_glue.runtime import ModelChoice
 
         return self.models.predictor(ModelChoice(self.checkpointPath(), None, self.device()), fill_holes,
                                      keep_largest_component)
@@ -224,9 +224,9 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
         self.test_box_propagation_through_the_effect()
 
     def test_box_propagation_through_the_effect(self):
-        from MedSAM2Lib import slicer_scenario
-        from MedSAM2Lib.runtime import ModelCache, ModelChoice
-        from MedSAM2Lib.slicer_logic import MedSAM2Logic
+        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+        from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
 
         realWeights = moduleLogic().checkpointPath()
         if realWeights.is_file():

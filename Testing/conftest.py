@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from MedSAM2Lib.checkpoint import load_model
-from MedSAM2Lib.config import load_config
+from MedSAM2Lib.model.checkpoint import load_model
+from MedSAM2Lib.model.config import load_config
 
 DATA = Path(__file__).resolve().parent / "Data"
 # CI clones the repository with ../shared beside it; a plain clone has only Testing/Data.

@@ -9,9 +9,9 @@ import numpy as np
 import slicer
 import vtk
 
-from MedSAM2Lib.predictor import SliceResult, planned_slices, validate_prompt
-from MedSAM2Lib.slicer_logic import EditorAccess, SegmentEditorLogicBackend, labelmap_like, matrix_to_array
-from MedSAM2Lib.slicer_scenario import default_slice_logic
+from MedSAM2Lib.inference.predictor import SliceResult, planned_slices, validate_prompt
+from MedSAM2Lib.slicer_glue.logic import EditorAccess, SegmentEditorLogicBackend, labelmap_like, matrix_to_array
+from MedSAM2Lib.slicer_glue.scenario import default_slice_logic
 
 
 class SlicerScene:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAM2Lib import cli
-from MedSAM2Lib.batch import (
+from MedSAM2Lib.apps import cli
+from MedSAM2Lib.apps.batch import (
     BatchRunner,
     Region,
     TableError,
@@ -19,10 +19,10 @@ from MedSAM2Lib.batch import (
     read_prompt_table,
     write_atomically,
 )
-from MedSAM2Lib.connected_components import largest_component
-from MedSAM2Lib.predictor import VolumePredictor, validate_prompt
-from MedSAM2Lib.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
-from MedSAM2Lib.volume_io import VolumeError
+from MedSAM2Lib.inference.connected_components import largest_component
+from MedSAM2Lib.inference.predictor import VolumePredictor, validate_prompt
+from MedSAM2Lib.inference.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
+from MedSAM2Lib.apps.volume_io import VolumeError
 
 from conftest import DATA
 

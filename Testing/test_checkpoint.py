@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 
-from MedSAM2Lib.checkpoint import CheckpointError, load_model, read_state_dict
-from MedSAM2Lib.config import MEDSAM2_T512, HieraConfig
+from MedSAM2Lib.model.checkpoint import CheckpointError, load_model, read_state_dict
+from MedSAM2Lib.model.config import MEDSAM2_T512, HieraConfig
 from MedSAM2Lib.model import MedSAM2
 
 from conftest import DATA

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAM2Lib.cli import main
+from MedSAM2Lib.apps.cli import main
 
 from conftest import DATA
 
@@ -72,7 +72,7 @@ def test_ct_values_without_window_get_advice(tmp_path, model_arguments, capsys):
 
 def test_missing_checkpoint_is_a_sentence_not_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "MedSAM2Lib.cli", "segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box",
+        [sys.executable, "-m", "MedSAM2Lib.apps.cli", "segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box",
          "104", "70", "183", "131", "-o", str(tmp_path / "m.npz"), "--checkpoint", str(tmp_path / "none.pt")],
         capture_output=True, text=True,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from MedSAM2Lib.config import MEDSAM2_T512, ConfigError, HieraConfig, load_config
+from MedSAM2Lib.model.config import MEDSAM2_T512, ConfigError, HieraConfig, load_config
 
 from conftest import DATA
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MedSAM2Lib.connected_components import fill_small_holes, label, largest_component
+from MedSAM2Lib.inference.connected_components import fill_small_holes, label, largest_component
 
 
 @pytest.mark.parametrize("shape, density", [((64, 64), 0.45), ((128, 128), 0.6), ((12, 30, 40), 0.3), ((5, 9, 7), 0.5)])

@@ -10,10 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from MedSAM2Lib.checkpoint import CHECKPOINT_URL
-from MedSAM2Lib.cli import main
-from MedSAM2Lib.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
-from MedSAM2Lib.predictor import validate_prompt
+from MedSAM2Lib.model.checkpoint import CHECKPOINT_URL
+from MedSAM2Lib.apps.cli import main
+from MedSAM2Lib.apps.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
+from MedSAM2Lib.inference.predictor import validate_prompt
 
 from conftest import DATA
 
@@ -60,7 +60,7 @@ def test_demo_writes_the_mask_and_the_picture(tmp_path, checkpoints, capsys):
 
 def test_without_weights_the_demo_says_how_to_get_them(tmp_path):
     environment = dict(os.environ, MEDSAM2_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "-m", "MedSAM2Lib.cli", "demo", "--out", str(tmp_path / "demo")],
+    result = subprocess.run([sys.executable, "-m", "MedSAM2Lib.apps.cli", "demo", "--out", str(tmp_path / "demo")],
                             capture_output=True, text=True, env=environment)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     expected = tmp_path / "cache" / "MedSAM2_latest.pt"

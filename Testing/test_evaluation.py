@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedSAM2Lib.cli import main
-from MedSAM2Lib.evaluation import (
+from MedSAM2Lib.apps.cli import main
+from MedSAM2Lib.apps.evaluation import (
     dice,
     normalised_surface_dice,
     offsets_within,

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MedSAM2Lib.checkpoint import load_model
+from MedSAM2Lib.model.checkpoint import load_model
 from MedSAM2Lib.model.common import sine_position_encoding_2d
-from MedSAM2Lib.predictor import VolumePredictor
-from MedSAM2Lib.preprocessing import model_input, resize_slice
+from MedSAM2Lib.inference.predictor import VolumePredictor
+from MedSAM2Lib.inference.preprocessing import model_input, resize_slice
 
 from conftest import DATA, FIXTURE_SETS, SHARED_FIXTURES, relative_error
 
@@ -161,7 +161,7 @@ def test_against_the_shared_fixture_files(name, run_set, checkpoints):
 
 
 def test_feature_cache_encodes_each_slice_once_across_prompts(tiny_model, input_volume):
-    from MedSAM2Lib.predictor import FeatureCache
+    from MedSAM2Lib.inference.predictor import FeatureCache
 
     volume, key_slice, box = input_volume
     predictor = VolumePredictor(tiny_model)
@@ -180,7 +180,7 @@ def test_feature_cache_encodes_each_slice_once_across_prompts(tiny_model, input_
 
 
 def test_bounded_feature_cache_drops_least_recently_used(tiny_model, input_volume):
-    from MedSAM2Lib.predictor import FeatureCache
+    from MedSAM2Lib.inference.predictor import FeatureCache
 
     volume, key_slice, box = input_volume
     predictor = VolumePredictor(tiny_model)

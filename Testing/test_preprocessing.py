@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from MedSAM2Lib.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, as_uint8, ct_preset_window, mr_percentile_window,
+from MedSAM2Lib.inference.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, as_uint8, ct_preset_window, mr_percentile_window,
                                       normalise, resize_slice, window)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSAM2Lib.predictor import PromptError, VolumePredictor, planned_slices, select_device
+from MedSAM2Lib.inference.predictor import PromptError, VolumePredictor, planned_slices, select_device
 
 VOLUME = np.zeros((5, 40, 60), dtype=np.uint8)
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from MedSAM2Lib import runtime
-from MedSAM2Lib.runtime import ModelCache, ModelChoice
+from MedSAM2Lib.slicer_glue import runtime
+from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
 
 from conftest import DATA
 

@@ -8,13 +8,13 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from MedSAM2Lib import slicer_scenario
-from MedSAM2Lib.predictor import Cancelled, PromptError, VolumePredictor
-from MedSAM2Lib.preprocessing import Windowing, window
-from MedSAM2Lib.slice_geometry import BoxError, ObliqueViewError
-from MedSAM2Lib.slicer_logic import (EditorStateError, MedSAM2Logic, save_segment_as_labelmap,
+from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+from MedSAM2Lib.inference.predictor import Cancelled, PromptError, VolumePredictor
+from MedSAM2Lib.inference.preprocessing import Windowing, window
+from MedSAM2Lib.slicer_glue.geometry import BoxError, ObliqueViewError
+from MedSAM2Lib.slicer_glue.logic import (EditorStateError, MedSAM2Logic, save_segment_as_labelmap,
                                      save_segmentation)
-from MedSAM2Lib.slicer_scenario import add_volume, oblique_ijk_to_ras, segment_array
+from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
 from slicer_support import (BoxFillingPredictor, SlicerScene, ijk_to_ras, lesion_volume, set_segment,

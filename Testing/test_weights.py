@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from MedSAM2Lib.checkpoint import CHECKPOINT_URL, CheckpointError
+from MedSAM2Lib.model.checkpoint import CHECKPOINT_URL, CheckpointError
 from MedSAM2Lib.weights import (
     CHUNK_BYTES,
     DownloadCancelled,
@@ -210,7 +210,7 @@ def test_unusable_local_checkpoint_is_refused_and_not_copied(tmp_path, cache):
 
 
 def test_download_command(server, cache, capsys):
-    from MedSAM2Lib.cli import main
+    from MedSAM2Lib.apps.cli import main
 
     publish(server, CONTENT)
     target = cache / "MedSAM2_latest.pt"

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from MedSAM2Lib.config import MEDSAM2_T512  # noqa: E402
+from MedSAM2Lib.model.config import MEDSAM2_T512  # noqa: E402
 from MedSAM2Lib.model import MedSAM2  # noqa: E402
-from MedSAM2Lib.predictor import VolumePredictor, select_device  # noqa: E402
+from MedSAM2Lib.inference.predictor import VolumePredictor, select_device  # noqa: E402
 
 
 def synthetic_volume(slices: int, size: int) -> np.ndarray:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HieraConfig
 from .common import MLP
+from .config import HieraConfig
 
 
 def _pad_to_multiple(x: torch.Tensor, window: int) -> torch.Tensor:

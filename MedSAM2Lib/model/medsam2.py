@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MedSAM2Config
 from .common import MLP, sine_position_encoding_1d, sine_position_encoding_2d
+from .config import MedSAM2Config
 from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder
 from .memory_attention import MemoryAttention

@@ -1,7 +1,7 @@
 """MedSAM2 segment-editor effect: drag a box on a slice view, then segment that slice or propagate.
 
 A thin Qt layer: it collects the box and the options, shows progress and errors. Geometry, computation and
-the undoable write are MedSAM2Lib.slicer_logic's, the same code the headless tests run.
+the undoable write are MedSAM2Lib.slicer_glue.logic's, the same code the headless tests run.
 """
 
 import os
@@ -221,9 +221,9 @@ oblique); one structure per box; results need review, especially far from the bo
         """Segment with the current box and options; every failure is shown and changes nothing."""
         if self.running or self.box is None:
             return
-        from MedSAM2Lib.predictor import Cancelled
-        from MedSAM2Lib.slice_geometry import ObliqueViewError
-        from MedSAM2Lib.slicer_logic import EditorAccess
+        from MedSAM2Lib.inference.predictor import Cancelled
+        from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
+        from MedSAM2Lib.slicer_glue.logic import EditorAccess
 
         with slicer.util.tryWithErrorDisplay("MedSAM2 could not segment.", waitCursor=True):
             try:
@@ -246,7 +246,7 @@ oblique); one structure per box; results need review, especially far from the bo
                 self.offerRotateViews(str(error))
 
     def segmentOptions(self):
-        from MedSAM2Lib.preprocessing import Windowing
+        from MedSAM2Lib.inference.preprocessing import Windowing
 
         effect = self.scriptedEffect
         windowing = effect.parameter("Windowing")
@@ -266,7 +266,7 @@ oblique); one structure per box; results need review, especially far from the bo
         )
         if predictor is None:
             return None
-        from MedSAM2Lib.slicer_logic import MedSAM2Logic
+        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
 
         return MedSAM2Logic(predictor)
 

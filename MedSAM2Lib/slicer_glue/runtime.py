@@ -64,9 +64,9 @@ class ModelCache:
         self._model = None
 
     def model(self, choice: ModelChoice):
-        from .checkpoint import load_model
-        from .config import MEDSAM2_T512, load_config
-        from .predictor import select_device
+        from ..model.checkpoint import load_model
+        from ..model.config import MEDSAM2_T512, load_config
+        from ..inference.predictor import select_device
 
         checkpoint = Path(choice.checkpoint)
         stamp = checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None
@@ -79,7 +79,7 @@ class ModelCache:
         return self._model
 
     def predictor(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True):
-        from .predictor import VolumePredictor
+        from ..inference.predictor import VolumePredictor
 
         return VolumePredictor(self.model(choice), fill_holes=fill_holes, keep_largest_component=keep_largest_component)
 

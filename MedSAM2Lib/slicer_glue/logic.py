@@ -21,9 +21,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
-from .preprocessing import Windowing
-from .slice_geometry import StackPrompt, box_prompt, stack_geometry, transform_points
+from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
+from ..inference.preprocessing import Windowing
+from .geometry import StackPrompt, box_prompt, stack_geometry, transform_points
 
 
 class EditorStateError(ValueError):

@@ -17,7 +17,7 @@ DeepLesion's ``DeepLesion_Dataset_Info.csv`` is read by :func:`read_deeplesion_t
 How a scan is processed:
 
 - It is read once. Its rows are segmented per window: each distinct window gives one uint8 volume and one
-  :class:`~MedSAM2Lib.predictor.FeatureCache`, so each slice is encoded once for all the rows sharing that
+  :class:`~MedSAM2Lib.inference.predictor.FeatureCache`, so each slice is encoded once for all the rows sharing that
   window (rows with different windows see different images and cannot share features).
 - Each row is segmented on its own, and the predictor's post-processing (the largest 3D component) applies to
   that row's mask only, never to the union of several rows: a small lesion beside a large one survives.
@@ -46,8 +46,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .predictor import DIRECTIONS, FeatureCache
-from .preprocessing import Windowing
+from ..inference.predictor import DIRECTIONS, FeatureCache
+from ..inference.preprocessing import Windowing
 from .volume_io import read_volume, write_mask
 
 TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")

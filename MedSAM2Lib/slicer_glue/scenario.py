@@ -18,7 +18,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .slicer_logic import array_from_image, matrix_to_array
+from .logic import array_from_image, matrix_to_array
 
 KEY_SLICE = 12
 BOX_IJK = ((104.0, 70.0), (183.0, 131.0))  # (I, J) corners on slice K = 12, as the fixture's box

@@ -11,12 +11,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError, default_checkpoint_path
-from .config import ConfigError
-from .predictor import PromptError, planned_slices
-from .preprocessing import CT_WINDOW_PRESETS
+from ..inference.predictor import PromptError, planned_slices
+from ..inference.preprocessing import CT_WINDOW_PRESETS
+from ..model.checkpoint import CheckpointError, default_checkpoint_path
+from ..model.config import ConfigError
+from ..weights import DownloadError
 from .volume_io import VolumeError
-from .weights import DownloadError
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
 USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, VolumeError, ValueError, OSError)
@@ -80,8 +80,8 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def window_choice(args: argparse.Namespace):
-    """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.preprocessing.Windowing`."""
-    from .preprocessing import Windowing
+    """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.inference.preprocessing.Windowing`."""
+    from ..inference.preprocessing import Windowing
 
     if args.window:
         return Windowing("window", tuple(args.window))
@@ -96,9 +96,9 @@ def windowed(volume: np.ndarray, args: argparse.Namespace) -> np.ndarray:
 
 def build_predictor(args: argparse.Namespace):
     """Load the model named by the command's arguments into a VolumePredictor."""
-    from .checkpoint import load_model
-    from .config import MEDSAM2_T512, load_config
-    from .predictor import VolumePredictor, select_device
+    from ..model.checkpoint import load_model
+    from ..model.config import MEDSAM2_T512, load_config
+    from ..inference.predictor import VolumePredictor, select_device
 
     config = load_config(args.config) if args.config else MEDSAM2_T512
     device = select_device(args.device)
@@ -180,7 +180,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
+    from ..model.checkpoint import CheckpointError
     from .demo import CREDIT, DEMO_PROMPT, missing_weights_message, run_demo
 
     checkpoint = args.checkpoint or default_checkpoint_path()
@@ -199,7 +199,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
-    from .weights import WeightsSource, download_checkpoint
+    from ..weights import WeightsSource, download_checkpoint
 
     destination = args.output or default_checkpoint_path()
     shown = -1

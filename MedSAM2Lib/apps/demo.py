@@ -20,12 +20,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoint import CHECKPOINT_URL
+from ..inference.preprocessing import mr_percentile_window
+from ..model.checkpoint import CHECKPOINT_URL
 from .evaluation import surface_voxels
-from .preprocessing import mr_percentile_window
 from .volume_io import read_volume, write_mask
 
-RESOURCES = Path(__file__).resolve().parent / "Resources"
+RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 DEMO_SCAN = RESOURCES / "mni152_t1_demo.nii.gz"
 DEMO_NOTICE = RESOURCES / "MNI152_NOTICE.txt"
 CREDIT = (

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.medsam2 import ImageFeatures, MedSAM2, SliceOutput, SpatialMemory
 from .connected_components import fill_small_holes, largest_component
-from .model.medsam2 import ImageFeatures, MedSAM2, SliceOutput, SpatialMemory
 from .preprocessing import model_input
 
 DIRECTIONS = ("both", "forward", "backward")

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping
 import torch
 
 from .config import MEDSAM2_T512, MedSAM2Config
-from .model.medsam2 import MedSAM2
+from .medsam2 import MedSAM2
 
 CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
 CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository

@@ -1,0 +1,1 @@
+"""Running the network over volumes: preprocessing, the volume predictor, post-processing."""
