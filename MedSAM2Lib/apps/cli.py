@@ -15,11 +15,13 @@ from ..inference.predictor import PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError, default_checkpoint_path
 from ..model.config import ConfigError
+from ..inference.session_file import SessionFileError
 from ..weights import DownloadError
 from .volume_io import VolumeError
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
-USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, VolumeError, ValueError, OSError)
+USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, SessionFileError, VolumeError, ValueError,
+               OSError)
 
 
 class ProgressBar:
@@ -106,15 +108,42 @@ def build_predictor(args: argparse.Namespace):
     return VolumePredictor(model, fill_holes=not args.no_fill_holes, keep_largest_component=not args.all_components)
 
 
+def segment_steps(args: argparse.Namespace):
+    """The session steps ``segment`` runs: a session file, or the box (and points) on one slice, propagated."""
+    from ..inference.session_file import read_session_file
+
+    if args.prompts is not None:
+        if args.slice is not None or args.box is not None or args.point:
+            raise PromptError("Give either --prompts or --slice with --box/--point, not both.")
+        return read_session_file(args.prompts)
+    if args.slice is None or (args.box is None and not args.point):
+        raise PromptError("Give --slice K with --box X0 Y0 X1 Y1 (and/or --point X Y LABEL), or --prompts FILE.")
+    step = {"slice": args.slice}
+    if args.box is not None:
+        step["box"] = list(args.box)
+    if args.point:
+        step["points"] = [[x, y] for x, y, _ in args.point]
+        step["labels"] = [int(label) for _, _, label in args.point]
+    return [step, {"propagate": args.direction}]
+
+
 def command_segment(args: argparse.Namespace) -> int:
+    from ..inference.session import Session
+    from ..inference.session_file import run_steps
     from .volume_io import read_volume, write_mask
 
+    steps = segment_steps(args)
     volume, geometry = read_volume(args.image)
     volume = windowed(volume, args)
     predictor = build_predictor(args)
-    total = len(planned_slices(volume.shape[0], args.slice, args.direction, None))
-    progress = ProgressBar(total, "Propagating")
-    mask = predictor.segment(volume, args.slice, args.box, args.direction, on_slice=progress.advance)
+    session = Session(predictor, volume)
+    if args.prompts is not None:
+        progress = ProgressBar(len(steps), "Session", unit="step")
+        run_steps(session, steps, on_step=progress.advance)
+    else:
+        progress = ProgressBar(len(planned_slices(volume.shape[0], args.slice, args.direction, None)), "Propagating")
+        run_steps(session, steps, on_slice=progress.advance)
+    mask = session.mask()
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
     return 0
@@ -223,11 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam2", description="MedSAM2 3D segmentation from a box on one slice.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment one structure from a box on one slice")
+    segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
+                                                  "file of prompts on several slices)")
     segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W) or a volume file SimpleITK reads")
-    segment.add_argument("--slice", type=int, required=True, help="index K of the box's slice along the first axis")
-    segment.add_argument("--box", nargs=4, type=float, required=True, metavar=("X0", "Y0", "X1", "Y1"),
+    segment.add_argument("--slice", type=int, default=None, help="index K of the prompted slice along the first axis")
+    segment.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                          help="box in pixels of slice K: x = column, y = row")
+    segment.add_argument("--point", nargs=3, type=float, action="append", default=[], metavar=("X", "Y", "LABEL"),
+                         help="a point on slice K (LABEL 1 object, 0 background); repeat for more")
+    segment.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
+                         help="a session file: prompts on any slices, corrections and propagations, run in order")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help=".npz (key 'mask') or a volume file, written with the input's geometry")
     segment.add_argument("--direction", choices=["both", "forward", "backward"], default="both")

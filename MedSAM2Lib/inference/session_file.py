@@ -50,9 +50,11 @@ def run_steps(
     session: Session,
     steps: Sequence[Dict[str, Any]],
     on_slice: Optional[Callable[[object], None]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> None:
-    """Run steps in order on a session; ``on_slice`` sees every result (prompted and propagated slices) and
-    may raise to cancel. A step the session refuses raises :class:`SessionFileError` naming the step."""
+    """Run steps in order on a session. ``on_slice`` sees each slice a propagation yields and ``on_step`` each
+    finished step's number; either may raise to cancel. A step the session refuses raises
+    :class:`SessionFileError` naming the step."""
     for number, step in enumerate(steps, start=1):
         try:
             if "propagate" in step:
@@ -62,12 +64,12 @@ def run_steps(
             elif step.get("remove"):
                 session.remove_prompt(step["slice"])
             else:
-                result = session.add_prompt(step["slice"], box=step.get("box"), points=step.get("points"),
-                                            labels=step.get("labels"), mask=step.get("mask"), add=step.get("add", False))
-                if on_slice is not None:
-                    on_slice(result)
+                session.add_prompt(step["slice"], box=step.get("box"), points=step.get("points"),
+                                   labels=step.get("labels"), mask=step.get("mask"), add=step.get("add", False))
         except PromptError as error:
             raise SessionFileError(f"Step {number}: {error}") from error
+        if on_step is not None:
+            on_step(number)
 
 
 def session_document(steps: Sequence[Dict[str, Any]], mask_name: Callable[[int, int], str]) -> Dict[str, Any]:
