@@ -31,15 +31,31 @@ class WriteError(OSError):
     """A file could not be written; the message is one sentence and says the destination was left as it was."""
 
 
-def temporary_path(destination: Path) -> Path:
-    """A hidden, unused name beside ``destination`` that ends with the destination's whole name, so writers that
-    choose the format by the extension (SimpleITK: ``.nii.gz``, ``.nrrd``) see the destination's extension."""
-    return destination.with_name(f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}-{destination.name}")
+def temporary_path(destination: Path, suffix: Optional[str] = None) -> Path:
+    """A hidden, unused name beside ``destination`` that ends with the destination's whole name (or ``suffix``),
+    so writers that choose the format by the extension (SimpleITK: ``.nii.gz``, ``.nrrd``) see it."""
+    ending = suffix if suffix is not None else f"-{destination.name}"
+    return destination.with_name(f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}{ending}")
 
 
-def write_atomically(path: Path, write: Writer, check: Optional[Check] = None) -> Path:
+def check_writable(path: Path) -> Path:
+    """Refuse, before any work, a destination that cannot be written: a folder, or a path whose nearest existing
+    folder is a file or not writable (folders still missing are created by :func:`write_atomically`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder; name a file to write.")
+    existing = next(folder for folder in (path.parent.resolve(), *path.parent.resolve().parents) if folder.exists())
+    if not existing.is_dir():
+        raise WriteError(f"Cannot write {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"Cannot write {path}: the folder {existing} is not writable.")
+    return path
+
+
+def write_atomically(path: Path, write: Writer, check: Optional[Check] = None, suffix: Optional[str] = None) -> Path:
     """Write ``path`` through ``write(temporary path)``, flush it to disk, ``check(temporary path)`` it, and rename
-    it over ``path``; returns ``path``.
+    it over ``path``; returns ``path``. ``suffix``: how the temporary name ends, when the writer needs another
+    spelling of the extension than the destination's (ITK accepts ``.nii.gz`` but not ``.NII.GZ``).
 
     The folder is created when missing. An existing destination keeps its permission bits. Raises
     :class:`WriteError` (an OSError) with one sentence when anything fails; ``path`` is then exactly what it was
@@ -51,7 +67,7 @@ def write_atomically(path: Path, write: Writer, check: Optional[Check] = None) -
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise WriteError(_failure(path, error, existed)) from error
-    temporary = temporary_path(path)
+    temporary = temporary_path(path, suffix)
     try:
         write(temporary)
         if not temporary.is_file():
