@@ -220,8 +220,8 @@ def _unreachable_message(source: WeightsSource, url: str, error: BaseException) 
         problem = f"{url} cannot be reached ({reason}); the network or the server is unavailable"
     return (
         f"Could not download the MedSAM2 weights: {problem}. On a computer with internet access, download "
-        f"{source.filename} from {source.file_url}, copy it here and select that file as the checkpoint (in the "
-        "MedSAM2 module, or --checkpoint PATH on the command line)."
+        f"{source.filename} from {source.file_url}, copy it into {cache_directory()} on this computer (or anywhere, "
+        "and select that file as the checkpoint in the MedSAM2 module, or --checkpoint PATH on the command line)."
     )
 
 
