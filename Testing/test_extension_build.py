@@ -91,9 +91,19 @@ def test_self_test_data_ships_with_the_module(module_cmake):
 
 
 def test_qt_layer_compiles():
-    """Syntax of the module and the effect (they import Qt and slicer, which only desktop Slicer has)."""
-    for path in sorted(MODULE.rglob("*.py")):
-        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    """Syntax of the module and the effect (they import Qt and slicer, which only desktop Slicer has): each file
+    compiles to code that defines its classes; a syntax error fails here instead of in Slicer."""
+    paths = sorted(MODULE.rglob("*.py"))
+    assert {path.name for path in paths} >= {"MedSAM2.py"}, f"no Qt layer found under {MODULE}"
+    problems = []
+    for path in paths:
+        try:
+            code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
+        except SyntaxError as error:
+            problems.append(f"{path.relative_to(ROOT)}:{error.lineno}: {error.msg}")
+            continue
+        assert "__name__" in code.co_names or code.co_consts, f"{path} compiled to nothing"
+    assert problems == []
 
 
 def test_extension_is_the_module_folder_with_pytorch(extension_cmake):
