@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from .atomic import flush_to_disk
 from .model.checkpoint import (
     CHECKPOINT_FILENAME,
     CHECKPOINT_REPOSITORY,
@@ -168,6 +169,7 @@ def _written_atomically(target: Path) -> Iterator[Path]:
     partial = Path(partial_name)
     try:
         yield partial
+        flush_to_disk(partial)  # on disk before it takes the destination's name
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
