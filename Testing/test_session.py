@@ -284,3 +284,38 @@ def test_a_step_the_session_refuses_is_named(tmp_path, tiny_model, input_volume)
     with pytest.raises(SessionFileError, match="Step 2: Slice 40 is outside the volume"):
         run_steps(Session(VolumePredictor(tiny_model), input_volume[0]), read_session_file(path))
 
+
+
+def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volume):
+    """A session row and a box row on one scan: each row's own mask, composed in table order."""
+    volume = input_volume[0]
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "case.npz", imgs=volume)
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    session_file = write_scenario_file(sessions, "two_boxes")
+    table = tmp_path / "prompts.csv"
+    table.write_text("image,slice,x0,y0,x1,y1,session,label\n"
+                     f"case.npz,,,,,,sessions/{session_file.name},1\n"
+                     "case.npz,3,0,0,20,20,,2\n")
+    status = main(["batch", str(table), "--images", str(images), "--out", str(tmp_path / "out"),
+                   "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")])
+    assert status == 0
+    labels = np.load(tmp_path / "out" / "case.npz")["mask"]
+    np.testing.assert_array_equal(labels == 1, reference("two_boxes")["seg_final"] == 1)
+    assert (labels == 2).any()
+
+
+@pytest.mark.parametrize("row, message", [
+    ("case.npz,12,1,1,9,9,s.json", "leave slice, x0, y0, x1, y1 empty"),
+    ("case.npz,,,,,,missing.json", "Cannot read the session file"),
+])
+def test_batch_session_rows_that_cannot_be_used(row, message, tmp_path):
+    from MedSAM2Lib.apps.batch import read_prompt_table
+
+    (tmp_path / "s.json").write_text('{"steps": [{"slice": 1, "box": [1, 1, 9, 9]}, {"propagate": "both"}]}')
+    table = tmp_path / "prompts.csv"
+    table.write_text(f"image,slice,x0,y0,x1,y1,session\n{row}\n")
+    prompts, failures = read_prompt_table(table, tmp_path)
+    assert prompts == [] and message in failures[0].message
