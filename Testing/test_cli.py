@@ -16,6 +16,7 @@ from MedSAM2Lib import __version__
 from MedSAM2Lib.apps import cli, volume_io
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.apps.volume_io import read_volume
+from MedSAM2Lib.inference import session as session_module
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import window
 
@@ -135,16 +136,37 @@ class NoModel:
         raise AssertionError("the model was loaded before the output was checked")
 
 
-class BoxMaskPredictor:
-    """Test double for VolumePredictor: the mask is the box on the key slice (for tests about files, not the model).
-    Keeps the volume it was given."""
+class BoxMaskSession:
+    """Test double for Session: the mask is the prompt's box on its slice (for tests about files and inputs, not
+    the model). Keeps the volume it was given."""
 
-    def segment(self, volume, key_slice, box, direction="both", slice_range=None, on_slice=None, cache=None):
+    def __init__(self, predictor, volume, cache=None):
         self.volume = volume
-        mask = np.zeros(volume.shape, np.uint8)
+        self._mask = np.zeros(volume.shape, np.uint8)
+
+    def add_prompt(self, slice_index, box=None, points=None, labels=None, mask=None, add=False):
         x0, y0, x1, y1 = (int(value) for value in box)
-        mask[key_slice, y0:y1, x0:x1] = 1
-        return mask
+        self._mask[slice_index, y0:y1, x0:x1] = 1
+
+    def propagate(self, direction="both", slice_range=None):
+        return iter(())
+
+    def mask(self):
+        return self._mask
+
+
+@pytest.fixture
+def box_sessions(monkeypatch):
+    """``segment`` without the model: BoxMaskSession instead of Session; returns the sessions made."""
+    made = []
+
+    def make(predictor, volume, cache=None):
+        made.append(BoxMaskSession(predictor, volume, cache))
+        return made[-1]
+
+    monkeypatch.setattr(cli, "build_predictor", lambda args: None)
+    monkeypatch.setattr(session_module, "Session", make)
+    return made
 
 
 SEGMENT = ["segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box", "104", "70", "183", "131"]
@@ -179,12 +201,12 @@ def test_the_input_itself_is_refused_as_output_also_through_a_link(tmp_path, mon
     assert scan.read_bytes() == (DATA / "input_volume.npz").read_bytes()
 
 
-def test_the_file_named_is_the_file_written_in_any_case(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+def test_the_file_named_is_the_file_written_in_any_case(tmp_path, box_sessions):
     for name in ("x.NPZ", "y.NII.GZ", "z.Nrrd"):
         assert main(SEGMENT + ["-o", str(tmp_path / name)]) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["x.NPZ", "y.NII.GZ", "z.Nrrd"]
-    expected = BoxMaskPredictor().segment(np.zeros((24, 224, 256), np.uint8), 12, [104, 70, 183, 131])
+    expected = np.zeros((24, 224, 256), np.uint8)
+    expected[12, 70:131, 104:183] = 1
     np.testing.assert_array_equal(np.load(tmp_path / "x.NPZ")["mask"], expected)
     for name in ("y.NII.GZ", "z.Nrrd"):
         np.testing.assert_array_equal(read_volume(tmp_path / name)[0], expected)
@@ -194,8 +216,7 @@ OLD_OUTPUT = b"an earlier run's finished mask"
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".npz", ".nrrd"])
-def test_a_full_disk_keeps_the_existing_output_byte_for_byte(tmp_path, monkeypatch, capsys, suffix):
-    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+def test_a_full_disk_keeps_the_existing_output_byte_for_byte(tmp_path, box_sessions, capsys, suffix):
     with small_filesystem(tmp_path / "disk", kilobytes=128) as disk:
         output = disk / f"mask{suffix}"
         output.write_bytes(OLD_OUTPUT)
@@ -207,8 +228,7 @@ def test_a_full_disk_keeps_the_existing_output_byte_for_byte(tmp_path, monkeypat
     assert error.endswith("; the existing file was left unchanged.\n") and "Wrote" not in error
 
 
-def test_an_injected_full_disk_keeps_the_existing_output(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+def test_an_injected_full_disk_keeps_the_existing_output(tmp_path, box_sessions, monkeypatch, capsys):
 
     def disk_full(path, mask, geometry):
         path.write_bytes(b"PK\x03\x04 half an archive")
@@ -228,8 +248,10 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
     output.write_bytes(OLD_OUTPUT)
     result = run_killed_at_rename(
         "from MedSAM2Lib.apps import cli\n"
-        "from test_cli import BoxMaskPredictor, SEGMENT\n"
-        "cli.build_predictor = lambda args: BoxMaskPredictor()\n"
+        "from MedSAM2Lib.inference import session\n"
+        "from test_cli import BoxMaskSession, SEGMENT\n"
+        "cli.build_predictor = lambda args: None\n"
+        "session.Session = BoxMaskSession\n"
         "cli.main(SEGMENT + ['-o', 'mask.nii.gz'])\n",
         tmp_path,
     )
@@ -240,15 +262,13 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
 # -- inputs and arguments ------------------------------------------------------------------------------------
 
 
-def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, monkeypatch, capsys):
+def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, box_sessions, capsys):
     ct = np.load(DATA / "input_volume.npz")["imgs"].astype(np.float32) * 4 - 500
     ct[0, 0, :26] = np.nan
     ct[1, 0, 0] = -np.inf
     source, output = tmp_path / "ct.npz", tmp_path / "mask.npz"
     np.savez(source, imgs=ct)
     arguments = ["segment", str(source)] + SEGMENT[2:] + ["-o", str(output), "--window", "-500", "520"]
-    predictor = BoxMaskPredictor()
-    monkeypatch.setattr(cli, "build_predictor", lambda args: predictor)
     assert main(arguments) == 1
     assert capsys.readouterr().err == (
         f"medsam2: error: {source} has 26 NaN and 1 infinite voxels (of 1,376,256), which no window can map to an "
@@ -256,7 +276,8 @@ def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, monkeypat
     assert not output.exists()
     assert main(arguments + ["--nan-as", "-500"]) == 0
     ct[~np.isfinite(ct)] = -500
-    np.testing.assert_array_equal(predictor.volume, window(ct, -500, 520))  # what the model was given
+    (session,) = box_sessions
+    np.testing.assert_array_equal(session.volume, window(ct, -500, 520))  # what the model was given
 
 
 def test_a_single_slice_is_refused_as_in_slicer(tmp_path, monkeypatch, capsys):
