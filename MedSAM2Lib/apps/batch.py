@@ -25,9 +25,13 @@ How a scan is processed:
   first row whose mask covers it; the voxels a row loses this way are counted in the summary
   (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
-  file name when outside it), in the input's format and with its spacing, origin and direction. It is written
-  when at least one of the scan's rows succeeded, through a temporary file renamed into place, so a file that
-  exists is a finished output; existing outputs are skipped unless ``overwrite``.
+  file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
+  e.g. DICOM or ``.mhd``) and with its spacing, origin and direction. It is written when at least one of the
+  scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
+  place), so a file that exists is a finished output and an earlier output survives a failed write; existing
+  outputs are skipped unless ``overwrite``.
+- A scan with NaN or infinite voxels fails (all its rows, with a sentence counting them) unless ``nan_as``
+  gives the value to replace them with.
 - A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
   reported with its table line and skipped; the other rows go on.
 """
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import time
 from collections import OrderedDict
@@ -48,7 +51,8 @@ import numpy as np
 
 from ..inference.predictor import DIRECTIONS, FeatureCache
 from ..inference.preprocessing import Windowing
-from .volume_io import read_volume, write_mask
+from ..atomic import write_csv_atomically
+from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
 
 TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")
 DEEPLESION_COLUMNS = ("file_name", "key_slice_index", "bounding_boxes", "dicom_windows", "slice_range")
@@ -375,6 +379,7 @@ class BatchRunner:
         cache_slices: Optional[int] = None,
         on_prompt: Optional[Callable[[Prompt], None]] = None,
         on_scan: Optional[Callable[[ScanReport], None]] = None,
+        nan_as: Optional[float] = None,
     ) -> None:
         self._predictor_factory = predictor_factory
         self._predictor = None
@@ -385,6 +390,7 @@ class BatchRunner:
         self.on_prompt = on_prompt or (lambda prompt: None)
         self.on_scan = on_scan or (lambda report: None)
         self.outcomes: List[Outcome] = []
+        self.nan_as = nan_as  # the value of NaN and infinite voxels; None: such scans fail
 
     def predictor(self):
         """The predictor, made by the factory on first use (a run that only skips never loads the model)."""
@@ -396,6 +402,8 @@ class BatchRunner:
         relative = Path(display_path(image, self.images))
         if relative.is_absolute() or ".." in relative.parts:
             relative = Path(image.name)
+        if mask_suffix(relative) is None:  # DICOM, .mhd, ...: the name without its extension, as NIfTI
+            relative = relative.with_name(relative.name.split(".")[0] + MASK_SUFFIXES[0])
         return self.output_folder / relative
 
     def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
@@ -447,7 +455,7 @@ class BatchRunner:
 
     def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
         try:
-            volume, geometry = read_volume(image)
+            volume, geometry = read_scan(image, self.nan_as)
         except (ValueError, OSError) as error:
             return self._all(prompts, "failed", str(error))
         regions: Dict[Prompt, Region] = {}
@@ -487,7 +495,7 @@ class BatchRunner:
         ordered = sorted(regions, key=lambda prompt: prompt.row)
         label_map, lost = compose_labels(shape, [(prompt.label, regions[prompt]) for prompt in ordered])
         try:
-            write_atomically(output, label_map, geometry)
+            write_mask(output, label_map, geometry)
         except (ValueError, OSError) as error:
             for prompt in ordered:
                 outcomes[prompt].status, outcomes[prompt].message = "failed", str(error)
@@ -503,34 +511,21 @@ class BatchRunner:
 def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Optional[str]:
     """Why ``output`` cannot be ``image``'s output in this run (``owners``: output -> image so far), or None."""
     owner = owners.setdefault(output.resolve(), image)
-    if output.resolve() == image:
-        return f"its output {output} would replace the image itself; choose another output folder."
+    try:
+        check_output(output, inputs=[image])
+    except (VolumeError, OSError) as error:
+        return str(error)
     if owner != image:
         return f"its output {output} is also the output of {owner}."
     return None
 
 
-def write_atomically(output: Path, label_map: np.ndarray, geometry) -> None:
-    """Write to a hidden temporary file beside ``output`` and rename it: ``output`` appears complete or not at all."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".partial-{output.name}")
-    try:
-        write_mask(temporary, label_map, geometry)
-        os.replace(temporary, output)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def write_summary(path: Path, outcomes: Sequence[Outcome]) -> None:
     """The summary CSV: one line per outcome, in table order (rows that are not prompts last)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sorted(outcomes, key=lambda outcome: (outcome.row is None, outcome.row or 0))
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        for outcome in ordered:
-            cells = asdict(outcome)
-            cells["seconds"], cells["scan_seconds"] = f"{outcome.seconds:.3f}", f"{outcome.scan_seconds:.3f}"
-            writer.writerow(cells)
+    rows = []
+    for outcome in ordered:
+        cells = asdict(outcome)
+        cells["seconds"], cells["scan_seconds"] = f"{outcome.seconds:.3f}", f"{outcome.scan_seconds:.3f}"
+        rows.append([cells[column] for column in SUMMARY_COLUMNS])
+    write_csv_atomically(Path(path), SUMMARY_COLUMNS, rows)

@@ -148,9 +148,8 @@ class WorkerStart:
 class ScanWorker:
     """A Ray actor's object: one BatchRunner, hence one model, for all the scans the worker is given."""
 
-    def __init__(self, predictor_factory: Callable[[], object], images: Path, output_folder: Path,
-                 cache_slices: Optional[int]) -> None:
-        self.runner = BatchRunner(predictor_factory, images, output_folder, cache_slices=cache_slices)
+    def __init__(self, runner_arguments: dict) -> None:
+        self.runner = BatchRunner(**runner_arguments)
 
     def start(self, probe: Optional[Path]) -> WorkerStart:
         """Check the folders and load the model."""
@@ -209,8 +208,10 @@ class RayBatchRunner(BatchRunner):
         options: RayOptions = RayOptions(),
         on_scan: Optional[Callable[[ScanReport], None]] = None,
         on_note: Optional[Callable[[str], None]] = None,
+        nan_as: Optional[float] = None,
     ) -> None:
-        super().__init__(predictor_factory, images, output_folder, overwrite, cache_slices, on_scan=on_scan)
+        super().__init__(predictor_factory, images, output_folder, overwrite, cache_slices, on_scan=on_scan,
+                         nan_as=nan_as)
         self.options = options
         self.on_note = on_note or (lambda line: print(line, file=sys.stderr))
 
@@ -227,9 +228,10 @@ class RayBatchRunner(BatchRunner):
                 _Schedule(self, jobs).run()
         return self.outcomes
 
-    def worker_arguments(self) -> tuple:
-        """What a ScanWorker is made of."""
-        return self._predictor_factory, self.images, self.output_folder, self.cache_slices
+    def worker_arguments(self) -> dict:
+        """The BatchRunner of a ScanWorker: this one's, less what only the driver does."""
+        return dict(predictor_factory=self._predictor_factory, images=self.images, output_folder=self.output_folder,
+                    cache_slices=self.cache_slices, nan_as=self.nan_as)
 
     def give_up(self, job: ScanJob, reason: str) -> None:
         """Count a scan as done with every row failed for ``reason``."""
@@ -284,7 +286,7 @@ class _Schedule:
                 self.runner.on_note(f"{worker}: {worker.scans} scans, {worker.pace()}")
 
     def add_worker(self) -> None:
-        actor = self.actor_class.remote(*self.runner.worker_arguments())
+        actor = self.actor_class.remote(self.runner.worker_arguments())
         worker = _Worker(next(self.numbers), actor, time.perf_counter())
         self.workers.append(worker)
         self.starting[actor.start.remote(self.probe)] = worker

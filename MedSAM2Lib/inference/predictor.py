@@ -273,6 +273,9 @@ def validate_prompt(
     num_slices, height, width = volume.shape
     if min(volume.shape) < 1:
         raise PromptError(f"The volume is empty (shape {volume.shape}).")
+    if num_slices < 2:  # the same answer as the Slicer logic's check_source_volume
+        raise PromptError(f"The volume is a single slice of {height} x {width} pixels; MedSAM2 propagates through a "
+                          "3D volume with at least two slices.")
     if not 0 <= key_slice < num_slices:
         raise PromptError(f"Slice {key_slice} is outside the volume, which has slices 0..{num_slices - 1}.")
     values = np.asarray(box, dtype=np.float64).ravel()

@@ -46,8 +46,9 @@ def default_checkpoint_path() -> Path:
 
 def missing_checkpoint_message(path: Path) -> str:
     return (
-        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
-        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
+        f"No MedSAM2 checkpoint at {path}. Get it with `medsam2 download -o \"{path}\"` (or download "
+        f"{CHECKPOINT_FILENAME} from {CHECKPOINT_URL} and save it there), or pass the path of a checkpoint you "
+        "already have (--checkpoint PATH)."
     )
 
 
