@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -118,6 +119,13 @@ class KillingPredictor:
         return self.predictor.segment(volume, key_slice, box, *args, **kwargs)
 
 
+class NeverLoadingFactory:
+    """Test double: a model that takes longer to load than any start timeout of these tests."""
+
+    def __call__(self):
+        time.sleep(TIME_LIMIT_S)
+
+
 @dataclass(frozen=True)
 class Scans:
     images: Path
@@ -215,6 +223,15 @@ def test_killed_workers_a_scan_is_retried_on_another_and_one_that_always_kills_i
     assert [outcome.status for outcome in by_image["a.npz"] + by_image["d.npz"]] == ["ok", "ok"]
     assert sorted(note.split(":")[1].strip() for note in notes if "trying it again (attempt 2 of 2)" in note) == \
         ["b.npz", "c.npz"]
+
+
+def test_workers_that_do_not_start_in_time_are_given_up_and_their_scans_reported(local_ray, scans, tmp_path):
+    runner, prompts, notes = ray_runner(scans, tmp_path / "out", NeverLoadingFactory(), workers=2, start_timeout=1)
+    outcomes = runner.run(prompts)
+    assert [(outcome.status, outcome.message) for outcome in outcomes] == \
+        [("failed", "no Ray worker is left to segment it.")] * len(TABLE)
+    assert sum("did not start within 1 s" in note for note in notes) == 2
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_worker_that_cannot_see_the_images_folder_is_refused(local_ray, scans, checkpoints, tmp_path):

@@ -229,8 +229,9 @@ def _ray_batch_runner(args: argparse.Namespace, scans: int):
         progress.advance()
         _report_scan(report, progress)
 
-    runner = RayBatchRunner(functools.partial(build_predictor, args), args.images, args.out, args.overwrite,
-                            args.cache_slices, options, on_scan=on_scan, on_note=progress.note, nan_as=args.nan_as)
+    runner = RayBatchRunner(functools.partial(build_predictor, args), args.images, args.out, options, progress.note,
+                            overwrite=args.overwrite, cache_slices=args.cache_slices, on_scan=on_scan,
+                            nan_as=args.nan_as)
     return runner, progress
 
 

@@ -16,7 +16,7 @@ one model, loaded once when the worker starts. The driver (the process running `
 
 Exactly once: a worker writes a label map through a temporary file renamed into place, so an output that
 exists is whole, and a killed worker leaves none. A worker killed after the rename but before it answered has
-its scan segmented again, and the same label map replaces the first one (still atomically).
+its scan segmented again, and the new label map replaces the first one (still atomically).
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from .batch import BatchRunner, Outcome, Prompt, ScanJob, ScanReport
 
 LOCAL = "local"  # --ray without an address: start Ray on this machine
-# Ray reads this when it is imported: "0" makes a node take 127.0.0.1 as its address, and its servers then
-# listen on loopback only (a node on a cluster address listens on every interface).
+# Ray reads this when it is imported (ray/_private/ray_constants.py, ENABLE_RAY_CLUSTER): "0" makes a new node
+# take 127.0.0.1 as its address (services.get_node_ip_address), and Ray's servers then listen on loopback only;
+# a node on any other address listens on every interface (checked with `ss -ltnp` on Ray 2.60.0).
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 WORKER_ERRORS = (ValueError, OSError, RuntimeError)  # what loading a model raises with a sentence
 
 
 class RayBatchError(ValueError):
-    """The batch cannot run on these Ray workers (one sentence says why); nothing was segmented by them."""
+    """The batch cannot run on these Ray workers; one sentence says why."""
 
 
 @dataclass(frozen=True)
@@ -198,20 +199,11 @@ class RayBatchRunner(BatchRunner):
     whose ``worker`` says which worker segmented it and that worker's pace; ``on_note`` gets a line for each lost
     worker and retry, and one per worker at the end (default: stderr)."""
 
-    def __init__(
-        self,
-        predictor_factory: Callable[[], object],
-        images: Path,
-        output_folder: Path,
-        overwrite: bool = False,
-        cache_slices: Optional[int] = None,
-        options: RayOptions = RayOptions(),
-        on_scan: Optional[Callable[[ScanReport], None]] = None,
-        on_note: Optional[Callable[[str], None]] = None,
-        nan_as: Optional[float] = None,
-    ) -> None:
-        super().__init__(predictor_factory, images, output_folder, overwrite, cache_slices, on_scan=on_scan,
-                         nan_as=nan_as)
+    def __init__(self, predictor_factory: Callable[[], object], images: Path, output_folder: Path,
+                 options: RayOptions = RayOptions(), on_note: Optional[Callable[[str], None]] = None,
+                 **runner_arguments) -> None:
+        """``runner_arguments``: BatchRunner's others (``on_prompt`` sees only the rows not sent to a worker)."""
+        super().__init__(predictor_factory, images, output_folder, **runner_arguments)
         self.options = options
         self.on_note = on_note or (lambda line: print(line, file=sys.stderr))
 
@@ -271,7 +263,8 @@ class _Schedule:
                     for index in self.queue:
                         self.runner.give_up(self.jobs[index], "no Ray worker is left to segment it.")
                     return
-                done, _ = self.ray.wait(list(self.starting) + list(self.running), num_returns=1, timeout=5.0)
+                done, _ = self.ray.wait(list(self.starting) + list(self.running), num_returns=1,
+                                        timeout=min(5.0, self.options.start_timeout))
                 for reference in done:
                     if reference in self.starting:
                         self.started(self.starting.pop(reference), reference)
