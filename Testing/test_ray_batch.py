@@ -246,6 +246,20 @@ def test_a_worker_that_cannot_see_the_images_folder_is_refused(local_ray, scans,
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_worker_that_cannot_import_the_model_factory_is_refused(local_ray, scans, tmp_path, monkeypatch):
+    """As on a node without medsam2-slicer: the factory's module is on the driver's path only."""
+    from MedSAM2Lib.apps.ray_batch import RayBatchError, RayBatchRunner
+
+    (tmp_path / "driver_only_factory.py").write_text("class Factory:\n    def __call__(self):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from driver_only_factory import Factory
+
+    prompts, _ = read_prompt_table(scans.table, scans.images)
+    with pytest.raises(RayBatchError, match="worker 1 died while starting .ModuleNotFoundError: No module named "
+                                            "'driver_only_factory'.. Every node needs medsam2-slicer"):
+        RayBatchRunner(Factory(), scans.images, tmp_path / "out").run(prompts)
+
+
 def test_more_workers_than_the_cluster_holds_are_refused(local_ray, scans, checkpoints, tmp_path):
     from MedSAM2Lib.apps.ray_batch import RayBatchError
 

@@ -8,7 +8,8 @@ one model, loaded once when the worker starts. The driver (the process running `
   and never sent, so a restarted job resumes where it stopped;
 - starts the workers and refuses the batch, with a sentence, when a worker cannot see the images folder or
   the output folder or cannot load the model (on a cluster both folders must be on a file system that the
-  driver and every worker share, at the same path), or when the cluster lacks the CPUs and GPUs asked for;
+  driver and every worker share, at the same path), when one dies while starting (its node lacks
+  medsam2-slicer, say), or when the cluster lacks the CPUs and GPUs asked for;
 - gives each free worker the next scan. A worker that dies during a scan (its process killed, its node lost)
   is replaced and the scan is tried again on another worker, and so is a scan whose worker raised an error
   that is not a row's; after ``max_attempts`` tries the scan's rows are reported failed;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -40,6 +42,7 @@ LOCAL = "local"  # --ray without an address: start Ray on this machine
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 WORKER_ERRORS = (ValueError, OSError, RuntimeError)  # what loading a model raises with a sentence
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
 
 
 class RayBatchError(ValueError):
@@ -157,11 +160,14 @@ class ScanWorker:
         import ray
 
         problem = folder_problem(self.runner.images, self.runner.output_folder, probe)
-        if problem is None:
+        if problem is not None:
+            problem += (". The images and output folders must be on a file system that the driver and every worker "
+                        "share, at the same path")
+        else:
             try:
                 self.runner.predictor()
             except WORKER_ERRORS as error:
-                problem = f"it cannot load the model: {error}"
+                problem = f"it cannot load the model: {error} (the checkpoint must be at the same path on every node)"
         return WorkerStart(ray.util.get_node_ip_address(), os.getpid(), problem)
 
     def process(self, job: ScanJob) -> ScanReport:
@@ -294,13 +300,11 @@ class _Schedule:
         try:
             worker.start = self.ray.get(reference)
         except self.ray.exceptions.RayActorError as error:
-            self.runner.on_note(f"medsam2: {worker} died while starting ({_first_line(error)}); starting another.")
-            self.add_worker()
-            return
-        if worker.start.problem is not None:
             raise RayBatchError(
-                f"Ray {worker} cannot work on this batch: {worker.start.problem}. The images and output folders "
-                f"must be on a file system that the driver and every worker share, at the same path.")
+                f"Ray {worker} died while starting ({_reason(error)}). Every node needs medsam2-slicer, "
+                f"and the driver's versions of Python and Ray.") from None
+        if worker.start.problem is not None:
+            raise RayBatchError(f"Ray {worker} cannot work on this batch: {worker.start.problem}.")
         worker.ready = time.perf_counter()
         self.idle.append(worker)
 
@@ -311,7 +315,7 @@ class _Schedule:
             worker.lost = time.perf_counter()
             self.ray.kill(worker.actor)
             self.add_worker()
-            self.retry_or_give_up(index, f"{worker} died during it ({_first_line(error)})")
+            self.retry_or_give_up(index, f"{worker} died during it ({_reason(error)})")
             return
         except self.ray.exceptions.RayTaskError as error:
             self.idle.append(worker)
@@ -346,5 +350,9 @@ class _Schedule:
                                     f"(no node with the CPUs and GPUs asked for?); going on without it.")
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _reason(error: BaseException) -> str:
+    """The line of a Ray error that says what went wrong: its last ``SomeError: ...`` line (the cause, below
+    Ray's tracebacks), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if ERROR_LINE.match(line)]
+    return (causes or lines or [type(error).__name__])[-1 if causes else 0]
