@@ -72,7 +72,7 @@ def write_atomically(path: Path, write: Writer, check: Optional[Check] = None, s
         write(temporary)
         if not temporary.is_file():
             raise FileNotFoundError(errno.ENOENT, "the writer made no file", str(temporary))
-        _flush_to_disk(temporary)
+        flush_to_disk(temporary)
         if check is not None:
             check(temporary)
         if existed:
@@ -111,7 +111,7 @@ def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Seque
     return write_text_atomically(path, buffer.getvalue())
 
 
-def _flush_to_disk(path: Path) -> None:
+def flush_to_disk(path: Path) -> None:
     """fsync the file's data (the writer may have closed it without syncing)."""
     descriptor = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
     try:

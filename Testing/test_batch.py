@@ -371,3 +371,27 @@ def test_a_cancelled_batch_keeps_finished_scans_in_the_summary(tmp_path, monkeyp
     assert [row["status"] for row in read_summary(out / "summary.csv")] == ["ok"]
     assert (out / "first.npz").exists() and not (out / "second.npz").exists()
     assert "cancelled; finished outputs are kept" in capsys.readouterr().err
+
+
+def test_unusable_folders_and_summary_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "scan.npz", imgs=np.zeros((4, 8, 8), np.uint8))
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.npz,1,1,1,5,5")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+         f"The images folder {tmp_path / 'nowhere'} does not exist or is not a folder."),
+        (["--images", str(images), "--out", str(tmp_path / "file")],
+         f"The output folder {tmp_path / 'file'} is a file; name a folder for the label maps."),
+        (["--images", str(images), "--out", str(tmp_path / "out"), "--summary", str(images)],
+         f"{images} is a folder; name a file to write."),
+    ]
+    for arguments, message in cases:
+        assert cli.main(["batch", str(table)] + arguments) == 1
+        assert capsys.readouterr().err == f"medsam2: error: {message}\n"
+    assert not (tmp_path / "out").exists()

@@ -269,11 +269,11 @@ def test_a_single_slice_is_refused_as_in_slicer(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("arguments, expected", [
-    (["batch", "t.csv", "--images", ".", "--out", "o", "--cache-slices", "0"], "argument --cache-slices: 0 is outside 1 or more"),
+    (["batch", "t.csv", "--images", ".", "--out", "o", "--cache-slices", "0"], "argument --cache-slices: 0 is not allowed: give a whole number at least 1"),
     (["batch", "t.csv", "--images", ".", "--out", "o", "--cache-slices", "many"], "'many' is not a whole number"),
     (["evaluate", "a", "b", "--tolerance", "-1"], "argument --tolerance: -1 is negative"),
     (["evaluate", "a", "b", "--tolerance", "nan"], "argument --tolerance: 'nan' is not a finite number"),
-    (["evaluate", "a", "b", "--labels", "1", "0"], "argument --labels: 0 is outside 1 or more"),
+    (["evaluate", "a", "b", "--labels", "1", "0"], "argument --labels: 0 is not allowed: give a whole number at least 1"),
     (SEGMENT + ["-o", "m.npz", "--window", "nan", "5"], "argument --window: 'nan' is not a finite number"),
     (SEGMENT + ["-o", "m.npz", "--nan-as", "inf"], "argument --nan-as: 'inf' is not a finite number"),
 ])
@@ -286,7 +286,7 @@ def test_numeric_arguments_are_checked(capsys, arguments, expected):
 def test_an_inverted_window_is_a_sentence(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_predictor", NoModel())
     assert main(SEGMENT + ["-o", str(tmp_path / "m.npz"), "--window", "5", "1"]) == 1
-    assert "LO must be below HI" in capsys.readouterr().err
+    assert capsys.readouterr().err == "medsam2: error: --window 5 1: LO must be below HI.\n"
 
 
 def test_version_and_help_on_every_option(capsys):

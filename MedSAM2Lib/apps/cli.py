@@ -80,14 +80,13 @@ def non_negative_number(text: str) -> float:
     return value
 
 
-def whole_number(text: str, lowest: int, highest: Optional[int] = None) -> int:
+def whole_number(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < lowest or (highest is not None and value > highest):
-        span = f"{lowest}..{highest}" if highest is not None else f"{lowest} or more"
-        raise argparse.ArgumentTypeError(f"{value} is outside {span}")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give a whole number at least {lowest}")
     return value
 
 
@@ -142,7 +141,10 @@ def window_choice(args: argparse.Namespace):
     from ..inference.preprocessing import Windowing
 
     if args.window:
-        return Windowing.parse(" ".join(repr(bound) for bound in args.window))  # refuses LO >= HI
+        lower, upper = args.window
+        if not lower < upper:
+            raise ValueError(f"--window {lower:g} {upper:g}: LO must be below HI.")
+        return Windowing("window", (lower, upper))
     if args.ct_preset:
         return Windowing(args.ct_preset)
     return Windowing("mr-percentiles" if args.mr_percentiles else "none")
