@@ -350,6 +350,16 @@ def compose_labels(shape: Tuple[int, ...], regions: Sequence[Tuple[int, Region]]
 # -- running ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan of a batch, the unit of work: its prompts in table order and where its label map goes."""
+
+    image: Path  # absolute
+    name: str  # the image, relative to the images folder when inside it
+    output: Path
+    prompts: Tuple[Prompt, ...]
+
+
 @dataclass
 class ScanReport:
     """What became of one scan, for progress messages."""
@@ -358,6 +368,7 @@ class ScanReport:
     output: Path
     outcomes: List[Outcome] = field(default_factory=list)
     seconds: float = 0.0  # reading, windowing, segmenting and writing (0 for a scan not segmented)
+    worker: str = ""  # the Ray worker that segmented it, and that worker's pace so far; empty in one process
 
 
 def group_in_order(items: Iterable, key: Callable) -> "OrderedDict[object, list]":
@@ -381,7 +392,9 @@ class BatchRunner:
 
     predictor_factory: called once, when the first scan needs segmenting (so a run that only skips never loads
     the model); it returns an object with VolumePredictor's ``segment``. on_prompt sees each prompt when done;
-    on_scan each scan's report. ``outcomes`` holds the outcomes of the scans finished so far."""
+    on_scan each scan's report. ``outcomes`` holds the outcomes of the scans finished so far. ``run`` is
+    ``plan``, then ``process_scan`` and ``finish`` for each scan; ``ray_batch`` runs ``process_scan`` on Ray
+    workers instead."""
 
     def __init__(
         self,
@@ -405,6 +418,12 @@ class BatchRunner:
         self.outcomes: List[Outcome] = []
         self.nan_as = nan_as  # the value of NaN and infinite voxels; None: such scans fail
 
+    def predictor(self):
+        """The predictor, made by the factory on first use (a run that only skips never loads the model)."""
+        if self._predictor is None:
+            self._predictor = self._predictor_factory()
+        return self._predictor
+
     def output_path(self, image: Path) -> Path:
         relative = Path(display_path(image, self.images))
         if relative.is_absolute() or ".." in relative.parts:
@@ -414,26 +433,43 @@ class BatchRunner:
         return self.output_folder / relative
 
     def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
-        owners: Dict[Path, Path] = {}
-        for image, scan_prompts in group_in_order(prompts, lambda prompt: prompt.image).items():
-            output = self.output_path(image)
-            report = ScanReport(display_path(image, self.images), output)
-            problem = _output_problem(image, output, owners)
-            if problem is not None:
-                report.outcomes = self._all(scan_prompts, "failed", problem)
-            elif output.exists() and not self.overwrite:
-                report.outcomes = self._all(scan_prompts, "skipped", f"{output} exists (--overwrite redoes it).")
-            else:
-                if self._predictor is None:
-                    self._predictor = self._predictor_factory()  # errors here (no weights) stop the whole batch
-                started = time.perf_counter()
-                report.outcomes = self._segment_scan(image, scan_prompts, output)
-                report.seconds = time.perf_counter() - started
-            for outcome in report.outcomes:
-                outcome.scan_seconds = report.seconds
-            self.outcomes += report.outcomes
-            self.on_scan(report)
+        for job, report in self.plan(prompts):
+            self.finish(report or self.process_scan(job))
         return self.outcomes
+
+    def plan(self, prompts: Sequence[Prompt]) -> List[Tuple[ScanJob, Optional[ScanReport]]]:
+        """Each scan's job in table order, with its report when it is not to be segmented: its output is
+        refused (it would replace the image, or another scan's output) or exists (and not ``overwrite``)."""
+        owners: Dict[Path, Path] = {}
+        planned = []
+        for image, scan_prompts in group_in_order(prompts, lambda prompt: prompt.image).items():
+            job = ScanJob(image, display_path(image, self.images), self.output_path(image), tuple(scan_prompts))
+            report = None
+            problem = _output_problem(image, job.output, owners)
+            if problem is not None:
+                report = ScanReport(job.name, job.output, self._all(scan_prompts, "failed", problem))
+            elif job.output.exists() and not self.overwrite:
+                message = f"{job.output} exists (--overwrite redoes it)."
+                report = ScanReport(job.name, job.output, self._all(scan_prompts, "skipped", message))
+            planned.append((job, report))
+        return planned
+
+    def process_scan(self, job: ScanJob) -> ScanReport:
+        """Segment one scan: read it, window it, share a feature cache per window among its rows, segment every
+        row, compose the label map and write it atomically. The one unit of work, in this process or on a Ray
+        worker; a row's failure is its outcome, and the model is loaded on the first call."""
+        self.predictor()  # errors here (no weights) stop the whole batch
+        started = time.perf_counter()
+        report = ScanReport(job.name, job.output, self._segment_scan(job.image, job.prompts, job.output))
+        report.seconds = time.perf_counter() - started
+        for outcome in report.outcomes:
+            outcome.scan_seconds = report.seconds
+        return report
+
+    def finish(self, report: ScanReport) -> None:
+        """Count a scan as done: its outcomes join ``outcomes`` and ``on_scan`` sees its report."""
+        self.outcomes += report.outcomes
+        self.on_scan(report)
 
     def _outcome(self, prompt: Prompt, status: str, message: str = "") -> Outcome:
         return Outcome(prompt.row, display_path(prompt.image, self.images), prompt.label, status, message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import os
 import sys
 import time
@@ -96,6 +98,17 @@ def slice_count(text: str) -> int:
 
 def label_value(text: str) -> int:
     return whole_number(text, 1)  # 0 is the background
+
+
+def worker_count(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def resource_amount(text: str) -> float:
+    value = finite_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,10 +222,15 @@ def command_batch(args: argparse.Namespace) -> int:
         prompts, outcomes = read_prompt_table(args.prompts, args.images, window_choice(args))
     for outcome in outcomes:
         print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
-    progress = ProgressBar(len(prompts), "Prompts", unit="prompt")
-    runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
-                         on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress),
-                         nan_as=args.nan_as)
+    if args.ray is not None:
+        runner, progress = _ray_batch_runner(args, len({prompt.image for prompt in prompts}))
+    elif (args.workers, args.cpus_per_worker, args.gpus_per_worker) != (None, None, None):
+        raise ValueError("--workers, --cpus-per-worker and --gpus-per-worker go with --ray.")
+    else:
+        progress = ProgressBar(len(prompts), "Prompts", unit="prompt")
+        runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
+                             on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress),
+                             nan_as=args.nan_as)
     summary = args.summary or args.out / "summary.csv"
     check_writable(summary)
     try:
@@ -226,6 +244,26 @@ def command_batch(args: argparse.Namespace) -> int:
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} prompts segmented, {counts['skipped']} skipped, {counts['failed']} failed. Summary: {summary}")
     return 1 if counts["failed"] else 0
+
+
+def _ray_batch_runner(args: argparse.Namespace, scans: int):
+    """``--ray``: the Ray runner, with a bar over scans (the single-process bar counts prompts)."""
+    if importlib.util.find_spec("ray") is None:  # not imported here: a local Ray is set up before its import
+        raise ValueError("--ray needs Ray: pip install 'medsam2-slicer[ray]'.")
+    from .ray_batch import LOCAL, RayBatchRunner, RayOptions
+
+    options = RayOptions(None if args.ray == LOCAL else args.ray, args.workers or 1, args.cpus_per_worker or 1.0,
+                         args.gpus_per_worker or 0.0)
+    progress = ProgressBar(scans, "Scans", unit="scan")
+
+    def on_scan(report) -> None:
+        progress.advance()
+        _report_scan(report, progress)
+
+    runner = RayBatchRunner(functools.partial(build_predictor, args), args.images, args.out, options, progress.note,
+                            overwrite=args.overwrite, cache_slices=args.cache_slices, on_scan=on_scan,
+                            nan_as=args.nan_as)
+    return runner, progress
 
 
 def _where(outcome) -> str:
@@ -242,7 +280,7 @@ def _report_scan(report, progress: ProgressBar) -> None:
         progress.note(f"{report.name}: skipped, {report.output} exists")
     else:
         progress.note(f"{report.name}: {done}/{len(report.outcomes)} prompts in {report.seconds:.1f} s"
-                      + (f" -> {report.output}" if done else ""))
+                      + (f" -> {report.output}" if done else "") + (f" [{report.worker}]" if report.worker else ""))
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -340,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--summary", type=Path, default=None, help="summary CSV (default: OUT/summary.csv)")
     batch.add_argument("--cache-slices", type=slice_count, default=None, metavar="N",
                        help="keep the features of at most N slices per scan (default: all; about 4 MB each)")
+    cluster = batch.add_argument_group("Ray (pip install 'medsam2-slicer[ray]')")
+    cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                         help="segment the scans on Ray workers: alone (or 'local'), a Ray started on this machine, "
+                              "on loopback only; else an existing cluster: auto, HOST:PORT or ray://HOST:PORT")
+    cluster.add_argument("--workers", type=worker_count, metavar="N", help="with --ray: N workers (default 1)")
+    cluster.add_argument("--cpus-per-worker", type=resource_amount, metavar="C",
+                         help="with --ray: CPUs each worker holds (default 1; also its PyTorch threads)")
+    cluster.add_argument("--gpus-per-worker", type=resource_amount, metavar="G",
+                         help="with --ray: GPUs each worker holds (default 0; 0.5 puts two workers on a GPU)")
     add_window_arguments(batch)
     add_model_arguments(batch)
     batch.set_defaults(run=command_batch)
