@@ -181,3 +181,21 @@ def test_a_hidden_segment_refusal_changes_nothing(app, volume_node):
                           confirm_target=lambda target: asked.append(target.segment_name) or False)
     assert asked == ["target"] and outcome.cancelled and not logic.predictor.calls
     assert not segment(app, segmentation, app.editor_node.GetSelectedSegmentID(), volume_node).any()
+
+
+def test_segment_slice_then_propagate_encodes_each_slice_once_with_the_kept_logic(app, volume_node, checkpoints):
+    """The effect asks the module's ModelCache for its logic on every click; the image features survive."""
+    from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+
+    from conftest import DATA
+
+    app.segmentation_for(volume_node, with_segment=True)
+    slice_node, corners = axial_box(app, volume_node)
+    models = ModelCache()
+    choice = ModelChoice(checkpoints["tiny"], DATA / "medsam2_tiny_test.yaml", "cpu")
+    controller = RunController()
+    for propagate in (False, True):  # Segment slice (key slice 9), then Propagate over slices 8..10
+        outcome = segment_box(controller, app.editor, lambda: models.logic(choice), slice_node, corners,
+                              propagate=propagate, slice_range=(8, 10))
+        assert outcome.written
+    assert models.logic(choice).predictor.encoder_calls == 3
