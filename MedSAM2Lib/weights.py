@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from .atomic import flush_to_disk
+
 CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
 CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository
 CHECKPOINT_URL = f"https://huggingface.co/{CHECKPOINT_REPOSITORY}/resolve/main/{CHECKPOINT_FILENAME}"
+
 CHUNK_BYTES = 1 << 20
 LFS_POINTER_MAX_BYTES = 1024  # the Git LFS specification caps pointer files at 1024 bytes
 LFS_SPEC_PREFIX = "https://git-lfs.github.com/spec/"
@@ -57,8 +60,9 @@ def default_checkpoint_path() -> Path:
 
 def missing_checkpoint_message(path: Path) -> str:
     return (
-        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
-        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
+        f"No MedSAM2 checkpoint at {path}. Get it with `medsam2 download -o \"{path}\"` (or download "
+        f"{CHECKPOINT_FILENAME} from {CHECKPOINT_URL} and save it there), or pass the path of a checkpoint you "
+        "already have (--checkpoint PATH)."
     )
 
 
@@ -191,6 +195,7 @@ def _written_atomically(target: Path) -> Iterator[Path]:
     partial = Path(partial_name)
     try:
         yield partial
+        flush_to_disk(partial)  # on disk before it takes the destination's name
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -243,8 +248,8 @@ def _unreachable_message(source: WeightsSource, url: str, error: BaseException) 
         problem = f"{url} cannot be reached ({reason}); the network or the server is unavailable"
     return (
         f"Could not download the MedSAM2 weights: {problem}. On a computer with internet access, download "
-        f"{source.filename} from {source.file_url}, copy it here and select that file as the checkpoint (in the "
-        "MedSAM2 module, or --checkpoint PATH on the command line)."
+        f"{source.filename} from {source.file_url}, copy it into {cache_directory()} on this computer (or anywhere, "
+        "and select that file as the checkpoint in the MedSAM2 module, or --checkpoint PATH on the command line)."
     )
 
 

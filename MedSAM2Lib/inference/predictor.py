@@ -244,6 +244,9 @@ def check_volume(volume: np.ndarray) -> None:
         raise PromptError(f"The volume must be windowed to uint8 first; got {volume.dtype}.")
     if min(volume.shape) < 1:
         raise PromptError(f"The volume is empty (shape {volume.shape}).")
+    if volume.shape[0] < 2:  # the same answer as the Slicer logic's check_source_volume
+        raise PromptError(f"The volume is a single slice of {volume.shape[1]} x {volume.shape[2]} pixels; MedSAM2 "
+                          "propagates through a 3D volume with at least two slices.")
 
 
 def check_box(box: Sequence[float], slice_shape: Tuple[int, int]) -> Tuple[float, float, float, float]:

@@ -160,7 +160,7 @@ class Session:
         add: the points join the slice's earlier points (official ``clear_old_points=False``); otherwise they
         replace them. Routing (conditioning slice, correction, new conditioning slice): module docstring.
         """
-        prompt = self._checked_prompt(slice_index, box, points, labels, mask)
+        prompt = check_prompt(self.volume.shape, slice_index, box, points, labels, mask)
         self._steps.append(_prompt_step(slice_index, prompt, add))
         direction = self._directions.get(self.tracked_by(slice_index) or "")
         if direction is not None:
@@ -366,28 +366,30 @@ class Session:
         self._latest.clear()
         self._object_scores.clear()
 
-    def _checked_prompt(self, index, box, points, labels, mask) -> SlicePrompt:
-        """A :class:`SlicePrompt`, or :class:`PromptError` with a sentence saying what is wrong."""
-        num_slices, height, width = self.volume.shape
-        if not isinstance(index, (int, np.integer)) or not 0 <= index < num_slices:
-            raise PromptError(f"Slice {index} is outside the volume, which has slices 0..{num_slices - 1}.")
-        if mask is not None:
-            if box is not None or points is not None:
-                raise PromptError("A mask prompt replaces the box and points of its slice: give one or the other.")
-            mask = np.asarray(mask)
-            if mask.shape != (height, width):
-                raise PromptError(f"The mask on slice {index} has shape {mask.shape}; the slices are {height} x {width}.")
-            return SlicePrompt(mask=mask != 0)
-        if box is None and points is None:
-            raise PromptError(f"Give a box, points or a mask on slice {index}.")
-        checked_box = check_box(box, (height, width)) if box is not None else None
-        checked_points: Tuple[Tuple[float, float], ...] = ()
-        checked_labels: Tuple[int, ...] = ()
-        if points is not None or labels is not None:
-            checked_points, checked_labels = _checked_points(index, points, labels, height, width)
-        if checked_box is None and not checked_points:
-            raise PromptError(f"Give a box, points or a mask on slice {index}.")
-        return SlicePrompt(checked_box, checked_points, checked_labels)
+
+def check_prompt(volume_shape: Tuple[int, int, int], index: int, box=None, points=None, labels=None,
+                 mask=None) -> SlicePrompt:
+    """What is given on a slice as a :class:`SlicePrompt`, or :class:`PromptError` saying what is wrong."""
+    num_slices, height, width = volume_shape
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < num_slices:
+        raise PromptError(f"Slice {index} is outside the volume, which has slices 0..{num_slices - 1}.")
+    if mask is not None:
+        if box is not None or points is not None:
+            raise PromptError("A mask prompt replaces the box and points of its slice: give one or the other.")
+        mask = np.asarray(mask)
+        if mask.shape != (height, width):
+            raise PromptError(f"The mask on slice {index} has shape {mask.shape}; the slices are {height} x {width}.")
+        return SlicePrompt(mask=mask != 0)
+    if box is None and points is None:
+        raise PromptError(f"Give a box, points or a mask on slice {index}.")
+    checked_box = check_box(box, (height, width)) if box is not None else None
+    checked_points: Tuple[Tuple[float, float], ...] = ()
+    checked_labels: Tuple[int, ...] = ()
+    if points is not None or labels is not None:
+        checked_points, checked_labels = _checked_points(index, points, labels, height, width)
+    if checked_box is None and not checked_points:
+        raise PromptError(f"Give a box, points or a mask on slice {index}.")
+    return SlicePrompt(checked_box, checked_points, checked_labels)
 
 
 class _Results(Mapping):

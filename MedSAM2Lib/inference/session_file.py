@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .predictor import DIRECTIONS, PromptError
-from .session import Session
+from ..atomic import write_atomically, write_text_atomically
+from .predictor import DIRECTIONS, PromptError, check_volume
+from .session import Session, check_prompt
 
 PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
@@ -46,13 +47,36 @@ def read_session_file(path) -> List[Dict[str, Any]]:
     return [_checked_step(number, step, path.parent) for number, step in enumerate(document["steps"], start=1)]
 
 
+def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps: bool = True) -> None:
+    """Refuse, before any work, steps that cannot apply to a volume: a prompt outside it or not fitting its
+    slices, a range outside it. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step
+    (``name_steps``: steps of a file, not of command-line options)."""
+    check_volume(volume)
+    num_slices = volume.shape[0]
+    for number, step in enumerate(steps, start=1):
+        try:
+            if "propagate" in step:
+                first, last = step.get("range", (0, num_slices - 1))
+                if not 0 <= first <= last < num_slices:
+                    raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1}.")
+            elif not step.get("remove"):
+                check_prompt(volume.shape, step["slice"], step.get("box"), step.get("points"), step.get("labels"),
+                             step.get("mask"))
+        except PromptError as error:
+            if not name_steps:
+                raise
+            raise SessionFileError(f"Step {number}: {error}") from error
+
+
 def run_steps(
     session: Session,
     steps: Sequence[Dict[str, Any]],
     on_slice: Optional[Callable[[object], None]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> None:
-    """Run steps in order on a session; ``on_slice`` sees every result (prompted and propagated slices) and
-    may raise to cancel. A step the session refuses raises :class:`SessionFileError` naming the step."""
+    """Run steps in order on a session. ``on_slice`` sees each slice a propagation yields and ``on_step`` each
+    finished step's number; either may raise to cancel. A step the session refuses raises
+    :class:`SessionFileError` naming the step."""
     for number, step in enumerate(steps, start=1):
         try:
             if "propagate" in step:
@@ -62,12 +86,12 @@ def run_steps(
             elif step.get("remove"):
                 session.remove_prompt(step["slice"])
             else:
-                result = session.add_prompt(step["slice"], box=step.get("box"), points=step.get("points"),
-                                            labels=step.get("labels"), mask=step.get("mask"), add=step.get("add", False))
-                if on_slice is not None:
-                    on_slice(result)
+                session.add_prompt(step["slice"], box=step.get("box"), points=step.get("points"),
+                                   labels=step.get("labels"), mask=step.get("mask"), add=step.get("add", False))
         except PromptError as error:
             raise SessionFileError(f"Step {number}: {error}") from error
+        if on_step is not None:
+            on_step(number)
 
 
 def session_document(steps: Sequence[Dict[str, Any]], mask_name: Callable[[int, int], str]) -> Dict[str, Any]:
@@ -92,19 +116,9 @@ def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
 
     for number, step in enumerate(steps, start=1):
         if isinstance(step.get("mask"), np.ndarray):
-            _write_atomically(path.parent / mask_name(number, step["slice"]),
-                              lambda target, mask=step["mask"]: np.save(target, mask.astype(bool)))
-    document = session_document(steps, mask_name)
-    _write_atomically(path, lambda target: target.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8"))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        write(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+            write_atomically(path.parent / mask_name(number, step["slice"]),
+                             lambda target, mask=step["mask"]: np.save(target, mask.astype(bool)), suffix=".npy")
+    write_text_atomically(path, json.dumps(session_document(steps, mask_name), indent=1) + "\n")
 
 
 def _checked_step(number: int, step: Any, folder: Path) -> Dict[str, Any]:
