@@ -1,9 +1,9 @@
 """``medsam2 demo``: the whole pipeline on a real scan shipped with the project.
 
-The scan (``Resources/mni152_t1_demo.nii.gz``, 750 kB) is the MNI ICBM152 2009a T1 template, reoriented to LPS,
-cropped to the brain and resampled to 2 mm axial slices: 78 slices of 195 x 157 one-millimetre pixels. Its
-copyright notice and licence are in ``Resources/MNI152_NOTICE.txt``, and ``Resources/make_demo_scan.py``
-makes it from the template that nilearn ships.
+The scan (``Resources/mni152_t1_demo.nii.gz``, 750 kB; see MedSAM2Lib.resources) is the MNI ICBM152 2009a T1
+template, reoriented to LPS, cropped to the brain and resampled to 2 mm axial slices: 78 slices of 195 x 157
+one-millimetre pixels. Its copyright notice and licence are in ``Resources/MNI152_NOTICE.txt``, and
+``Resources/make_demo_scan.py`` makes it from the template that nilearn ships.
 
 The preset prompt is a box around the right lateral ventricle on axial slice 45 (MNI z = +18.5 mm), propagated
 within slices 28..60 (z = -15.5..+48.5 mm), which hold the lateral ventricles with a margin, after MR
@@ -13,6 +13,7 @@ slices with the mask's outline.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -21,14 +22,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..inference.preprocessing import mr_percentile_window
-from ..model.checkpoint import CHECKPOINT_URL
 from ..atomic import check_writable, write_atomically
+from ..resources import resource_path
+from ..weights import CHECKPOINT_URL
 from .evaluation import surface_voxels
 from .volume_io import check_output, read_volume, write_mask
 
-RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
-DEMO_SCAN = RESOURCES / "mni152_t1_demo.nii.gz"
-DEMO_NOTICE = RESOURCES / "MNI152_NOTICE.txt"
+DEMO_SCAN = resource_path("mni152_t1_demo.nii.gz")
+DEMO_NOTICE = resource_path("MNI152_NOTICE.txt")
 CREDIT = (
     "Scan: MNI ICBM152 2009a T1 template, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
     f"Montreal Neurological Institute, McGill University (notice: {DEMO_NOTICE})."
@@ -66,6 +67,18 @@ def missing_weights_message(checkpoint: Path) -> str:
         f"(or download {CHECKPOINT_URL} yourself and save it there),\n"
         "or pass --checkpoint PATH to use a MedSAM2 checkpoint you already have."
     )
+
+
+def confirm_download(checkpoint: Path, assume_yes: bool, ask: Callable[[str], str] = input,
+                     interactive: Optional[bool] = None) -> bool:
+    """Whether to download the missing weights for the demo: asked once on a terminal; yes with ``--yes`` or
+    without a terminal (a script or CI asked for the demo, so it gets the one step it needs)."""
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    if assume_yes or not interactive:
+        return True
+    answer = ask(f"The demo needs the MedSAM2 weights (about 150 MB, verified against their published SHA256). "
+                 f"Download them to {checkpoint}? [Y/n] ")
+    return answer.strip().lower() in ("", "y", "yes")
 
 
 def demo_outputs(output_folder: Path, prompt: DemoPrompt = DEMO_PROMPT) -> Tuple[Path, Path]:
