@@ -130,6 +130,9 @@ class EditorBackend(Protocol):
     def modify_selected_segment(self, labelmap: "slicer.vtkOrientedImageData") -> None:
         """Set mode, honouring the editor's masking and overwrite settings."""
 
+    def modify_segment(self, segmentation_node, segment_id: str, labelmap: "slicer.vtkOrientedImageData") -> None:
+        """The same for a given segment (captured when an action started)."""
+
 
 class SegmentEditorLogicBackend:
     """Headless backend: ``vtkSlicerSegmentEditorLogic``, which keeps its own undo history."""
@@ -148,9 +151,11 @@ class SegmentEditorLogicBackend:
 
     def modify_selected_segment(self, labelmap) -> None:
         editor_node = self.editor_node()
+        self.modify_segment(editor_node.GetSegmentationNode(), editor_node.GetSelectedSegmentID(), labelmap)
+
+    def modify_segment(self, segmentation_node, segment_id: str, labelmap) -> None:
         self.editor_logic.ModifySegmentByLabelmap(
-            editor_node.GetSegmentationNode(), editor_node.GetSelectedSegmentID(), labelmap,
-            slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False,
+            segmentation_node, segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False,
         )
 
 
@@ -187,6 +192,22 @@ class EditorAccess:
             segment_id = self.segmentation_node().GetSegmentation().AddEmptySegment("", "MedSAM2")
             self.backend.editor_node().SetSelectedSegmentID(segment_id)
         self.backend.modify_selected_segment(labelmap)
+
+    def write_segment(self, segmentation_node, segment_id: Optional[str], labelmap) -> str:
+        """Save state for undo, then set a given segment (None: a new one, selected) to labelmap; its ID.
+
+        The segment is the one an action captured when it started: what is selected now does not matter.
+        """
+        segmentation = segmentation_node.GetSegmentation() if segmentation_node.GetScene() is not None else None
+        if segmentation is None or (segment_id is not None and segmentation.GetSegment(segment_id) is None):
+            raise EditorStateError("The segment MedSAM2 was computing for was removed; nothing was written.")
+        self.backend.save_state_for_undo()
+        if segment_id is None:
+            segment_id = segmentation.AddEmptySegment("", "MedSAM2")
+            if self.segmentation_node() is segmentation_node:
+                self.backend.editor_node().SetSelectedSegmentID(segment_id)
+        self.backend.modify_segment(segmentation_node, segment_id, labelmap)
+        return segment_id
 
 
 def segment_mask_on(segmentation_node, segment_id: str, reference: "slicer.vtkOrientedImageData") -> np.ndarray:

@@ -8,7 +8,9 @@ Only what the tests read is kept, so that a plain clone can run them:
   yielded logits are exactly their bilinear resize to the slice size, which the tests recompute), object
   scores, object pointers and the final masks;
 - the resized slices and the key-slice image-encoder intermediates;
-- the key/shape listings of the real (t512) and tiny state_dicts.
+- the key/shape listings of the real (t512) and tiny state_dicts;
+- for the Slicer correction scenarios: the official calls and final masks of the two "correct a tracked
+  slice" sessions, and the lesion masks they give as mask prompts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ BASE_CHECKPOINT = "tiny/medsam2_tiny_random_seed0.pt"
 EXPECTED_KEYS = ["fwd_frame_idx", "rev_frame_idx", "fwd_state_frames", "rev_state_frames", "fwd_lowres_logits",
                  "rev_lowres_logits", "fwd_object_score_logits", "rev_object_score_logits", "fwd_obj_ptr",
                  "rev_obj_ptr", "seg_union", "seg_final"]
+CORRECTION_SESSIONS = ["correct_tracked_with_points", "correct_tracked_with_mask"]
 INTERMEDIATE_KEYS = ["image_input", "trunk_0", "trunk_1", "trunk_2", "trunk_3", "neck_fpn_0", "neck_fpn_1",
                      "neck_fpn_2", "neck_pos_2"]
 
@@ -70,9 +73,18 @@ def main(fixtures: Path) -> None:
     np.savez_compressed(HERE / "intermediates_tiny_keyslice.npz",
                         **{key: intermediates[key] for key in INTERMEDIATE_KEYS})
 
+    corrections = {}
+    for name in CORRECTION_SESSIONS:
+        reference = np.load(fixtures / "sessions" / f"{name}.npz")
+        corrections.update({f"{name}_seg_final": reference["seg_final"], f"{name}_calls_json": reference["calls_json"]})
+    for mask_slice in (7, 17):
+        corrections[f"gts_{mask_slice}"] = volume["gts"][mask_slice]
+    np.savez_compressed(HERE / "sessions_correction.npz", **corrections)
+
     sources = dict.fromkeys([BASE_CHECKPOINT, "configs/medsam2_tiny_test.yaml", "input_volume.npz",
                              "tiny/intermediates_tiny_keyslice.npz", "state_dict_t512.json", "state_dict_tiny.json"]
-                            + sorted({p for pair in SETS.values() for p in pair}))
+                            + sorted({p for pair in SETS.values() for p in pair})
+                            + [f"sessions/{name}.npz" for name in CORRECTION_SESSIONS])
     with open(HERE / "SOURCES.sha256", "w") as listing:
         for source in sources:
             listing.write(f"{sha256(fixtures / source)}  {source}\n")
