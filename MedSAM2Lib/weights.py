@@ -6,6 +6,9 @@ few lines giving the file's SHA256 (``oid sha256:...``) and size; the ``resolve`
 The download goes to a ``.part`` file beside the destination and is renamed into place only once its size and
 hash match the pointer, so the destination is never a partial or unverified file. No Qt here: callers pass a
 progress callback and a cancel check.
+
+This module names the weights (file name, URL, cache folder) and must import without torch: the Slicer module
+uses it before PyTorch is installed. Loading the weights is ``model/checkpoint.py``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,14 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .model.checkpoint import (
-    CHECKPOINT_FILENAME,
-    CHECKPOINT_REPOSITORY,
-    cache_directory,
-    default_checkpoint_path,
-    read_state_dict,
-)
-
+CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
+CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository
+CHECKPOINT_URL = f"https://huggingface.co/{CHECKPOINT_REPOSITORY}/resolve/main/{CHECKPOINT_FILENAME}"
 CHUNK_BYTES = 1 << 20
 LFS_POINTER_MAX_BYTES = 1024  # the Git LFS specification caps pointer files at 1024 bytes
 LFS_SPEC_PREFIX = "https://git-lfs.github.com/spec/"
@@ -37,6 +36,30 @@ DEFAULT_TIMEOUT_SECONDS = 30.0  # for connecting and for each read, not for the 
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes in all)
 CancelCheck = Callable[[], bool]
+
+
+def cache_directory() -> Path:
+    """Per-user folder for downloaded weights (``MEDSAM2_CACHE_DIR`` overrides it)."""
+    if os.environ.get("MEDSAM2_CACHE_DIR"):
+        return Path(os.environ["MEDSAM2_CACHE_DIR"])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "medsam2"
+
+
+def default_checkpoint_path() -> Path:
+    return cache_directory() / CHECKPOINT_FILENAME
+
+
+def missing_checkpoint_message(path: Path) -> str:
+    return (
+        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
+        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
+    )
 
 
 class DownloadError(RuntimeError):
@@ -248,6 +271,8 @@ def matches_published(
 def install_local_checkpoint(path: Path, copy_to_cache: bool = False, cache_folder: Optional[Path] = None) -> Path:
     """Check that a checkpoint the user picked loads (CheckpointError if not) and return the path to use:
     the file itself, or its copy in the cache folder (same name) with ``copy_to_cache``."""
+    from .model.checkpoint import read_state_dict  # torch: only here
+
     path = Path(path)
     read_state_dict(path)
     if not copy_to_cache:

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from MedSAM2Lib.model.checkpoint import CHECKPOINT_URL
+from MedSAM2Lib.weights import CHECKPOINT_URL
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.apps.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
 from MedSAM2Lib.inference.predictor import validate_prompt

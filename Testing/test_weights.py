@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from MedSAM2Lib.model.checkpoint import CHECKPOINT_URL, CheckpointError
+from MedSAM2Lib.model.checkpoint import CheckpointError
 from MedSAM2Lib.weights import (
+    CHECKPOINT_URL,
     CHUNK_BYTES,
     DownloadCancelled,
     DownloadError,

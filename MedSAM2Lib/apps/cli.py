@@ -13,9 +13,9 @@ import numpy as np
 
 from ..inference.predictor import PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
-from ..model.checkpoint import CheckpointError, default_checkpoint_path
+from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
-from ..weights import DownloadError
+from ..weights import DownloadError, default_checkpoint_path
 from .volume_io import VolumeError
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.

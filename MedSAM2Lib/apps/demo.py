@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..inference.preprocessing import mr_percentile_window
-from ..model.checkpoint import CHECKPOINT_URL
+from ..weights import CHECKPOINT_URL
 from .evaluation import surface_voxels
 from .volume_io import read_volume, write_mask
 

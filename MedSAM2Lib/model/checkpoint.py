@@ -5,50 +5,21 @@ Every failure is a :class:`CheckpointError` whose message is a sentence a user c
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Mapping
 
 import torch
 
+from ..weights import CHECKPOINT_FILENAME, missing_checkpoint_message
 from .config import MEDSAM2_T512, MedSAM2Config
 from .medsam2 import MedSAM2
-
-CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
-CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository
-CHECKPOINT_URL = f"https://huggingface.co/{CHECKPOINT_REPOSITORY}/resolve/main/{CHECKPOINT_FILENAME}"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or of another architecture."""
-
-
-def cache_directory() -> Path:
-    """Per-user folder for downloaded weights (``MEDSAM2_CACHE_DIR`` overrides it)."""
-    if os.environ.get("MEDSAM2_CACHE_DIR"):
-        return Path(os.environ["MEDSAM2_CACHE_DIR"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "medsam2"
-
-
-def default_checkpoint_path() -> Path:
-    return cache_directory() / CHECKPOINT_FILENAME
-
-
-def missing_checkpoint_message(path: Path) -> str:
-    return (
-        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
-        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
-    )
 
 
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:

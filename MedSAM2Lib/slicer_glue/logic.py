@@ -24,6 +24,7 @@ from vtk.util import numpy_support
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
 from ..inference.preprocessing import Windowing
 from .geometry import StackGeometry, StackPrompt, box_prompt, stack_geometry, transform_points
+from .run_controller import WriteTarget
 
 
 class EditorStateError(ValueError):
@@ -127,11 +128,8 @@ class EditorBackend(Protocol):
 
     def save_state_for_undo(self) -> None: ...
 
-    def modify_selected_segment(self, labelmap: "slicer.vtkOrientedImageData") -> None:
-        """Set mode, honouring the editor's masking and overwrite settings."""
-
     def modify_segment(self, segmentation_node, segment_id: str, labelmap: "slicer.vtkOrientedImageData") -> None:
-        """The same for a given segment (captured when an action started)."""
+        """Set mode into that segment, honouring the editor's masking and overwrite settings."""
 
 
 class SegmentEditorLogicBackend:
@@ -149,13 +147,9 @@ class SegmentEditorLogicBackend:
     def save_state_for_undo(self) -> None:
         self.editor_logic.SaveStateForUndo()
 
-    def modify_selected_segment(self, labelmap) -> None:
-        editor_node = self.editor_node()
-        self.modify_segment(editor_node.GetSegmentationNode(), editor_node.GetSelectedSegmentID(), labelmap)
-
     def modify_segment(self, segmentation_node, segment_id: str, labelmap) -> None:
         self.editor_logic.ModifySegmentByLabelmap(
-            segmentation_node, segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False,
+            segmentation_node, segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False
         )
 
 
@@ -185,28 +179,29 @@ class EditorAccess:
             raise EditorStateError("The source volume cannot be resampled to the segmentation's geometry.")
         return SourceImage(image, volume_node, world_to_node_matrix(self.segmentation_node()))
 
-    def write(self, labelmap: "slicer.vtkOrientedImageData") -> None:
-        """Save state for undo, then set the selected segment (created if none) to labelmap."""
-        self.backend.save_state_for_undo()
-        if self.selected_segment_id() is None:
-            segment_id = self.segmentation_node().GetSegmentation().AddEmptySegment("", "MedSAM2")
-            self.backend.editor_node().SetSelectedSegmentID(segment_id)
-        self.backend.modify_selected_segment(labelmap)
+    def write(self, labelmap: "slicer.vtkOrientedImageData", target: Optional[WriteTarget] = None) -> str:
+        """Save state for undo, then set the target segment (default: the selected one; a new segment when there
+        is none) to labelmap; returns the segment's ID. EditorStateError if the target is gone.
 
-    def write_segment(self, segmentation_node, segment_id: Optional[str], labelmap) -> str:
-        """Save state for undo, then set a given segment (None: a new one, selected) to labelmap; its ID.
-
-        The segment is the one an action captured when it started: what is selected now does not matter.
+        The editor builds its editable-area mask for the *selected* segment
+        (vtkSlicerSegmentEditorLogic::UpdateMaskLabelmap passes GetSelectedSegmentID to GenerateEditMask), so the
+        target is selected while writing; a selection the user made meanwhile is restored afterwards.
         """
-        segmentation = segmentation_node.GetSegmentation() if segmentation_node.GetScene() is not None else None
-        if segmentation is None or (segment_id is not None and segmentation.GetSegment(segment_id) is None):
-            raise EditorStateError("The segment MedSAM2 was computing for was removed; nothing was written.")
+        editor_node = self.backend.editor_node()
+        target = target or WriteTarget.capture(editor_node)
+        problem = target.problem(editor_node)
+        if problem is not None:
+            raise EditorStateError(problem)
         self.backend.save_state_for_undo()
-        if segment_id is None:
-            segment_id = segmentation.AddEmptySegment("", "MedSAM2")
-            if self.segmentation_node() is segmentation_node:
-                self.backend.editor_node().SetSelectedSegmentID(segment_id)
-        self.backend.modify_segment(segmentation_node, segment_id, labelmap)
+        segmentation = target.segmentation_node.GetSegmentation()
+        segment_id = target.segment_id or segmentation.AddEmptySegment("", target.segment_name)
+        selected = editor_node.GetSelectedSegmentID()
+        editor_node.SetSelectedSegmentID(segment_id)
+        try:
+            self.backend.modify_segment(target.segmentation_node, segment_id, labelmap)
+        finally:
+            if selected and selected != segment_id and segmentation.GetSegment(selected) is not None:
+                editor_node.SetSelectedSegmentID(selected)
         return segment_id
 
 
@@ -342,9 +337,11 @@ class MedSAM2Logic:
         mask = prompt.stack.geometry.from_stack(stack_mask)
         return SegmentationResult(mask, sorted(slices), prompt.slice_axis)
 
-    def write(self, editor: EditorAccess, prompt: ViewPrompt, result: SegmentationResult) -> None:
-        """Set the selected segment to the result on the computed slices, undoably; the segment keeps its
-        content on the other slices.
+    def write(
+        self, editor: EditorAccess, prompt: ViewPrompt, result: SegmentationResult, target: Optional[WriteTarget] = None
+    ) -> str:
+        """Set the target segment (default: the selected one) to the result on the computed slices, undoably;
+        the segment keeps its content on the other slices. Returns the segment's ID.
 
         Slicer's Set mode replaces the whole segment, so the labelmap carries the segment's current content
         outside the computed slices (masking and overwrite settings then act as for Slicer's own effects).
@@ -352,13 +349,13 @@ class MedSAM2Logic:
         modifier = result.mask.copy()
         untouched = np.ones(modifier.shape[2 - result.slice_axis], dtype=bool)
         untouched[result.slices] = False
-        segment_id = editor.selected_segment_id()
-        if segment_id is not None and untouched.any():  # a full propagation replaces everything: nothing to carry
-            current = segment_mask_on(editor.segmentation_node(), segment_id, prompt.source.image)
+        target = target or WriteTarget.capture(editor.backend.editor_node())
+        if target.segment_id is not None and untouched.any():  # a full propagation replaces everything
+            current = segment_mask_on(target.segmentation_node, target.segment_id, prompt.source.image)
             index = [slice(None)] * 3
             index[2 - result.slice_axis] = untouched
             modifier[tuple(index)] = current[tuple(index)]
-        editor.write(labelmap_like(prompt.source.image, modifier))
+        return editor.write(labelmap_like(prompt.source.image, modifier), target)
 
     def process(
         self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]], **options
