@@ -34,8 +34,9 @@ from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
-from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, SourceImage, labelmap_like, segment_mask_on,
+from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
                     view_geometry, view_to_index)
+from .run_controller import NEW_SEGMENT_NAME, RunController, RunOutcome, WriteTarget
 
 SESSION_TAG = "MedSAM2.Session"
 VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # usual view of slices along I, J, K (LPS/RAS volumes)
@@ -79,18 +80,6 @@ class SegmentSession:
     propagated: bool = False
 
 
-@dataclass(frozen=True)
-class WriteTarget:
-    """Where an action writes, captured when it starts: a segment that exists, or a new one to create."""
-
-    segmentation_node: "slicer.vtkMRMLSegmentationNode"  # noqa: F821
-    segment_id: Optional[str]  # None: create a segment when writing
-
-    @property
-    def key(self) -> Tuple[str, str]:
-        return self.segmentation_node.GetID(), self.segment_id
-
-
 @dataclass
 class ActionResult:
     message: str  # one sentence for the status line
@@ -99,8 +88,26 @@ class ActionResult:
     segment_id: str  # the segment written
 
 
+@dataclass
+class Computed:
+    """An action's computation, to be written to the target captured when the action started."""
+
+    state: SegmentSession
+    source: SourceImage
+    options: InteractiveOptions
+    slice_index: Optional[int]
+    recomputed: List[int]
+    sentence: str
+    new_segment: bool = False
+
+
 class InteractiveSegmenter:
-    """The effect's actions on one MedSAM2Logic (which holds the model and the feature cache)."""
+    """The effect's actions on one MedSAM2Logic (which holds the model and the feature cache).
+
+    Each action has a ``compute_*`` method (the session's work; nothing written) and a headless shortcut of
+    the same name that computes and writes to the segment selected when it started. Inside Slicer, actions
+    run through :meth:`run` on the shared RunController (one run at a time, cancel, captured target).
+    """
 
     def __init__(self, logic: MedSAM2Logic) -> None:
         self.logic = logic
@@ -110,35 +117,96 @@ class InteractiveSegmenter:
         self._geometry: Optional[StackGeometry] = None
         self._cache: Optional[FeatureCache] = None
 
+    # -- running and writing ------------------------------------------------------------------------
+
+    def run(self, controller: RunController, editor: EditorAccess, action: str, *arguments, owner=None,
+            progress: Optional[ProgressCallback] = None, **keywords) -> RunOutcome:
+        """``compute_<action>(editor, *arguments, **keywords)`` as one run of the controller, then the write."""
+        compute = getattr(self, f"compute_{action}")
+        return controller.run(
+            editor.backend.editor_node(),
+            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel, **keywords),
+            lambda computed, target: self.write(editor, computed, target).message,
+            owner,
+        )
+
+    def write(self, editor: EditorAccess, computed: Computed, target: WriteTarget) -> ActionResult:
+        """Write the session's mask undoably to the target segment (a new one for a new-segment box).
+
+        The slices the session has computed get its mask (with Add: or the segment's content from before the
+        session); the others keep the target's current content. The session is then the target's, and its
+        prompts are stored in the segment's tag.
+        """
+        state, source = computed.state, computed.source
+        if computed.new_segment:
+            target = replace(target, segment_id=None, segment_name=NEW_SEGMENT_NAME)
+        axis = 2 - state.geometry.slice_axis  # the slice axis in (K, J, I) arrays
+        computed_slices = np.zeros(source.shape_ijk[state.geometry.slice_axis], dtype=bool)
+        computed_slices[sorted(state.session.results)] = True
+        modifier = state.geometry.from_stack(state.session.mask())
+        if computed.options.add and state.baseline is not None:
+            baseline = np.unpackbits(state.baseline, count=modifier.size).reshape(modifier.shape)
+            modifier |= baseline
+        if target.segment_id is not None and not computed_slices.all():
+            current = segment_mask_on(target.segmentation_node, target.segment_id, source.image)
+            untouched = np.nonzero(~computed_slices)[0]
+            np.put_along_axis(modifier, untouched.reshape([-1 if a == axis else 1 for a in range(3)]),
+                              np.take(current, untouched, axis=axis), axis=axis)
+        segment_id = editor.write(labelmap_like(source.image, modifier), target)
+        if computed.new_segment:
+            editor.backend.editor_node().SetSelectedSegmentID(segment_id)
+        self.sessions[(target.segmentation_node.GetID(), segment_id)] = state
+        segment = target.segmentation_node.GetSegmentation().GetSegment(segment_id)
+        segment.SetTag(SESSION_TAG, session_tag(state, computed.options.windowing or display_windowing(
+            source.volume_node)))
+        return ActionResult(computed.sentence, computed.slice_index, computed.recomputed, segment_id)
+
     # -- the actions --------------------------------------------------------------------------------
 
-    def box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
-            options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> ActionResult:
-        """A box released in a view: a prompt on the segment's session (started if none), the slice written.
+    def box(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_box, *arguments, **keywords)
 
-        A box along another axis than the sessions', or after the volume or windowing changed, ends them all.
-        """
+    def points(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_points, *arguments, **keywords)
+
+    def use_segment_on_slice(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_use_segment_on_slice, *arguments, **keywords)
+
+    def propagate(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_propagate, *arguments, **keywords)
+
+    def remove_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_point, *arguments, **keywords)
+
+    def remove_last_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_last_point, *arguments, **keywords)
+
+    def compute_box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
+                    options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
+        """A box released in a view: a prompt on the segment's session (started if none), the slice computed
+        at once. A box along another axis than the sessions', or after the volume or windowing changed, ends
+        them all."""
         source = editor.source()
-        target = self._target(editor, new_segment=options.new_segment_per_box)
         geometry = self._shared_geometry(source, view_geometry(source, slice_node), options)
         prompt = self.logic.prompt_from_view(source, slice_node, xy_corners, geometry)
-        state = self.sessions.get(target.key) if target.segment_id is not None else None
+        key = self._selected_key(editor)
+        state = None if options.new_segment_per_box or key is None else self.sessions.get(key)
         if state is None:
-            state = self._start(source, target, geometry, options)
+            state = self._start(editor, source, None if options.new_segment_per_box else key, geometry, options)
         index = prompt.stack.slice_index
         kind = self._kind(state, index, replacing=True)
         recomputed = [state.session.add_prompt(index, box=list(prompt.stack.box)).index]
         state.prompts[index] = SlicePrompts(box=prompt.stack.box)
         state.point_order = [s for s in state.point_order if s != index]
-        return self._finish(editor, source, target, state, options, index, recomputed, f"Box on slice {index}: {kind}",
-                            progress, should_cancel)
+        return self._then(source, state, options, index, recomputed, f"Box on slice {index}: {kind}", progress,
+                          should_cancel, new_segment=options.new_segment_per_box)
 
-    def points(self, editor: EditorAccess, slice_node, clicks: Sequence[Tuple[Sequence[float], int]],
-               options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> ActionResult:
-        """Points clicked in a view, each ((x, y) in view XY, label 1 object / 0 background), added to the
-        prompt of the slice they are on (a single click is one point)."""
+    def compute_points(self, editor: EditorAccess, slice_node, clicks: Sequence[Tuple[Sequence[float], int]],
+                       options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
+        """Points clicked in a view, each ((x, y) view XY, label 1 object / 0 background), added to the
+        prompt of the slice they are on (a click is one point; the slice is re-segmented at once)."""
         source = editor.source()
-        target, state = self._session_for(editor, source, slice_node, options, "a point")
+        state = self._session_for(editor, source, slice_node, options, "a point")
         located = [self._locate(source, slice_node, state, xy) for xy, _ in clicks]
         index = located[0][0]
         if any(slice_index != index for slice_index, _ in located):
@@ -150,176 +218,55 @@ class InteractiveSegmenter:
         slice_prompts.points += [xy for _, xy in located]
         slice_prompts.labels += labels
         state.point_order += [index] * len(located)
-        what = "point" if len(labels) == 1 else f"{len(labels)} points"
-        return self._finish(editor, source, target, state, options, index, [result.index],
-                            f"{what.capitalize()} on slice {index}: {kind}", progress, should_cancel)
+        what = "Point" if len(labels) == 1 else f"{len(labels)} points"
+        return self._then(source, state, options, index, [result.index], f"{what} on slice {index}: {kind}",
+                          progress, should_cancel)
 
-    def use_segment_on_slice(self, editor: EditorAccess, slice_node, options: InteractiveOptions = InteractiveOptions(),
-                             progress=None, should_cancel=None) -> ActionResult:
+    def compute_use_segment_on_slice(self, editor: EditorAccess, slice_node,
+                                     options: InteractiveOptions = InteractiveOptions(), progress=None,
+                                     should_cancel=None) -> Computed:
         """The segment's content on the viewed slice becomes that slice's (mask) prompt; then re-propagate."""
         source = editor.source()
-        target, state = self._session_for(editor, source, slice_node, options, "the segment on this slice")
+        state = self._session_for(editor, source, slice_node, options, "Use the segment on this slice")
         index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
-        current = state.geometry.to_stack(segment_mask_on(target.segmentation_node, target.segment_id, source.image))
-        mask = current[index].astype(bool)
+        segmentation_node, segment_id = editor.segmentation_node(), editor.selected_segment_id()
+        content = state.geometry.to_stack(segment_mask_on(segmentation_node, segment_id, source.image))
+        mask = content[index].astype(bool)
         if not mask.any():
             raise InteractionError(f"The segment is empty on slice {index}; paint the structure there first.")
         kind = self._kind(state, index, replacing=True)
         recomputed = [state.session.add_prompt(index, mask=mask).index]
         state.prompts[index] = SlicePrompts(mask=mask)
         state.point_order = [s for s in state.point_order if s != index]
-        return self._finish(editor, source, target, state, replace(options, auto_update=True), index, recomputed,
-                            f"The segment on slice {index} is its prompt: {kind}", progress, should_cancel)
+        return self._then(source, state, replace(options, auto_update=True), index, recomputed,
+                          f"The segment on slice {index} is its prompt: {kind}", progress, should_cancel)
 
-    def propagate(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(), progress=None,
-                  should_cancel=None) -> ActionResult:
-        """Propagate (or Update after corrections) the selected segment's session; only what changed is
-        recomputed."""
+    def compute_propagate(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
+                          progress=None, should_cancel=None) -> Computed:
+        """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
         source = editor.source()
-        target, state = self._session_for(editor, source, None, options, "Propagate")
+        state = self._session_for(editor, source, None, options, "Propagate")
         recomputed = self._propagate(source, state, options, progress, should_cancel)
-        self._write(editor, source, target, state, options)
-        message = (f"Propagated: {len(recomputed)} slice(s) recomputed." if recomputed
-                   else "Nothing to update: every slice is up to date.")
-        return ActionResult(message + " Undo (Ctrl+Z) reverts it.", None, recomputed, target.segment_id)
+        sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed" if recomputed
+                    else "Nothing to update: every slice is up to date")
+        return Computed(state, source, options, None, recomputed, sentence + ". Undo (Ctrl+Z) reverts it.")
 
-    def remove_point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float,
-                          options: InteractiveOptions = InteractiveOptions()) -> Optional[ActionResult]:
-        """Remove the point of the viewed slice within ``radius`` view pixels of xy (the nearest); None if none."""
-        source = editor.source()
-        target, state = self._session_for(editor, source, slice_node, options, "removing a point")
-        shown = [(index, number, np.hypot(px - xy[0], py - xy[1]))
-                 for index, number, px, py, _ in self._points_in_view(source, slice_node, state)]
+    def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
+                   ) -> Optional[Tuple[int, int]]:
+        """(slice, point number) of the selected segment's point nearest xy on the viewed slice, within
+        ``radius`` view pixels; None if there is none."""
+        shown = [(index, number, np.hypot(x - xy[0], y - xy[1]))
+                 for index, number, x, y, _ in self._shown_points(editor, slice_node)]
         near = [entry for entry in shown if entry[2] <= radius]
-        if not near:
-            return None
-        index, number, _ = min(near, key=lambda entry: entry[2])
-        return self._remove_point(editor, source, target, state, index, number, options)
+        return min(near, key=lambda entry: entry[2])[:2] if near else None
 
-    def remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions()
-                          ) -> Optional[ActionResult]:
-        """Remove the point added last to the selected segment's session (Backspace); None if it has none."""
+    def compute_remove_point(self, editor: EditorAccess, index: int, number: int,
+                             options: InteractiveOptions = InteractiveOptions(), progress=None,
+                             should_cancel=None) -> Computed:
+        """Remove a point (from :meth:`point_near`): the slice is prompted again with what remains on it, or
+        loses its prompt when nothing remains."""
         source = editor.source()
-        target, state = self._session_for(editor, source, None, options, "removing a point")
-        if not state.point_order:
-            return None
-        index = state.point_order[-1]
-        return self._remove_point(editor, source, target, state, index, len(state.prompts[index].points) - 1, options)
-
-    def points_in_view(self, editor: EditorAccess, slice_node) -> List[Tuple[float, float, int]]:
-        """The selected segment's points on the slice the view shows: (x, y) view XY and label."""
-        segment_id = editor.selected_segment_id()
-        state = self.sessions.get((editor.segmentation_node().GetID(), segment_id)) if segment_id else None
-        if state is None:
-            return []
-        source = editor.source()
-        try:
-            return [(x, y, label) for _, _, x, y, label in self._points_in_view(source, slice_node, state)]
-        except InteractionError:  # a view along another axis shows none of them
-            return []
-
-    def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
-        segment_id = editor.selected_segment_id()
-        return self.sessions.get((editor.segmentation_node().GetID(), segment_id)) if segment_id else None
-
-    def end_session(self, editor: EditorAccess) -> None:
-        """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept)."""
-        segment_id = editor.selected_segment_id()
-        if segment_id:
-            self.sessions.pop((editor.segmentation_node().GetID(), segment_id), None)
-
-    def end_sessions(self) -> None:
-        """Every session ends (another volume, axis or windowing; scene closed)."""
-        self.sessions.clear()
-        self._geometry = self._cache = None
-
-    # -- internals ----------------------------------------------------------------------------------
-
-    def _target(self, editor: EditorAccess, new_segment: bool = False) -> WriteTarget:
-        node = editor.segmentation_node()
-        if node is None:
-            raise EditorStateError("Select a segmentation in the Segment Editor first.")
-        return WriteTarget(node, None if new_segment else editor.selected_segment_id())
-
-    def _shared_geometry(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions) -> StackGeometry:
-        """The sessions' stack orientation if they run along the view's axis on the current volume and
-        windowing; otherwise they all end and the view's orientation starts a new context."""
-        if self._geometry is not None and self._geometry.slice_axis == view.slice_axis and self._same_context(
-                source, self._geometry, options):
-            return self._geometry
-        self.end_sessions()
-        return view
-
-    def _same_context(self, source: SourceImage, geometry: StackGeometry, options: InteractiveOptions) -> bool:
-        """True if the sessions' stack still applies (same volume content and windowing)."""
-        _, cache = self.logic.stack_for(source, geometry, options.windowing)
-        return cache is self._cache
-
-    def _start(self, source: SourceImage, target: WriteTarget, geometry: StackGeometry,
-               options: InteractiveOptions) -> SegmentSession:
-        stack, cache = self.logic.stack_for(source, geometry, options.windowing)
-        self._geometry, self._cache = geometry, cache
-        baseline = None
-        if target.segment_id is not None:
-            current = segment_mask_on(target.segmentation_node, target.segment_id, source.image)
-            baseline = np.packbits(current.astype(bool))
-        return SegmentSession(Session(self.logic.predictor, stack, cache), geometry, baseline=baseline)
-
-    def _session_for(self, editor, source, slice_node, options, action: str) -> Tuple[WriteTarget, SegmentSession]:
-        """The selected segment's session, checked against the view's axis and the current context."""
-        target = self._target(editor)
-        state = self.sessions.get(target.key) if target.segment_id is not None else None
-        if state is None:
-            raise InteractionError(
-                f"The selected segment has no MedSAM2 session: draw a box around the structure first ({action} "
-                "works on the session the box starts)."
-            )
-        if slice_node is not None:
-            view_axis = view_geometry(source, slice_node).slice_axis
-            if view_axis != state.geometry.slice_axis:
-                raise InteractionError(
-                    f"This segment's MedSAM2 session runs on slices along {AXIS_NAMES[state.geometry.slice_axis]} "
-                    f"(the {VIEW_NAMES[state.geometry.slice_axis]} view of a standard volume); this view shows "
-                    f"slices along {AXIS_NAMES[view_axis]}. Use a view along {AXIS_NAMES[state.geometry.slice_axis]}, "
-                    "or draw a new box here to start over along this axis."
-                )
-        if not self._same_context(source, state.geometry, options):
-            self.end_sessions()
-            raise InteractionError(
-                "The source volume or its intensity windowing changed since the box was drawn, which ends MedSAM2's "
-                "sessions. Draw a box to start again."
-            )
-        return target, state
-
-    def _slice_at(self, source, slice_node, geometry, xy) -> int:
-        """The stack slice under view XY (the slice the view shows)."""
-        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])
-        slice_index = int(np.floor(geometry.stack_coordinates(ijk, source.shape_ijk)[0, 0] + 0.5))
-        if not 0 <= slice_index < source.shape_ijk[geometry.slice_axis]:
-            raise InteractionError(f"The view shows slice {slice_index}, outside the volume.")
-        return slice_index
-
-    def _locate(self, source, slice_node, state: SegmentSession, xy) -> Tuple[int, Tuple[float, float]]:
-        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])[0]
-        return point_prompt(state.geometry, ijk, source.shape_ijk)
-
-    def _points_in_view(self, source, slice_node, state: SegmentSession):
-        """(slice, point number, view x, view y, label) of the points on the slice the view shows."""
-        if view_geometry(source, slice_node).slice_axis != state.geometry.slice_axis:
-            raise InteractionError("The view is along another axis than the session.")
-        index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
-        slice_prompts = state.prompts.get(index)
-        if slice_prompts is None or not slice_prompts.points:
-            return []
-        stack_points = [[index, y, x] for x, y in slice_prompts.points]
-        ijk = state.geometry.index_coordinates(stack_points, source.shape_ijk)
-        xy = transform_points(np.linalg.inv(view_to_index(source, slice_node)), ijk)
-        return [(index, number, float(x), float(y), label)
-                for number, ((x, y, _), label) in enumerate(zip(xy, slice_prompts.labels))]
-
-    def _remove_point(self, editor, source, target, state: SegmentSession, index: int, number: int,
-                      options: InteractiveOptions) -> ActionResult:
-        """The slice is prompted again with what remains on it (or loses its prompt if nothing remains)."""
+        state = self._session_for(editor, source, None, options, "removing a point")
         slice_prompts = state.prompts[index]
         points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
         labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
@@ -333,31 +280,154 @@ class InteractiveSegmenter:
                 prompt.update(points=[list(point) for point in points], labels=labels)
             recomputed = [state.session.add_prompt(index, **prompt).index]
             slice_prompts.points, slice_prompts.labels = points, labels
-        position = [i for i, s in enumerate(state.point_order) if s == index][number]
-        del state.point_order[position]
-        return self._finish(editor, source, target, state, options, index, recomputed,
-                            f"Point removed from slice {index}", None, None)
+        del state.point_order[[i for i, s in enumerate(state.point_order) if s == index][number]]
+        return self._then(source, state, options, index, recomputed, f"Point removed from slice {index}", progress,
+                          should_cancel)
+
+    def compute_remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
+                                  progress=None, should_cancel=None) -> Computed:
+        """Remove the point added last to the selected segment's session (Backspace)."""
+        state = self._session_for(editor, editor.source(), None, options, "removing a point")
+        if not state.point_order:
+            raise InteractionError("The selected segment's MedSAM2 session has no points to remove.")
+        index = state.point_order[-1]
+        return self.compute_remove_point(editor, index, len(state.prompts[index].points) - 1, options, progress,
+                                         should_cancel)
+
+    # -- queries and lifetime -----------------------------------------------------------------------
+
+    def points_in_view(self, editor: EditorAccess, slice_node) -> List[Tuple[float, float, int]]:
+        """The selected segment's points on the slice the view shows: view x, view y, label."""
+        return [(x, y, label) for _, _, x, y, label in self._shown_points(editor, slice_node)]
+
+    def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
+        key = self._selected_key(editor)
+        return self.sessions.get(key) if key is not None else None
+
+    def end_session(self, editor: EditorAccess) -> None:
+        """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept)."""
+        key = self._selected_key(editor)
+        if key is not None:
+            self.sessions.pop(key, None)
+
+    def end_sessions(self) -> None:
+        """Every session ends (another volume, axis or windowing; scene closed)."""
+        self.sessions.clear()
+        self._geometry = self._cache = None
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _act(self, editor: EditorAccess, compute, *arguments, **keywords) -> ActionResult:
+        target = WriteTarget.capture(editor.backend.editor_node())
+        return self.write(editor, compute(editor, *arguments, **keywords), target)
+
+    def _selected_key(self, editor: EditorAccess) -> Optional[Tuple[str, str]]:
+        segment_id = editor.selected_segment_id()
+        node = editor.segmentation_node()
+        return (node.GetID(), segment_id) if segment_id and node is not None else None
+
+    def _shared_geometry(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions) -> StackGeometry:
+        """The sessions' stack orientation if they run along the view's axis on the current volume and
+        windowing; otherwise they all end and the view's orientation starts a new context."""
+        if self._geometry is not None and self._geometry.slice_axis == view.slice_axis and self._same_context(
+                source, self._geometry, options):
+            return self._geometry
+        self.end_sessions()
+        return view
+
+    def _same_context(self, source: SourceImage, geometry: StackGeometry, options: InteractiveOptions) -> bool:
+        """True if the sessions' stack still applies (same volume content and windowing)."""
+        return self.logic.stack_for(source, geometry, options.windowing)[1] is self._cache
+
+    def _start(self, editor, source: SourceImage, key, geometry: StackGeometry,
+               options: InteractiveOptions) -> SegmentSession:
+        stack, cache = self.logic.stack_for(source, geometry, options.windowing)
+        self._geometry, self._cache = geometry, cache
+        baseline = None
+        if key is not None:  # the segment's content before the session, for Add
+            baseline = np.packbits(segment_mask_on(editor.segmentation_node(), key[1], source.image).astype(bool))
+        return SegmentSession(Session(self.logic.predictor, stack, cache), geometry, baseline=baseline)
+
+    def _session_for(self, editor, source, slice_node, options, action: str) -> SegmentSession:
+        """The selected segment's session, checked against the view's axis and the current context."""
+        key = self._selected_key(editor)
+        state = self.sessions.get(key) if key is not None else None
+        if state is None:
+            raise InteractionError(
+                f"The selected segment has no MedSAM2 session: draw a box around the structure first ({action} "
+                "works on the session the box starts)."
+            )
+        if slice_node is not None:
+            view_axis = view_geometry(source, slice_node).slice_axis
+            axis = state.geometry.slice_axis
+            if view_axis != axis:
+                raise InteractionError(
+                    f"This segment's MedSAM2 session runs on slices along {AXIS_NAMES[axis]} (the "
+                    f"{VIEW_NAMES[axis]} view of a volume stored axially); this view shows slices along "
+                    f"{AXIS_NAMES[view_axis]}. Use a view along {AXIS_NAMES[axis]}, or draw a new box here to start "
+                    "over along this axis."
+                )
+        if not self._same_context(source, state.geometry, options):
+            self.end_sessions()
+            raise InteractionError(
+                "The source volume or its intensity windowing changed since the box was drawn, which ends MedSAM2's "
+                "sessions. Draw a box to start again."
+            )
+        return state
+
+    def _slice_at(self, source, slice_node, geometry, xy) -> int:
+        """The stack slice under view XY (the slice the view shows)."""
+        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])
+        slice_index = int(np.floor(geometry.stack_coordinates(ijk, source.shape_ijk)[0, 0] + 0.5))
+        if not 0 <= slice_index < source.shape_ijk[geometry.slice_axis]:
+            raise InteractionError(f"The view shows slice {slice_index}, outside the volume.")
+        return slice_index
+
+    def _locate(self, source, slice_node, state: SegmentSession, xy) -> Tuple[int, Tuple[float, float]]:
+        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])[0]
+        return point_prompt(state.geometry, ijk, source.shape_ijk)
+
+    def _shown_points(self, editor: EditorAccess, slice_node) -> List[Tuple[int, int, float, float, int]]:
+        """(slice, point number, view x, view y, label) of the selected segment's points on the viewed slice;
+        none when the view is along another axis or the editor cannot segment now."""
+        state = self.session_of(editor)
+        if state is None:
+            return []
+        try:
+            source = editor.source()
+            if view_geometry(source, slice_node).slice_axis != state.geometry.slice_axis:
+                return []
+            index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
+        except ValueError:  # EditorStateError, ObliqueViewError, InteractionError: nothing to show
+            return []
+        slice_prompts = state.prompts.get(index)
+        if slice_prompts is None or not slice_prompts.points:
+            return []
+        ijk = state.geometry.index_coordinates([[index, y, x] for x, y in slice_prompts.points], source.shape_ijk)
+        xy = transform_points(np.linalg.inv(view_to_index(source, slice_node)), ijk)
+        return [(index, number, float(x), float(y), label)
+                for number, ((x, y, _), label) in enumerate(zip(xy, slice_prompts.labels))]
 
     def _kind(self, state: SegmentSession, index: int, replacing: bool) -> str:
         """What a prompt on this slice does, said before it is given."""
-        if index in state.session.prompted_slices:
-            return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
         tracked = state.session.tracked_by(index)
         if tracked is not None:
             return f"a correction of the {tracked} tracking"
+        if index in state.session.prompted_slices:
+            return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
         return "a new keyframe" if state.propagated else "segmented"
 
     def _propagate(self, source: SourceImage, state: SegmentSession, options: InteractiveOptions, progress,
                    should_cancel) -> List[int]:
-        """Run the session's propagation; Cancelled (raised from should_cancel) stops it, writing nothing."""
-        total = _range_length(source.shape_ijk[state.geometry.slice_axis], options)
-        recomputed = []
+        """Run the session's propagation; should_cancel() saying yes raises Cancelled (nothing is written)."""
+        first, last = options.slice_range or (0, source.shape_ijk[state.geometry.slice_axis] - 1)
+        recomputed: List[int] = []
         propagation = state.session.propagate(direction=options.direction, slice_range=options.slice_range)
         try:
             for result in propagation:
                 recomputed.append(result.index)
                 if progress is not None:
-                    progress(len(recomputed), max(total, len(recomputed)))
+                    progress(len(recomputed), max(last - first + 1, len(recomputed)))
                 if should_cancel is not None and should_cancel():
                     raise Cancelled()
         finally:
@@ -365,51 +435,28 @@ class InteractiveSegmenter:
         state.propagated = True
         return recomputed
 
-    def _finish(self, editor, source, target, state, options, index, recomputed, sentence, progress,
-                should_cancel) -> ActionResult:
-        """After a prompt: propagate too if asked (auto update), then write and report."""
+    def _then(self, source, state, options, index, recomputed, sentence, progress, should_cancel,
+              new_segment: bool = False) -> Computed:
+        """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
         if options.auto_update and state.propagated:
             propagated = self._propagate(source, state, options, progress, should_cancel)
             recomputed += [i for i in propagated if i not in recomputed]
-        segment_id = self._write(editor, source, target, state, options)
-        follow = ("" if options.auto_update and state.propagated
-                  else " Click Update to re-propagate from it." if state.propagated
-                  else " Propagate to follow it through the volume.")
-        return ActionResult(f"{sentence}.{follow}", index, recomputed, segment_id)
-
-    def _write(self, editor: EditorAccess, source: SourceImage, target: WriteTarget, state: SegmentSession,
-               options: InteractiveOptions) -> str:
-        """Write the session's mask undoably to the target; returns the segment's ID (created if new)."""
-        mask = state.geometry.from_stack(state.session.mask())
-        computed = np.zeros(source.shape_ijk[state.geometry.slice_axis], dtype=bool)
-        computed[sorted(state.session.results)] = True
-        index = [slice(None)] * 3
-        index[2 - state.geometry.slice_axis] = computed
-        index = tuple(index)
-        modifier = mask.copy()
-        if options.add and state.baseline is not None:
-            baseline = np.unpackbits(state.baseline, count=mask.size).reshape(mask.shape)
-            modifier[index] |= baseline[index]
-        if target.segment_id is not None and not computed.all():
-            current = segment_mask_on(target.segmentation_node, target.segment_id, source.image)
-            untouched = [slice(None)] * 3
-            untouched[2 - state.geometry.slice_axis] = ~computed
-            modifier[tuple(untouched)] = current[tuple(untouched)]
-        segment_id = editor.write_segment(target.segmentation_node, target.segment_id, labelmap_like(source.image, modifier))
-        self.sessions[(target.segmentation_node.GetID(), segment_id)] = state
-        target.segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(SESSION_TAG, session_tag(state))
-        return segment_id
+            sentence += f"; {len(propagated)} slice(s) re-propagated"
+        elif state.propagated:
+            sentence += ". Click Update to re-propagate from it"
+        else:
+            sentence += ". Propagate to follow it through the volume"
+        return Computed(state, source, options, index, recomputed, sentence + ".", new_segment)
 
 
-def _range_length(num_slices: int, options: InteractiveOptions) -> int:
-    first, last = options.slice_range if options.slice_range is not None else (0, num_slices - 1)
-    return last - first + 1
-
-
-def session_tag(state: SegmentSession) -> str:
+def session_tag(state: SegmentSession, windowing: Windowing) -> str:
     """The session's prompts as the JSON stored in the segment's tag (no '|': it separates tags in .seg.nrrd)."""
-    document = {"steps": state.session.steps, "stack": {
-        "slice_axis": AXIS_NAMES[state.geometry.slice_axis], "row_axis": AXIS_NAMES[state.geometry.row_axis],
-        "column_axis": AXIS_NAMES[state.geometry.column_axis], "flip_rows": state.geometry.flip_rows,
-        "flip_columns": state.geometry.flip_columns}}
+    geometry = state.geometry
+    document = {
+        "steps": state.session.steps,
+        "stack": {"slice_axis": AXIS_NAMES[geometry.slice_axis], "row_axis": AXIS_NAMES[geometry.row_axis],
+                  "column_axis": AXIS_NAMES[geometry.column_axis], "flip_rows": geometry.flip_rows,
+                  "flip_columns": geometry.flip_columns},
+        "window": str(windowing),
+    }
     return json.dumps(document).replace("|", "\\u007c")
