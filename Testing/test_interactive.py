@@ -11,12 +11,13 @@ import pytest
 import slicer
 import vtk
 
-from MedSAM2Lib.inference.predictor import Cancelled, VolumePredictor
+from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
                                                 InteractiveSegmenter, read_session_tag)
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation
+from MedSAM2Lib.slicer_glue.run_controller import RunController
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
@@ -163,14 +164,17 @@ def test_points_are_shown_on_their_slice_only_and_removable(app, volume_node, pr
     assert segmenter.points_in_view(app.editor, slice_node) == []  # slice 3 has the box, no points
     coronal = app.view(volume_node, "Coronal", CENTRE)
     assert segmenter.points_in_view(app.editor, coronal) == []
-    assert segmenter.remove_point_near(app.editor, view5, np.add(clicks[0][0], (30, 30)), 8, LESION) is None
-    removed = segmenter.remove_point_near(app.editor, view5, np.add(clicks[0][0], (3, -2)), 8, LESION)
-    assert removed.slice_index == 5 and [s[2] for s in segmenter.points_in_view(app.editor, view5)] == [0]
+    assert segmenter.point_near(app.editor, view5, np.add(clicks[0][0], (30, 30)), 8) is None
+    near = segmenter.point_near(app.editor, view5, np.add(clicks[0][0], (3, -2)), 8)
+    assert near == (5, 0)
+    segmenter.remove_point(app.editor, *near, LESION)
+    assert [s[2] for s in segmenter.points_in_view(app.editor, view5)] == [0]
     segmenter.remove_last_point(app.editor, LESION)
     assert segmenter.points_in_view(app.editor, view5) == [] and 5 not in segmenter.session_of(app.editor).prompts
     segmenter.propagate(app.editor, LESION)
     np.testing.assert_array_equal(selected(app, volume_node), before)  # no prompt left on slice 5
-    assert segmenter.remove_last_point(app.editor, LESION) is None
+    with pytest.raises(InteractionError, match="no points to remove"):
+        segmenter.remove_last_point(app.editor, LESION)
 
 
 def test_the_write_goes_to_the_segment_selected_when_the_action_started(app, volume_node, predictor):
@@ -185,15 +189,26 @@ def test_the_write_goes_to_the_segment_selected_when_the_action_started(app, vol
     assert segment_array(segmentation, other, volume_node).sum() == 0
 
 
-def test_cancel_writes_nothing(app, volume_node, predictor):
-    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume_node, predictor):
+    app.segmentation_for(volume_node, with_segment=True)
+    controller = RunController()
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    outcome = segmenter.run(controller, app.editor, "box", slice_node, corners, LESION)
+    assert outcome.written and outcome.message.startswith("Box on slice 3: segmented.")
     before = selected(app, volume_node)
-    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
-    segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
-    app.editor_logic.Undo()
-    with pytest.raises(Cancelled):
-        segmenter.propagate(app.editor, LESION, should_cancel=lambda: True)
+    seen = []
+
+    def cancel_at_the_third_slice(done, total):
+        seen.append((done, total))
+        if done == 3:
+            controller.cancel("Cancelled.")
+
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at_the_third_slice)
+    assert outcome.cancelled and not outcome.written and seen == [(1, 7), (2, 7), (3, 7)]
     np.testing.assert_array_equal(selected(app, volume_node), before)
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION)  # continues from the session's state
+    assert outcome.written and selected(app, volume_node).sum() > before.sum()
 
 
 @pytest.mark.parametrize("add", [False, True])
