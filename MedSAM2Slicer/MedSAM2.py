@@ -1,12 +1,21 @@
 """MedSAM2 module: gets PyTorch and the model weights ready, chooses the device, registers the Segment Editor
-effect and holds the self-test. Segmenting happens in the Segment Editor's MedSAM2 effect; everything that
-is not Qt lives in MedSAM2Lib."""
+effect and the demo scan in Sample Data, and holds the self-test. Segmenting happens in the Segment Editor's
+MedSAM2 effect.
+
+A thin Qt layer: readiness, the one-confirmation setup and the settings are MedSAM2Lib.slicer_glue.setup_flow's,
+one-run-at-a-time is slicer_glue.run_controller's; both import without torch (Slicer loads this file at startup,
+when PyTorch may not be installed yet) and are tested headless with Slicer's installers replaced by doubles.
+"""
 
 from pathlib import Path
 
 import qt
 
 import slicer
+from MedSAM2Lib.resources import resource_path
+from MedSAM2Lib.slicer_glue.run_controller import RunController
+from MedSAM2Lib.slicer_glue.runtime import ModelCache
+from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupFlow
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -24,10 +33,13 @@ class MedSAM2(ScriptedLoadableModule):
         self.parent.contributors = ["MedSAM2 for 3D Slicer developers"]
         self.parent.helpText = """Segment a structure in 3D from a box on one slice with MedSAM2 (SAM 2.1 fine-tuned
 for medical images). This module installs PyTorch and the model weights; use the <b>MedSAM2</b> effect of
-the Segment Editor to segment."""
+the Segment Editor to segment. A demo scan (MNI152 T1 brain) is in the Sample Data module, category MedSAM2."""
         self.parent.acknowledgementText = """MedSAM2 by Jun Ma, Bo Wang et al. (bowang-lab/MedSAM2, Apache-2.0);
-SAM 2 by Meta AI. This extension implements the network itself in PyTorch and loads the official weights."""
+SAM 2 by Meta AI. This extension implements the network itself in PyTorch and loads the official weights.
+Demo scan: MNI ICBM152 2009a T1 template, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre,
+Montreal Neurological Institute, McGill University."""
         slicer.app.connect("startupCompleted()", registerEffect)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerEffect():
@@ -38,117 +50,96 @@ def registerEffect():
     effect.self().register()
 
 
+def registerSampleData():
+    """The demo scan in the Sample Data module (one click loads it); it ships with the extension, so its URI is
+    a local file (SampleData downloads with urllib, which reads file:// URIs)."""
+    import SampleData
+
+    scan = resource_path("mni152_t1_demo.nii.gz")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedSAM2", sampleName="MNI152 T1 brain (MedSAM2 demo)", uris=scan.as_uri(), fileNames=scan.name,
+        nodeNames="MNI152 T1 demo", thumbnailFileName=str(resource_path("MedSAM2.png")), loadFileTypes="VolumeFile")
+
+
 _moduleLogic = None
 
 
 def moduleLogic():
-    """The module's one logic: the effect and the widget share its settings and loaded model."""
+    """The module's one logic: the effect and the widget share its settings, loaded model and run controller."""
     global _moduleLogic
     if _moduleLogic is None:
         _moduleLogic = MedSAM2ModuleLogic()
     return _moduleLogic
 
 
-class MedSAM2ModuleLogic:
-    """Settings (checkpoint, device), installs on consent, and the loaded model."""
+def pyTorchUtilsLogic():
+    """The PyTorch extension's installer (SlicerPyTorch's PyTorchUtils.PyTorchUtilsLogic); ModuleNotFoundError
+    when that extension is missing, which the setup flow turns into a sentence."""
+    import PyTorchUtils
+
+    return PyTorchUtils.PyTorchUtilsLogic()
+
+
+class SetupProgress:
+    """A progress dialog for the setup flow's progress(label, done, total) and should_cancel()."""
 
     def __init__(self):
-        from MedSAM2Lib.slicer_glue.runtime import ModelCache
+        self.dialog = None
 
+    def __call__(self, label, done, total):
+        if self.dialog is None:
+            self.dialog = slicer.util.createProgressDialog(labelText=label, maximum=0)
+        self.dialog.labelText = label
+        self.dialog.maximum = 100 if total else 0  # 0: busy indicator (PyTorch and pip give no progress)
+        self.dialog.value = int(100 * done / total) if total else 0
+        slicer.app.processEvents()
+
+    def wasCanceled(self):
+        return self.dialog is not None and self.dialog.wasCanceled
+
+    def close(self):
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog = None
+
+
+class MedSAM2ModuleLogic:
+    """Settings, setup on consent, the loaded model and the run controller shared by the module and the effect."""
+
+    def __init__(self):
+        self.settings = MedSAM2Settings(qt.QSettings())
         self.models = ModelCache()
+        self.runs = RunController()
+        self.progress = SetupProgress()
+        self.setup = SetupFlow(self.settings, pyTorchUtilsLogic, slicer.util.pip_install, self.confirm,
+                               progress=self.progress, should_cancel=self.progress.wasCanceled)
+        # Image features belong to the scene's volumes: drop them when it closes (the model stays loaded).
+        slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, lambda caller, event: self.models.forget_features())
 
-    # settings
+    @staticmethod
+    def confirm(question):
+        return slicer.util.confirmOkCancelDisplay(question, "MedSAM2 setup")
 
-    def checkpointPath(self):
-        from MedSAM2Lib.model.checkpoint import default_checkpoint_path
+    def setUp(self, owner=None):
+        """The one-confirmation setup, as one run of the shared controller (RunRefused while another runs);
+        False if the user declined or cancelled the download."""
+        with self.runs.exclusive("setting up MedSAM2", owner):
+            try:
+                return self.setup.ensure_ready()
+            finally:
+                self.progress.close()
 
-        return Path(qt.QSettings().value("MedSAM2/Checkpoint", str(default_checkpoint_path())))
-
-    def setCheckpointPath(self, path):
-        qt.QSettings().setValue("MedSAM2/Checkpoint", str(path))
-
-    def device(self):
-        return qt.QSettings().value("MedSAM2/Device", "auto")
+    def segmentationLogic(self, fillHoles=True, keepLargestComponent=True):
+        """The MedSAM2Logic on the configured checkpoint and device (after setUp); the same object, with its
+        image-feature cache, until the model or device changes."""
+        return self.models.logic(self.settings.model_choice(), fillHoles, keepLargestComponent)
 
     def setDevice(self, device):
-        qt.QSettings().setValue("MedSAM2/Device", device)
-
-    # readiness
-
-    def missingRequirements(self):
-        """Sentences naming what must be installed or downloaded before segmenting (empty when ready)."""
-        from MedSAM2Lib.slicer_glue.runtime import missing_packages, torch_status
-
-        missing = []
-        torchReady, torchMessage = torch_status()
-        if not torchReady:
-            missing.append(torchMessage + " It will be installed by the PyTorch extension.")
-        missing += [f"The Python package {package} will be installed." for package in missing_packages()]
-        if not self.checkpointPath().is_file():
-            missing.append(f"The MedSAM2 weights will be downloaded to {self.checkpointPath()} (about 150 MB).")
-        return missing
-
-    def ensureReady(self, askConfirmation=True):
-        """Install what is missing after one confirmation; False if the user declines."""
-        missing = self.missingRequirements()
-        if not missing:
-            return True
-        question = "MedSAM2 needs a few things first:\n\n- " + "\n- ".join(missing) + "\n\nProceed?"
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(question, "MedSAM2 setup"):
-            return False
-        self.installPythonPackages()
-        if not self.checkpointPath().is_file():
-            return self.downloadWeights()
-        return True
-
-    def installPythonPackages(self):
-        from MedSAM2Lib.slicer_glue.runtime import MINIMUM_TORCH_VERSION, missing_packages, torch_status
-
-        if not torch_status()[0]:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise RuntimeError("MedSAM2 needs the PyTorch extension: install 'PyTorch' from the Extensions "
-                                   "Manager, restart Slicer and try again.") from None
-            requirement = ">=" + ".".join(map(str, MINIMUM_TORCH_VERSION))
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
-            if torch is None or not torch_status()[0]:
-                raise RuntimeError("PyTorch could not be installed; see the Python console for details.")
-        for package in missing_packages():
-            slicer.util.pip_install(package)
-
-    def downloadWeights(self):
-        """Download the official checkpoint into the cache folder, verified against its published SHA256;
-        False if the user cancelled (nothing is left behind)."""
-        from MedSAM2Lib import weights
-
-        progress = slicer.util.createProgressDialog(labelText="Downloading MedSAM2 weights...", maximum=100)
-        try:
-            def report(done, total):
-                progress.value = int(100 * done / total) if total else 0
-                slicer.app.processEvents()
-
-            weights.download_checkpoint(self.checkpointPath(), progress=report, should_cancel=lambda: progress.wasCanceled)
-            return True
-        except weights.DownloadCancelled:
-            return False
-        finally:
-            progress.close()
+        self.settings.set_device(device)  # the next run loads the model on it (ModelCache compares the choice)
 
     def useLocalCheckpoint(self, path):
-        """Pick a checkpoint file already on this computer (offline sites); it is checked before use."""
-        from MedSAM2Lib.weights import install_local_checkpoint
-
-        self.setCheckpointPath(install_local_checkpoint(path))
-
-    def predictor(self, fill_holes=True, keep_largest_component=True):
-        """A VolumePredictor on the configured checkpoint and device, or None if setup was declined."""
-        if not self.ensureReady():
-            return None
-        from MedSAM2Lib.slicer_glue.runtime import ModelChoice
-
-        return self.models.predictor(ModelChoice(self.checkpointPath(), None, self.device()), fill_holes,
-                                     keep_largest_component)
+        with self.runs.exclusive("checking a checkpoint file"):
+            return self.setup.use_local_checkpoint(path)
 
 
 class MedSAM2Widget(ScriptedLoadableModuleWidget):
@@ -185,29 +176,41 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.chooseCheckpointButton.connect("clicked()", self.onChooseCheckpoint)
         self.deviceCombo.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.editorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
+        self.stopObservingRuns = moduleLogic().runs.observe(self.updateStatus)
         self.updateStatus()
+
+    def cleanup(self):
+        self.stopObservingRuns()
 
     def updateStatus(self):
         logic = moduleLogic()
-        missing = logic.missingRequirements()
-        self.statusLabel.text = "Ready." if not missing else "\n".join(missing)
-        self.setupButton.enabled = bool(missing)
-        self.checkpointLabel.text = str(logic.checkpointPath())
+        readiness = logic.setup.readiness()
+        busy = logic.runs.busy
+        self.statusLabel.text = f"Busy {logic.runs.activity}..." if busy else readiness.status()
+        self.setupButton.enabled = not busy and not readiness.ready and not readiness.blocker
+        self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = not busy
+        self.checkpointLabel.text = str(readiness.checkpoint)
         wasBlocked = self.deviceCombo.blockSignals(True)
-        self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(logic.device())))
+        self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(logic.settings.device())))
         self.deviceCombo.blockSignals(wasBlocked)
 
     def onSetup(self):
-        with slicer.util.tryWithErrorDisplay("MedSAM2 setup failed.", waitCursor=True):
-            moduleLogic().ensureReady()
-        self.updateStatus()
+        # tryWithErrorDisplay shows the error, then re-raises (slicer/util.py): the status is updated in finally.
+        try:
+            with slicer.util.tryWithErrorDisplay("MedSAM2 setup failed."):
+                moduleLogic().setUp(owner=self)
+        finally:
+            self.updateStatus()
 
     def onChooseCheckpoint(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, "MedSAM2 checkpoint", "", "PyTorch checkpoint (*.pt *.pth)")
-        if path:
+        if not path:
+            return
+        try:
             with slicer.util.tryWithErrorDisplay("This file cannot be used as MedSAM2 weights.", waitCursor=True):
-                moduleLogic().useLocalCheckpoint(path)
-        self.updateStatus()
+                moduleLogic().useLocalCheckpoint(path)  # no dialog inside: the wait cursor is right here
+        finally:
+            self.updateStatus()
 
     def onDeviceChanged(self, index):
         moduleLogic().setDevice(self.deviceCombo.itemData(index))
@@ -224,11 +227,17 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
         self.test_box_propagation_through_the_effect()
 
     def test_box_propagation_through_the_effect(self):
-        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
-        from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
-        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
+        from MedSAM2Lib.slicer_glue.runtime import torch_state
 
-        realWeights = moduleLogic().checkpointPath()
+        if not torch_state().usable:
+            # Extension build machines have the PyTorch extension but not torch itself.
+            self.delayDisplay(f"MedSAM2 self-test SKIPPED: {torch_state().sentence()}")
+            return
+        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
+        from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+
+        realWeights = moduleLogic().settings.checkpoint_path()
         if realWeights.is_file():
             choice = ModelChoice(realWeights)
         else:
@@ -253,4 +262,5 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
 
         slicer_scenario.run(slicer.mrmlScene, sliceWidget.sliceLogic(), SELF_TEST_DATA, segmentBox, editorWidget.undo,
                             exact=not realWeights.is_file(), editor_node=editorNode)
+        editorWidget.setActiveEffect(None)  # deactivation removes the box from the view
         self.delayDisplay("MedSAM2 box propagation through the Segment Editor passed.")

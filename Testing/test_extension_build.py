@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
 from PIL import Image
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "MedSAM2Lib"
 MODULE = ROOT / "MedSAM2Slicer"
+RESOURCES = ROOT / "Resources"
 TEST_DATA = ROOT / "Testing" / "Data"
+SCREENSHOT_MAX_BYTES = 300 * 1024
 
 # The catalog entry schema (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json): its property
 # names and types; it allows no other property.
@@ -67,8 +75,28 @@ def test_every_python_file_of_the_library_is_built(module_cmake):
     assert_lists_exactly(module_cmake, "MEDSAM2LIB_PYTHON_SCRIPTS", files_under(LIBRARY, python=True))
 
 
-def test_every_data_file_of_the_library_ships(module_cmake):
-    assert_lists_exactly(module_cmake, "MEDSAM2LIB_RESOURCES", files_under(LIBRARY, python=False))
+def test_the_library_has_no_data_files_of_its_own():
+    """Non-code files live once, in the top-level Resources/; the builds copy what they need."""
+    assert files_under(LIBRARY, python=False) == set()
+
+
+def test_every_top_level_resource_is_in_exactly_one_cmake_list(module_cmake):
+    lists = ["MEDSAM2LIB_RESOURCES", "MODULE_ICON", "CATALOG_ONLY_RESOURCES"]
+    listed = [name for variable in lists for name in module_cmake[variable]]
+    assert len(listed) == len(set(listed)), "a resource is listed twice"
+    present = {path.name for path in RESOURCES.iterdir() if path.is_file()}
+    assert sorted(present - set(listed)) == [], "files of Resources/ missing from MedSAM2Slicer/CMakeLists.txt"
+    assert sorted(set(listed) - present) == [], "MedSAM2Slicer/CMakeLists.txt names resources that do not exist"
+
+
+def test_the_wheel_ships_the_library_resources_and_every_package(module_cmake):
+    """pip install . (not editable) installs Resources/ as MedSAM2Lib/Resources/ with the files the library
+    reads, the same as the extension; and every package of the library."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"MedSAM2Lib.Resources": "Resources"}
+    assert sorted(setuptools["package-data"]["MedSAM2Lib.Resources"]) == sorted(module_cmake["MEDSAM2LIB_RESOURCES"])
+    packages = {".".join(path.parent.relative_to(ROOT).parts) for path in LIBRARY.rglob("__init__.py")}
+    assert set(setuptools["packages"]) == packages | {"MedSAM2Lib.Resources"}
 
 
 def test_every_python_file_of_the_qt_layer_is_built(module_cmake):
@@ -117,15 +145,33 @@ def test_catalog_entry_follows_the_schema_and_the_build(extension_cmake):
     assert entry["build_subdirectory"] == "." and entry["scm_revision"] == "main" and 1 <= entry["tier"] <= 5
 
 
-def test_icon_url_is_the_module_icon(extension_cmake):
-    homepage = extension_cmake["EXTENSION_HOMEPAGE"][0]
-    repository = homepage.removeprefix("https://github.com/")
+def raw_url_prefix(extension_cmake) -> str:
+    """Files of the repository as the Extensions Index reads them; <owner> is filled in when publishing."""
+    repository = extension_cmake["EXTENSION_HOMEPAGE"][0].removeprefix("https://github.com/")
+    assert repository == "<owner>/SlicerMedSAM2"
+    return f"https://raw.githubusercontent.com/{repository}/main/"
+
+
+def test_icon_url_is_the_module_icon(extension_cmake, module_cmake):
+    prefix = raw_url_prefix(extension_cmake)
     icon_url = extension_cmake["EXTENSION_ICONURL"][0]
-    prefix = f"https://raw.githubusercontent.com/{repository}/main/"
-    assert icon_url.startswith(prefix) and icon_url.removeprefix(prefix) == "MedSAM2Slicer/Resources/Icons/MedSAM2.png"
+    assert icon_url.startswith(prefix) and icon_url.removeprefix(prefix) == "Resources/" + module_cmake["MODULE_ICON"][0]
 
 
-@pytest.mark.parametrize("icon", ["MedSAM2Slicer/Resources/Icons/MedSAM2.png",
+def test_screenshot_urls_name_small_pngs_in_resources(extension_cmake, module_cmake):
+    """The Extensions Index requires a non-empty EXTENSION_SCREENSHOTURLS (space-separated URLs)."""
+    prefix = raw_url_prefix(extension_cmake)
+    urls = " ".join(extension_cmake["EXTENSION_SCREENSHOTURLS"]).split()
+    assert urls and all(url.startswith(prefix + "Resources/") for url in urls)
+    assert [url.removeprefix(prefix + "Resources/") for url in urls] == module_cmake["CATALOG_ONLY_RESOURCES"]
+    for url in urls:
+        path = ROOT / url.removeprefix(prefix)
+        assert path.stat().st_size < SCREENSHOT_MAX_BYTES
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= 400
+
+
+@pytest.mark.parametrize("icon", ["Resources/MedSAM2.png",
                                   "MedSAM2Slicer/SegmentEditorMedSAM2Lib/SegmentEditorEffect.png"])
 def test_icons_are_128_pixel_pngs(icon):
     with Image.open(ROOT / icon) as image:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
-from MedSAM2Lib.slicer_glue.run_controller import RunController, RunRefused, SetupDeclined, segment_box
+from MedSAM2Lib.slicer_glue.run_controller import RunController, RunRefused, segment_box
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from slicer_support import BoxFillingPredictor, SlicerScene, lesion_volume, xy_of
@@ -179,19 +179,12 @@ def test_busy_changes_are_reported_and_released_after_an_error(app, volume_node)
     assert seen == ["segmenting", None] and not controller.busy
 
 
-def test_declined_setup_and_hidden_segment_refusal_change_nothing(app, volume_node):
+def test_a_hidden_segment_refusal_changes_nothing(app, volume_node):
     segmentation = app.segmentation_for(volume_node, with_segment=True)
     slice_node, corners = axial_box(app, volume_node)
-    controller = RunController()
-
-    def declined():
-        raise SetupDeclined()
-
-    outcome = segment_box(controller, app.editor, declined, slice_node, corners)
-    assert outcome.cancelled and outcome.message == "MedSAM2 is not set up yet: nothing was changed."
     asked = []
     logic = MedSAM2Logic(BoxFillingPredictor())
-    outcome = segment_box(controller, app.editor, lambda: logic, slice_node, corners,
+    outcome = segment_box(RunController(), app.editor, lambda: logic, slice_node, corners,
                           confirm_target=lambda target: asked.append(target.segment_name) or False)
     assert asked == ["target"] and outcome.cancelled and not logic.predictor.calls
     assert not segment(app, segmentation, app.editor_node.GetSelectedSegmentID(), volume_node).any()

@@ -7,26 +7,25 @@ import os
 import pytest
 
 from MedSAM2Lib.slicer_glue import runtime
-from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice, TorchState
 
 from conftest import DATA
 
 
-def test_torch_status_with_the_installed_torch():
-    usable, message = runtime.torch_status()
-    assert usable and message.startswith("PyTorch 2.")
+def test_torch_state_with_the_installed_torch():
+    state = runtime.torch_state()
+    assert state.usable and state.sentence().startswith("PyTorch 2.")
 
 
 @pytest.mark.parametrize("version, usable", [("2.4.1", False), ("2.5.0+cu121", True), ("2.13.0", True),
                                              ("1.13.1", False), ("2.5.0a0", True)])
-def test_minimum_torch_version(monkeypatch, version, usable):
-    monkeypatch.setattr(runtime, "installed_torch_version", lambda: version)
-    assert runtime.torch_status()[0] is usable
+def test_minimum_torch_version(version, usable):
+    assert TorchState(None, version).usable is usable
+    assert TorchState(version, None).usable is usable
 
 
-def test_missing_torch_is_named(monkeypatch):
-    monkeypatch.setattr(runtime, "installed_torch_version", lambda: None)
-    assert runtime.torch_status() == (False, "PyTorch is not installed (MedSAM2 needs 2.5 or later).")
+def test_missing_torch_is_named():
+    assert TorchState(None, None).sentence() == "PyTorch is not installed (MedSAM2 needs 2.5 or later)."
 
 
 def test_missing_packages_are_pip_names(monkeypatch):
@@ -44,6 +43,8 @@ def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, t
     assert cache.model(choice) is first
     predictor = cache.predictor(choice, fill_holes=False, keep_largest_component=False)
     assert predictor.model is first and not predictor.fill_holes and not predictor.keep_largest_component
+    logic = cache.logic(choice)
     stat = copy.stat()
     os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert cache.model(choice) is not first
+    assert cache.logic(choice) is not logic and cache.logic(choice).predictor.model is cache.model(choice)

@@ -1,9 +1,9 @@
 """``medsam2 demo``: the whole pipeline on a real scan shipped with the project.
 
-The scan (``Resources/mni152_t1_demo.nii.gz``, 750 kB) is the MNI ICBM152 2009a T1 template, reoriented to LPS,
-cropped to the brain and resampled to 2 mm axial slices: 78 slices of 195 x 157 one-millimetre pixels. Its
-copyright notice and licence are in ``Resources/MNI152_NOTICE.txt``, and ``Resources/make_demo_scan.py``
-makes it from the template that nilearn ships.
+The scan (``Resources/mni152_t1_demo.nii.gz``, 750 kB; see MedSAM2Lib.resources) is the MNI ICBM152 2009a T1
+template, reoriented to LPS, cropped to the brain and resampled to 2 mm axial slices: 78 slices of 195 x 157
+one-millimetre pixels. Its copyright notice and licence are in ``Resources/MNI152_NOTICE.txt``, and
+``Resources/make_demo_scan.py`` makes it from the template that nilearn ships.
 
 The preset prompt is a box around the right lateral ventricle on axial slice 45 (MNI z = +18.5 mm), propagated
 within slices 28..60 (z = -15.5..+48.5 mm), which hold the lateral ventricles with a margin, after MR
@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..inference.preprocessing import mr_percentile_window
+from ..resources import resource_path
 from ..weights import CHECKPOINT_URL
 from .evaluation import surface_voxels
 from .volume_io import read_volume, write_mask
 
-RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
-DEMO_SCAN = RESOURCES / "mni152_t1_demo.nii.gz"
-DEMO_NOTICE = RESOURCES / "MNI152_NOTICE.txt"
+DEMO_SCAN = resource_path("mni152_t1_demo.nii.gz")
+DEMO_NOTICE = resource_path("MNI152_NOTICE.txt")
 CREDIT = (
     "Scan: MNI ICBM152 2009a T1 template, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
     f"Montreal Neurological Institute, McGill University (notice: {DEMO_NOTICE})."

@@ -195,10 +195,6 @@ class RunController:
             callback()
 
 
-class SetupDeclined(Exception):
-    """The user declined the setup a run needs (raised by a logic provider)."""
-
-
 def segment_box(
     controller: RunController,
     editor,
@@ -212,9 +208,9 @@ def segment_box(
 ) -> RunOutcome:
     """Segment slice / Propagate as one run of ``controller``.
 
-    editor: an EditorAccess. logic(): the MedSAM2Logic to use, made on demand (it may install and download after
-    the user's consent, and raises SetupDeclined if the user says no). xyz_corners: the box's two corners in the
-    view's XYZ, z locating the slice the box was drawn on, so the box's slice is used whatever the view shows.
+    editor: an EditorAccess. logic(): the MedSAM2Logic to use, asked for inside the run (loading a model is slow).
+    xyz_corners: the box's two corners in the view's XYZ, z locating the slice the box was drawn on, so the box's
+    slice is used whatever the view shows.
     options: those of MedSAM2Logic.segment (propagate, windowing, direction, slice_range).
     """
 
@@ -231,7 +227,4 @@ def segment_box(
         return (f"Segmented {where} into '{target.segment_name}' of '{target.segmentation_name}'. "
                 "Undo (Ctrl+Z) reverts it.")
 
-    try:
-        return controller.run(editor.backend.editor_node(), compute, write, owner, confirm_target)
-    except SetupDeclined:
-        return RunOutcome(False, True, "MedSAM2 is not set up yet: nothing was changed.")
+    return controller.run(editor.backend.editor_node(), compute, write, owner, confirm_target)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -25,23 +26,65 @@ def _version_tuple(version: str) -> Tuple[int, ...]:
     return tuple(numbers)
 
 
-def installed_torch_version() -> Optional[str]:
-    """The installed PyTorch version, without importing it (importing torch takes seconds)."""
+@dataclass(frozen=True)
+class TorchState:
+    """The PyTorch this Python uses. ``loaded``: the version of an already imported torch, which stays in use
+    until Slicer restarts whatever is installed on disk since; ``installed``: the version on disk."""
+
+    loaded: Optional[str]
+    installed: Optional[str]
+
+    @property
+    def version(self) -> Optional[str]:
+        return self.loaded or self.installed
+
+    @property
+    def absent(self) -> bool:
+        return self.version is None
+
+    @property
+    def usable(self) -> bool:
+        return self.version is not None and _version_tuple(self.version) >= MINIMUM_TORCH_VERSION
+
+    @property
+    def too_old(self) -> bool:
+        return not self.absent and not self.usable
+
+    def sentence(self) -> str:
+        minimum = ".".join(map(str, MINIMUM_TORCH_VERSION))
+        if self.absent:
+            return f"PyTorch is not installed (MedSAM2 needs {minimum} or later)."
+        if self.usable:
+            return f"PyTorch {self.version} is installed."
+        # SlicerTotalSegmentator's rule: never reinstall torch under a running Slicer (the old module would stay
+        # loaded); the user upgrades it in PyTorch Utils and restarts.
+        if self.loaded and self.installed and self.installed != self.loaded:
+            return (f"PyTorch {self.loaded} is loaded and MedSAM2 needs {minimum} or later; PyTorch {self.installed} "
+                    "is installed now: restart Slicer to use it.")
+        return (f"PyTorch {self.version} is installed; MedSAM2 needs {minimum} or later. Upgrade it in the "
+                f"PyTorch Utils module (version requirement >={minimum}), then restart Slicer.")
+
+
+def torch_state() -> TorchState:
+    """What PyTorch this Python would use, without importing it (importing torch takes seconds)."""
+    loaded = sys.modules.get("torch", False)
+    if loaded is None:  # an import of torch failed or is blocked in this Python
+        return TorchState(None, None)
+    if loaded:
+        return TorchState(getattr(loaded, "__version__", None), _installed_torch_version())
+    try:
+        if importlib.util.find_spec("torch") is None:
+            return TorchState(None, None)
+    except (ImportError, ValueError):
+        return TorchState(None, None)
+    return TorchState(None, _installed_torch_version())
+
+
+def _installed_torch_version() -> Optional[str]:
     try:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def torch_status() -> Tuple[bool, str]:
-    """(usable, sentence) about the installed PyTorch."""
-    version = installed_torch_version()
-    minimum = ".".join(map(str, MINIMUM_TORCH_VERSION))
-    if version is None:
-        return False, f"PyTorch is not installed (MedSAM2 needs {minimum} or later)."
-    if _version_tuple(version) < MINIMUM_TORCH_VERSION:
-        return False, f"PyTorch {version} is installed; MedSAM2 needs {minimum} or later."
-    return True, f"PyTorch {version} is installed."
 
 
 def missing_packages() -> List[str]:
@@ -57,11 +100,13 @@ class ModelChoice:
 
 
 class ModelCache:
-    """Keeps the last loaded model; loads again only when the checkpoint file, config or device changes."""
+    """Keeps the last loaded model, and the effect's logic on it; loads again only when the checkpoint file,
+    config or device changes."""
 
     def __init__(self) -> None:
         self._key = None
         self._model = None
+        self._logic = None
 
     def model(self, choice: ModelChoice):
         from ..model.checkpoint import load_model
@@ -72,7 +117,7 @@ class ModelCache:
         stamp = checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None
         key = (checkpoint.resolve(), stamp, choice.config, choice.device)
         if key != self._key:
-            self._model = None  # free the previous model before loading another
+            self._model = self._logic = None  # free the previous model before loading another
             config = load_config(choice.config) if choice.config else MEDSAM2_T512
             self._model = load_model(checkpoint, config, select_device(choice.device))
             self._key = key
@@ -83,5 +128,24 @@ class ModelCache:
 
         return VolumePredictor(self.model(choice), fill_holes=fill_holes, keep_largest_component=keep_largest_component)
 
+    def logic(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True):
+        """The MedSAM2Logic on this model, the same one while the model stays: its image-feature cache then
+        survives from one click to the next (Segment slice then Propagate encodes each slice once)."""
+        from ..inference.predictor import VolumePredictor
+        from .logic import MedSAM2Logic
+
+        model = self.model(choice)
+        if self._logic is None:
+            self._logic = MedSAM2Logic(VolumePredictor(model))
+        # Post-processing options do not touch the cached image features.
+        self._logic.predictor.fill_holes = fill_holes
+        self._logic.predictor.keep_largest_component = keep_largest_component
+        return self._logic
+
+    def forget_features(self) -> None:
+        """Drop the image features (the scene closed) but keep the model."""
+        if self._logic is not None:
+            self._logic.clear_cache()
+
     def clear(self) -> None:
-        self._key = self._model = None
+        self._key = self._model = self._logic = None

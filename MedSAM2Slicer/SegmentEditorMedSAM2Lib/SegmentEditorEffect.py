@@ -1,7 +1,10 @@
 """MedSAM2 segment-editor effect: drag a box on a slice view, then segment that slice or propagate.
 
-A thin Qt layer: it collects the box and the options, shows progress and errors. Geometry, computation and
-the undoable write are MedSAM2Lib.slicer_glue.logic's, the same code the headless tests run.
+A thin Qt layer: it wires widgets and mouse events to MedSAM2Lib, which the headless tests run: the box and
+what events do to it (slicer_glue.box), one run at a time with cancel and the write into the segment chosen at
+the start (slicer_glue.run_controller), setup (slicer_glue.setup_flow, through the MedSAM2 module's logic),
+the computation and the undoable write (slicer_glue.logic). Only torch-free modules are imported at the top:
+Slicer loads this file at startup, before PyTorch may be installed.
 """
 
 import os
@@ -10,6 +13,8 @@ import qt
 import vtk
 
 import slicer
+from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_grid
+from MedSAM2Lib.slicer_glue.run_controller import segment_box
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -17,7 +22,10 @@ DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", 
 WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
               ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
               ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
-CORNER_GRAB_PIXELS = 8
+# VTK interactor events -> BoxTool events. The double-click is taken too: unhandled, it maximizes the view
+# (SegmentEditorDrawEffect handles it for the same reason).
+BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
+              vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -28,10 +36,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = False  # the first propagation creates a segment
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.box = None  # BoxPipeline of the view the box was drawn in
-        self.logic = None  # MedSAM2Lib MedSAM2Logic; created on first use, tests may set it
-        self.running = False
-        self.cancelRequested = False
+        self.tool = BoxTool()
+        self.actors = {}  # slice widget -> BoxActor showing the box there
+        self.logic = None  # a MedSAM2Logic to use instead of the module's (the self-test sets it)
+        self.stopObservingRuns = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -49,12 +57,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 <p><ul style="margin: 0">
 <li><b>Left-button drag</b> in a slice view: draw the box; drag a corner to adjust it, drag elsewhere to redraw.
 <li>The box should enclose the whole structure on that slice, with a small margin.
+<li>The box is drawn solid on its own slice and dashed on the others; <b>Segment slice</b> and <b>Propagate</b>
+always start from the box's slice (the view is brought back to it).
 <li><b>Segment slice</b>: preview on the box's slice only. <b>Propagate</b>: follow the structure slice by slice
-through the volume (Esc or Cancel stops; nothing is changed until it finishes).
+through the volume. <b>Esc</b> or <b>Cancel</b> stops; leaving the effect or the module, switching segmentation
+or closing the scene also stops, and nothing is changed.
 </ul>
-<p>The result replaces the selected segment on the slices computed, honouring the editable area, intensity
-range and overwrite settings; Undo reverts it. Limits: slice views must be aligned with the volume (not
-oblique); one structure per box; results need review, especially far from the box's slice.</html>"""
+<p>The result goes to the segment selected when the run started (a new segment if none was), replacing it on the
+slices computed, honouring the editable area, intensity range and overwrite settings; Undo reverts it. If that
+segment or segmentation is deleted meanwhile, nothing is written. Limits: slice views must show voxel planes
+of the segmentation (the effect offers to rotate them); one structure per box; results need review,
+especially far from the box's slice.</html>"""
 
     # -- options ------------------------------------------------------------------------------------------
 
@@ -151,60 +164,87 @@ oblique); one structure per box; results need review, especially far from the bo
         effect.setParameter("LargestComponent", int(self.largestComponentCheckBox.checked))
 
     def updateButtons(self):
-        self.segmentSliceButton.enabled = self.box is not None and not self.running
-        self.propagateButton.enabled = self.box is not None and not self.running
-        self.cancelButton.enabled = self.running
+        runs = moduleLogic().runs
+        canRun = self.tool.box is not None and not runs.busy
+        self.segmentSliceButton.enabled = self.propagateButton.enabled = canRun
+        self.cancelButton.enabled = runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
 
+    def activate(self):
+        if self.stopObservingRuns is None:
+            self.stopObservingRuns = moduleLogic().runs.observe(self.updateButtons)
+
     def deactivate(self):
+        # Esc (the Segment Editor's shortcut), another effect, another module or another segmentation deactivate
+        # the effect, also while a run processes events: the run stops and writes nothing.
+        moduleLogic().runs.cancel("The MedSAM2 effect was deactivated.", owner=self)
         self.clearBox()
+
+    def cleanup(self):
+        """Called before the effect is deleted (qSlicerSegmentEditorAbstractEffect::cleanup): nothing of ours may
+        outlive it."""
+        self.clearBox()
+        if self.stopObservingRuns is not None:
+            self.stopObservingRuns()
+            self.stopObservingRuns = None
 
     # -- the box ------------------------------------------------------------------------------------------
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget" or self.running:
+        if viewWidget.className() != "qMRMLSliceWidget":
             return False
-        if eventId == vtk.vtkCommand.KeyPressEvent and callerInteractor.GetKeySym() == "Escape":
-            self.clearBox()
-            return True
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            event = "escape" if callerInteractor.GetKeySym() == "Escape" else None
+        else:
+            event = BOX_EVENTS.get(eventId)
+        if event is None:
+            return False
         anyModifier = callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey()
-        xy = callerInteractor.GetEventPosition()
-        if eventId == vtk.vtkCommand.LeftButtonPressEvent and not anyModifier:
-            if self.box is None or self.box.sliceWidget is not viewWidget or not self.box.grabCorner(xy):
-                self.clearBox()
-                self.box = BoxPipeline(self.scriptedEffect, viewWidget, xy)
-            return True
-        if self.box is None or self.box.sliceWidget is not viewWidget or not self.box.dragging:
-            return False
-        if eventId == vtk.vtkCommand.MouseMoveEvent:
-            self.box.moveCorner(xy)
-            return True
-        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
-            self.box.moveCorner(xy)
-            self.box.dragging = False
-            self.statusLabel.text = "Box drawn. Click Segment slice to preview or Propagate to segment in 3D."
+        result = self.tool.handle(event, viewWidget.mrmlSliceNode(), callerInteractor.GetEventPosition(),
+                                  bool(anyModifier), moduleLogic().runs.busy, sliceTolerance(viewWidget))
+        if result.cancel_run:
+            moduleLogic().runs.cancel("Cancelled (Esc).", owner=self)
+        if result.changed:
+            self.drawBox()
             self.updateButtons()
-            return True
-        return False
+        if result.status:
+            self.statusLabel.text = result.status
+        return result.consumed
 
     def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
-        if self.box is not None and self.box.sliceWidget is viewWidget:
-            self.box.positionActor()
+        if self.tool.box is not None and self.tool.box.slice_node is viewWidget.mrmlSliceNode():
+            self.drawBox()  # pan, zoom and scrolling change where and how the box is drawn
 
     def setBox(self, sliceWidget, xyCorners):
         """Set the box programmatically: two opposite corners in the view's XY coordinates."""
-        self.clearBox()
-        self.box = BoxPipeline(self.scriptedEffect, sliceWidget, xyCorners[0])
-        self.box.moveCorner(xyCorners[1])
-        self.box.dragging = False
+        sliceNode = sliceWidget.mrmlSliceNode()
+        tolerance = sliceTolerance(sliceWidget)
+        self.tool.box = None
+        for event, xy in (("press", xyCorners[0]), ("move", xyCorners[1]), ("release", xyCorners[1])):
+            self.tool.handle(event, sliceNode, xy, False, False, tolerance)
+        self.drawBox()
         self.updateButtons()
 
     def clearBox(self):
-        if self.box is not None:
-            self.box.remove()
-            self.box = None
+        self.tool.box = None
+        self.drawBox()
         if hasattr(self, "segmentSliceButton"):
             self.updateButtons()
+
+    def drawBox(self):
+        """Show the box in its view only; remove the actors of views that no longer show it."""
+        box = self.tool.box
+        for sliceWidget in list(self.actors):
+            if box is None or sliceWidget.mrmlSliceNode() is not box.slice_node:
+                self.actors.pop(sliceWidget).remove()
+        if box is None:
+            return
+        sliceWidget = sliceWidgetOf(box.slice_node)
+        if sliceWidget is None:
+            return
+        if sliceWidget not in self.actors:
+            self.actors[sliceWidget] = BoxActor(self.scriptedEffect, sliceWidget)
+        self.actors[sliceWidget].show(*box.outline(sliceTolerance(sliceWidget)))
 
     # -- running ------------------------------------------------------------------------------------------
 
@@ -215,38 +255,62 @@ oblique); one structure per box; results need review, especially far from the bo
         self.run(propagate=True)
 
     def cancel(self):
-        self.cancelRequested = True
+        moduleLogic().runs.cancel("Cancelled.", owner=self)
 
     def run(self, propagate):
-        """Segment with the current box and options; every failure is shown and changes nothing."""
-        if self.running or self.box is None:
+        """Segment with the current box and options as one run of the shared controller; every failure reaches
+        a dialog, and the status line is updated whatever happens."""
+        box = self.tool.box
+        if box is None:
             return
-        from MedSAM2Lib.inference.predictor import Cancelled
-        from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
-        from MedSAM2Lib.slicer_glue.logic import EditorAccess
-
-        with slicer.util.tryWithErrorDisplay("MedSAM2 could not segment.", waitCursor=True):
-            try:
-                logic = self.logic or self.createLogic()
-                if logic is None:
+        sliceWidget = sliceWidgetOf(box.slice_node)
+        # No waitCursor=True: the setup's confirmation and download, the hidden-segment and the rotate dialogs need
+        # a normal cursor; tryWithErrorDisplay shows the error and re-raises (slicer/util.py), so the buttons are
+        # updated in finally.
+        try:
+            with slicer.util.tryWithErrorDisplay("MedSAM2 could not segment."):
+                # Setup first, as its own step of the shared controller: nothing below may import torch before.
+                if self.logic is None and not moduleLogic().setUp(owner=self):
+                    self.statusLabel.text = "MedSAM2 is not set up yet: nothing was changed."
                     return
-                access = EditorAccess(ScriptedEffectBackend(self.scriptedEffect))
-                prompt = logic.prompt_from_view(access.source(), self.box.sliceNode(), self.box.xyzCorners())
-                self.setRunning(True)
+                from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
+
+                if box.show_its_slice(sliceTolerance(sliceWidget)):
+                    self.statusLabel.text = "The view was brought back to the box's slice."
                 try:
-                    result = logic.segment(prompt, propagate=propagate, progress=self.onProgress,
-                                           should_cancel=lambda: self.cancelRequested, **self.segmentOptions())
-                finally:
-                    self.setRunning(False)
-                logic.write(access, prompt, result)
-                self.statusLabel.text = f"Segmented {len(result.slices)} slice(s). Undo (Ctrl+Z) reverts it."
-            except Cancelled:
-                self.statusLabel.text = "Cancelled: the segmentation was not changed."
-            except ObliqueViewError as error:
-                self.offerRotateViews(str(error))
+                    outcome = segment_box(
+                        moduleLogic().runs, self.editorAccess(), self.logicForRun, box.slice_node, box.xyz_corners(),
+                        progress=self.onProgress, owner=self, confirm_target=self.confirmTargetVisible,
+                        propagate=propagate, **self.segmentOptions())
+                    self.statusLabel.text = outcome.message
+                except ObliqueViewError as error:
+                    restoreWaitCursor()
+                    self.offerRotateViews(str(error))
+        finally:
+            restoreWaitCursor()
+            self.progressBar.value = 0
+            self.updateButtons()
+
+    def editorAccess(self):
+        from MedSAM2Lib.slicer_glue.logic import EditorAccess  # imports torch: only after setup can run
+
+        return EditorAccess(ScriptedEffectBackend(self.scriptedEffect))
+
+    def logicForRun(self):
+        """The logic on the module's model, kept with its image features between clicks; loading the model is
+        the first slow step, so the wait cursor starts here (after any setup dialog)."""
+        setWaitCursor()
+        effect = self.scriptedEffect
+        return self.logic or moduleLogic().segmentationLogic(effect.integerParameter("FillHoles") != 0,
+                                                             effect.integerParameter("LargestComponent") != 0)
+
+    def confirmTargetVisible(self, target):
+        # Draw and Paint ask before editing a hidden segment (qSlicerSegmentEditorAbstractEffect::
+        # confirmCurrentSegmentVisible: Yes shows it, No goes on, Cancel stops).
+        return self.scriptedEffect.confirmCurrentSegmentVisible() != self.scriptedEffect.NotConfirmed
 
     def segmentOptions(self):
-        from MedSAM2Lib.inference.preprocessing import Windowing
+        from MedSAM2Lib.inference.preprocessing import Windowing  # imports torch: only after setup
 
         effect = self.scriptedEffect
         windowing = effect.parameter("Windowing")
@@ -256,40 +320,60 @@ oblique); one structure per box; results need review, especially far from the bo
             options["slice_range"] = (effect.integerParameter("RangeFirst"), effect.integerParameter("RangeLast"))
         return options
 
-    def createLogic(self):
-        """The headless logic on the model chosen in the MedSAM2 module (installs/downloads on consent)."""
-        import MedSAM2
-
-        predictor = MedSAM2.moduleLogic().predictor(
-            fill_holes=self.scriptedEffect.integerParameter("FillHoles") != 0,
-            keep_largest_component=self.scriptedEffect.integerParameter("LargestComponent") != 0,
-        )
-        if predictor is None:
-            return None
-        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
-
-        return MedSAM2Logic(predictor)
-
-    def setRunning(self, running):
-        self.running = running
-        self.cancelRequested = False
-        self.progressBar.value = 0
-        self.updateButtons()
-
     def onProgress(self, done, total):
         self.progressBar.maximum = total
         self.progressBar.value = done
-        self.statusLabel.text = f"Segmenting slice {done} of {total}..."
+        self.statusLabel.text = f"Segmenting slice {done} of {total}... (Esc or Cancel stops)"
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
     def offerRotateViews(self, message):
         box = qt.QMessageBox(qt.QMessageBox.Warning, "MedSAM2", message, qt.QMessageBox.Cancel, slicer.util.mainWindow())
-        rotateButton = box.addButton("Rotate slice views to volume plane", qt.QMessageBox.AcceptRole)
+        rotateButton = box.addButton("Rotate slice views to the segmentation", qt.QMessageBox.AcceptRole)
         box.exec_()
-        if box.clickedButton() == rotateButton:
-            layoutManager = slicer.app.layoutManager()
-            for viewName in layoutManager.sliceViewNames():
-                layoutManager.sliceWidget(viewName).sliceLogic().RotateSliceToLowestVolumeAxes()
+        if box.clickedButton() != rotateButton:
+            return
+        source = self.editorAccess().source()
+        layoutManager = slicer.app.layoutManager()
+        sliceNodes = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        import numpy as np
+
+        rotated = rotate_views_to_grid(sliceNodes, np.linalg.inv(source.ras_to_array_index()))
+        self.clearBox()
+        self.statusLabel.text = f"Rotated {len(rotated)} view(s) to the segmentation's grid: draw the box again."
+
+
+def moduleLogic():
+    import MedSAM2
+
+    return MedSAM2.moduleLogic()
+
+
+def sliceWidgetOf(sliceNode):
+    layoutManager = slicer.app.layoutManager()
+    return layoutManager.sliceWidget(sliceNode.GetLayoutName()) if layoutManager is not None else None
+
+
+def sliceTolerance(sliceWidget):
+    """Half the slice spacing of the view: the box counts as on the slice shown within it (one scroll step is a
+    whole spacing, vtkMRMLSliceLogic::GetLowestVolumeSliceSpacing)."""
+    return sliceWidget.sliceLogic().GetLowestVolumeSliceSpacing()[2] / 2
+
+
+_waitCursorSet = False
+
+
+def setWaitCursor():
+    global _waitCursorSet
+    if not _waitCursorSet:
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        _waitCursorSet = True
+
+
+def restoreWaitCursor():
+    global _waitCursorSet
+    if _waitCursorSet:
+        slicer.app.restoreOverrideCursor()
+        _waitCursorSet = False
 
 
 class ScriptedEffectBackend:
@@ -307,78 +391,38 @@ class ScriptedEffectBackend:
     def save_state_for_undo(self):
         self.scriptedEffect.saveStateForUndo()
 
-    def modify_selected_segment(self, labelmap):
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(
-            labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+    def modify_segment(self, segmentation_node, segment_id, labelmap):
+        # qSlicerSegmentEditorAbstractEffect::modifySegmentByLabelmap(segmentationNode, segmentID, ...): the
+        # segment captured when the run started, not the one selected now.
+        self.scriptedEffect.modifySegmentByLabelmap(
+            segmentation_node, segment_id, labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
         )
 
 
-class BoxPipeline:
-    """The box drawn in one slice view: two corners kept in RAS (so pan and zoom move it with the image),
-    shown as a 2D rectangle."""
+class BoxActor:
+    """The box's outline in one slice view, as BoxTool computes it (dashed and faded off the box's slice)."""
 
-    def __init__(self, scriptedEffect, sliceWidget, xy):
+    def __init__(self, scriptedEffect, sliceWidget):
         self.scriptedEffect = scriptedEffect
         self.sliceWidget = sliceWidget
-        self.corners = [self.xyToRas(xy), self.xyToRas(xy)]
-        self.movingCorner = 1
-        self.dragging = True
-        self.points = vtk.vtkPoints()
-        self.points.SetNumberOfPoints(4)
-        polyData = vtk.vtkPolyData()
-        polyData.SetPoints(self.points)
-        outline = vtk.vtkCellArray()
-        outline.InsertNextCell(5, [0, 1, 2, 3, 0])
-        polyData.SetLines(outline)
-        self.polyData = polyData
+        self.polyData = vtk.vtkPolyData()
         mapper = vtk.vtkPolyDataMapper2D()
-        mapper.SetInputData(polyData)
+        mapper.SetInputData(self.polyData)
         self.actor = vtk.vtkActor2D()
         self.actor.SetMapper(mapper)
         self.actor.GetProperty().SetColor(1, 1, 0)
         self.actor.GetProperty().SetLineWidth(2)
         scriptedEffect.addActor2D(sliceWidget, self.actor)
-        self.positionActor()
 
-    def sliceNode(self):
-        return self.sliceWidget.mrmlSliceNode()
-
-    def xyToRas(self, xy):
-        xyToRas = self.sliceNode().GetXYToRAS()
-        return xyToRas.MultiplyPoint((xy[0], xy[1], 0.0, 1.0))[:3]
-
-    def rasToXyz(self, ras):
-        rasToXy = vtk.vtkMatrix4x4()
-        vtk.vtkMatrix4x4.Invert(self.sliceNode().GetXYToRAS(), rasToXy)
-        return rasToXy.MultiplyPoint((*ras, 1.0))[:3]
-
-    def xyzCorners(self):
-        """The corners in the view's XYZ: z locates the slice the box was drawn on."""
-        return [self.rasToXyz(corner) for corner in self.corners]
-
-    def grabCorner(self, xy):
-        """Start dragging the drawn rectangle's corner nearest to xy, if it is close enough."""
-        (x0, y0, _), (x1, y1, _) = self.xyzCorners()
-        for x, y in ((x0, y0), (x1, y1), (x0, y1), (x1, y0)):
-            if abs(x - xy[0]) <= CORNER_GRAB_PIXELS and abs(y - xy[1]) <= CORNER_GRAB_PIXELS:
-                # Keep the diagonally opposite corner fixed and move the grabbed one.
-                opposite = (x1 if x == x0 else x0, y1 if y == y0 else y0)
-                self.corners = [self.xyToRas(opposite), self.xyToRas((x, y))]
-                self.movingCorner = 1
-                self.dragging = True
-                return True
-        return False
-
-    def moveCorner(self, xy):
-        self.corners[self.movingCorner] = self.xyToRas(xy)
-        self.positionActor()
-
-    def positionActor(self):
-        (x0, y0, _), (x1, y1, _) = self.xyzCorners()
-        for index, point in enumerate(((x0, y0), (x1, y0), (x1, y1), (x0, y1))):
-            self.points.SetPoint(index, point[0], point[1], 0.0)
-        self.points.Modified()
-        self.polyData.Modified()
+    def show(self, display, segments):
+        points = vtk.vtkPoints()
+        lines = vtk.vtkCellArray()
+        for start, end in segments:
+            lines.InsertNextCell(2, [points.InsertNextPoint(start[0], start[1], 0.0),
+                                     points.InsertNextPoint(end[0], end[1], 0.0)])
+        self.polyData.SetPoints(points)
+        self.polyData.SetLines(lines)
+        self.actor.GetProperty().SetOpacity(display.opacity)
         self.sliceWidget.sliceView().scheduleRender()
 
     def remove(self):

@@ -9,7 +9,7 @@ The template comes with nilearn (``pip download nilearn --no-deps``, then unzip
 3. average pairs of axial slices: 2 mm slices, half the file and half the propagation time;
 4. store as uint8 NIfTI with the matching geometry.
 
-    python MedSAM2Lib/Resources/make_demo_scan.py path/to/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
+    python Resources/make_demo_scan.py path/to/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
 """
 
 from __future__ import annotations

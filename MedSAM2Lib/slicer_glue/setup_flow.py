@@ -1,0 +1,184 @@
+"""Getting MedSAM2 ready inside Slicer: what is missing, one confirmation, the installs, the weights download or
+a checkpoint file the user already has. The Slicer pieces are injected, so the whole flow runs in tests:
+
+- ``pytorch_utils()``: returns ``PyTorchUtils.PyTorchUtilsLogic()`` of the PyTorch extension (raises
+  ModuleNotFoundError when that extension is not installed);
+- ``pip_install(requirement)``: ``slicer.util.pip_install``;
+- ``confirm(question) -> bool``: ``slicer.util.confirmOkCancelDisplay``;
+- ``progress(label, done, total)`` and ``should_cancel()``: a progress dialog (total 0: no known end).
+
+Like SlicerTotalSegmentator, PyTorch is installed only when it is absent; when it is too old the user is told
+to upgrade it in PyTorch Utils and restart, because a torch already imported stays loaded after an upgrade.
+
+No Qt and no torch here: this is what the module runs before PyTorch exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Protocol, Tuple
+
+from .. import weights
+from .runtime import MINIMUM_TORCH_VERSION, ModelChoice, TorchState, missing_packages, torch_state
+
+WEIGHTS_MEGABYTES = 150  # MedSAM2_latest.pt is about 149 MB
+
+
+class SetupError(RuntimeError):
+    """Setup cannot go on; the message says why and what to do."""
+
+
+class SettingsStore(Protocol):
+    """``qt.QSettings`` in Slicer; a dictionary-backed double in tests."""
+
+    def value(self, key: str, default: Any = None) -> Any: ...
+
+    def setValue(self, key: str, value: Any) -> None: ...
+
+
+class MedSAM2Settings:
+    """The user's checkpoint file and device, kept across Slicer sessions."""
+
+    CHECKPOINT_KEY = "MedSAM2/Checkpoint"
+    DEVICE_KEY = "MedSAM2/Device"
+
+    def __init__(self, store: SettingsStore) -> None:
+        self.store = store
+
+    def checkpoint_path(self) -> Path:
+        stored = self.store.value(self.CHECKPOINT_KEY, "")
+        return Path(stored) if stored else weights.default_checkpoint_path()
+
+    def set_checkpoint_path(self, path: Path) -> None:
+        self.store.setValue(self.CHECKPOINT_KEY, str(path))
+
+    def device(self) -> str:
+        return self.store.value(self.DEVICE_KEY, "auto") or "auto"
+
+    def set_device(self, device: str) -> None:
+        self.store.setValue(self.DEVICE_KEY, device)
+
+    def model_choice(self) -> ModelChoice:
+        return ModelChoice(self.checkpoint_path(), None, self.device())
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What segmenting still needs."""
+
+    torch: TorchState
+    packages: Tuple[str, ...]  # pip names
+    checkpoint: Path
+    checkpoint_present: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.torch.usable and not self.packages and self.checkpoint_present
+
+    @property
+    def blocker(self) -> Optional[str]:
+        """What setup cannot fix by itself (a PyTorch too old to replace in a running Slicer), or None."""
+        return self.torch.sentence() if self.torch.too_old else None
+
+    def to_do(self) -> List[str]:
+        """Sentences naming what setup will install or download."""
+        steps = []
+        if self.torch.absent:
+            steps.append(self.torch.sentence() + " It will be installed by the PyTorch extension (several minutes).")
+        steps += [f"The Python package {package} will be installed." for package in self.packages]
+        if not self.checkpoint_present:
+            steps.append(f"The MedSAM2 weights will be downloaded to {self.checkpoint} (about {WEIGHTS_MEGABYTES} MB).")
+        return steps
+
+    def status(self) -> str:
+        """The module's status line."""
+        if self.ready:
+            return f"Ready. {self.torch.sentence()} Weights: {self.checkpoint}."
+        return "\n".join(([self.blocker] if self.blocker else []) + self.to_do())
+
+
+def _no_progress(label: str, done: int, total: int) -> None:
+    pass
+
+
+class SetupFlow:
+    """Readiness and the one-confirmation setup; the Slicer installers are injected (see the module's docstring)."""
+
+    def __init__(
+        self,
+        settings: MedSAM2Settings,
+        pytorch_utils: Callable[[], Any],
+        pip_install: Callable[[str], None],
+        confirm: Callable[[str], bool],
+        progress: Callable[[str, int, int], None] = _no_progress,
+        should_cancel: Callable[[], bool] = lambda: False,
+        weights_source: weights.WeightsSource = weights.WeightsSource(),
+    ) -> None:
+        self.settings = settings
+        self.pytorch_utils = pytorch_utils
+        self.pip_install = pip_install
+        self.confirm = confirm
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.weights_source = weights_source
+
+    def readiness(self) -> Readiness:
+        checkpoint = self.settings.checkpoint_path()
+        return Readiness(torch_state(), tuple(missing_packages()), checkpoint, checkpoint.is_file())
+
+    def ensure_ready(self, ask: bool = True) -> bool:
+        """Install and download what is missing after one confirmation (``ask``). False if the user declined
+        or cancelled the download; SetupError when setup cannot go on."""
+        readiness = self.readiness()
+        if readiness.ready:
+            return True
+        if readiness.blocker:
+            raise SetupError(readiness.blocker)
+        question = "MedSAM2 needs a few things first:\n\n- " + "\n- ".join(readiness.to_do()) + "\n\nProceed?"
+        if ask and not self.confirm(question):
+            return False
+        if readiness.torch.absent:
+            self.install_torch()
+        for package in readiness.packages:
+            self.progress(f"Installing {package}...", 0, 0)
+            self.pip_install(package)
+        if not readiness.checkpoint_present:
+            return self.download_weights()
+        return True
+
+    def install_torch(self) -> None:
+        """PyTorch through the PyTorch extension, with MedSAM2's minimum version."""
+        try:
+            logic = self.pytorch_utils()
+        except ModuleNotFoundError:
+            raise SetupError("MedSAM2 needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, "
+                             "restart Slicer and try again.") from None
+        requirement = ">=" + ".".join(map(str, MINIMUM_TORCH_VERSION))
+        self.progress("Installing PyTorch (this can take several minutes)...", 0, 0)
+        # PyTorchUtilsLogic.installTorch returns the imported torch module, or None if the install was declined
+        # (askConfirmation=False: our single confirmation was already given).
+        if logic.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None or not torch_state().usable:
+            raise SetupError("PyTorch could not be installed; see the Python console for details, or install it "
+                             f"in the PyTorch Utils module (version requirement {requirement}).")
+
+    def download_weights(self) -> bool:
+        """The official checkpoint into the configured path, verified; False if the user cancelled (nothing kept).
+        DownloadError (offline, ...) says how to get the file by hand."""
+        label = "Downloading MedSAM2 weights..."
+        try:
+            weights.download_checkpoint(self.settings.checkpoint_path(),
+                                        progress=lambda done, total: self.progress(label, done, total),
+                                        should_cancel=self.should_cancel, source=self.weights_source)
+        except weights.DownloadCancelled:
+            return False
+        return True
+
+    def use_local_checkpoint(self, path: Path) -> Path:
+        """A checkpoint file already on this computer (offline sites); it is checked to load (needs torch)."""
+        if not torch_state().usable:
+            raise SetupError("Checking a checkpoint file needs PyTorch: run the setup first. "
+                             + torch_state().sentence())
+        checked = weights.install_local_checkpoint(path)
+        self.settings.set_checkpoint_path(checked)
+        return checked

@@ -1,0 +1,154 @@
+"""The box drawn in a slice view (MedSAM2Lib.slicer_glue.box) on Slicer's real slice nodes: the slice it belongs to
+whatever the view shows, its look off that slice, the mouse events, and rotating views to the segmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MedSAM2Lib.slicer_glue.box import BoxTool, dashed, misaligned_views, rotate_views_to_grid
+from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
+from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array
+from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras
+
+from slicer_support import BoxFillingPredictor, SlicerScene, lesion_volume, ras_of, xy_of
+
+CENTRE = (40.3, 20.4, 9.0)
+SLICE_SPACING = 2.5  # oblique_ijk_to_ras's K spacing
+TOLERANCE = SLICE_SPACING / 2
+
+
+@pytest.fixture
+def app():
+    return SlicerScene()
+
+
+@pytest.fixture
+def volume_node(app):
+    return add_volume(app.scene, lesion_volume(), oblique_ijk_to_ras(), "lesion")
+
+
+def drag(tool, slice_node, start, end, **kwargs):
+    events = [tool.handle("press", slice_node, start, False, False, TOLERANCE, **kwargs),
+              tool.handle("move", slice_node, end, False, False, TOLERANCE),
+              tool.handle("release", slice_node, end, False, False, TOLERANCE)]
+    return events
+
+
+def box_on_lesion(app, volume_node):
+    slice_node = app.view(volume_node, "Axial", CENTRE)
+    start = xy_of(slice_node, volume_node, (32.0, 14.0, CENTRE[2]))
+    end = xy_of(slice_node, volume_node, (49.0, 27.0, CENTRE[2]))
+    tool = BoxTool()
+    drag(tool, slice_node, start, end)
+    return tool, slice_node, start, end
+
+
+def scroll(slice_node, volume_node, k):
+    slice_node.JumpSliceByOffsetting(*ras_of(volume_node, (CENTRE[0], CENTRE[1], k)))
+
+
+def test_the_boxs_slice_is_the_drawn_one_whatever_the_view_shows(app, volume_node):
+    app.segmentation_for(volume_node)
+    tool, slice_node, _, _ = box_on_lesion(app, volume_node)
+    assert tool.box.display(TOLERANCE).on_slice
+    scroll(slice_node, volume_node, 3)
+    display = tool.box.display(TOLERANCE)
+    assert not display.on_slice and display.line == "dashed" and display.opacity < 1
+    assert display.offset_mm == pytest.approx(6 * SLICE_SPACING, abs=1e-6)
+    predictor = BoxFillingPredictor()
+    logic = MedSAM2Logic(predictor)
+    prompt = logic.prompt_from_view(app.editor.source(), slice_node, tool.box.xyz_corners())
+    assert prompt.stack.slice_index == 9  # drawn on K = 9, shown K = 3
+    logic.segment(prompt, propagate=False)
+    assert predictor.calls[0]["key_slice"] == 9
+
+
+def test_off_its_slice_the_outline_is_dashed_and_on_it_whole(app, volume_node):
+    tool, slice_node, start, end = box_on_lesion(app, volume_node)
+    display, segments = tool.box.outline(TOLERANCE)
+    assert display.line == "solid" and len(segments) == 4
+    scroll(slice_node, volume_node, 12)
+    display, segments = tool.box.outline(TOLERANCE)
+    assert display.line == "dashed" and len(segments) > 8
+    lengths = [np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in segments]
+    assert max(lengths) <= 6 + 1e-9
+
+
+def test_dashes_cover_half_of_each_side():
+    segments = dashed([(0, 0), (24, 0), (24, 12), (0, 12)], dash=6)
+    assert sum(np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in segments) == pytest.approx(36)
+
+
+def test_a_corner_cannot_be_grabbed_on_another_slice(app, volume_node):
+    tool, slice_node, start, end = box_on_lesion(app, volume_node)
+    drawn = [corner.copy() for corner in tool.box.corners]
+    scroll(slice_node, volume_node, 5)
+    event = tool.handle("press", slice_node, end, False, False, TOLERANCE)
+    assert event.changed and "previous one was on another slice" in event.status
+    assert tool.box.display(TOLERANCE).on_slice  # the new box is on the slice shown
+    assert not np.allclose(tool.box.corners[0], drawn[0])
+
+
+def test_a_corner_grab_on_its_slice_moves_only_that_corner(app, volume_node):
+    tool, slice_node, start, end = box_on_lesion(app, volume_node)
+    fixed = tool.box.corners[0].copy()
+    new_end = (end[0] + 10, end[1] + 5)
+    events = drag(tool, slice_node, end, new_end)
+    assert events[0].consumed and not events[0].changed  # grabbed, not redrawn
+    np.testing.assert_allclose(tool.box.corners[0], fixed)
+    np.testing.assert_allclose(tool.box.xyz_corners()[1][:2], new_end, atol=1e-6)
+
+
+def test_segment_slice_elsewhere_jumps_the_view_back_to_the_box(app, volume_node):
+    tool, slice_node, _, _ = box_on_lesion(app, volume_node)
+    scroll(slice_node, volume_node, 15)
+    assert tool.box.show_its_slice(TOLERANCE)
+    assert tool.box.display(TOLERANCE).on_slice and not tool.box.show_its_slice(TOLERANCE)
+
+
+def test_double_click_is_consumed_so_the_view_does_not_maximize(app, volume_node):
+    tool, slice_node, start, _ = box_on_lesion(app, volume_node)
+    assert tool.handle("double_click", slice_node, start, False, False, TOLERANCE).consumed
+    assert not tool.handle("double_click", slice_node, start, True, False, TOLERANCE).consumed
+
+
+def test_escape_cancels_a_run_and_otherwise_clears_the_box(app, volume_node):
+    tool, slice_node, start, end = box_on_lesion(app, volume_node)
+    event = tool.handle("escape", slice_node, start, False, True, TOLERANCE)
+    assert event.cancel_run and tool.box is not None
+    assert not tool.handle("press", slice_node, start, False, True, TOLERANCE).consumed  # no edits while running
+    event = tool.handle("escape", slice_node, start, False, False, TOLERANCE)
+    assert event.changed and tool.box is None
+
+
+def test_a_click_without_drag_draws_no_box(app, volume_node):
+    slice_node = app.view(volume_node, "Axial", CENTRE)
+    tool = BoxTool()
+    events = drag(tool, slice_node, (100, 100), (100.5, 100))
+    assert tool.box is None and "a click alone draws nothing" in events[-1].status
+
+
+def test_rotate_aligns_only_misaligned_views_to_the_segmentations_grid(app, volume_node):
+    """The segmentation's grid is tilted 10 degrees about R from the volume's: views rotated to the volume, as
+    RotateSliceToLowestVolumeAxes would, cannot take a box; rotating to the segmentation's grid fixes that."""
+    tilt = np.radians(10.0)
+    tilted = np.eye(4)
+    tilted[1:3, 1:3] = [[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]]
+    segmentation_grid = add_volume(app.scene, np.zeros((20, 48, 64), np.int16), tilted @ oblique_ijk_to_ras(),
+                                   "segmentation grid")
+    segmentation = app.segmentation_for(volume_node)
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(segmentation_grid)
+    axial = app.view(volume_node, "Axial", CENTRE)  # rotated to the volume's axes
+    source = app.editor.source()
+    index_to_world = np.linalg.inv(source.ras_to_array_index())
+    aligned = app.view(segmentation_grid, "Axial", CENTRE)  # already on the segmentation's grid
+    aligned_before = matrix_to_array(aligned.GetSliceToRAS())
+    logic = MedSAM2Logic(BoxFillingPredictor())
+    corners = [(200, 200), (260, 250)]
+    with pytest.raises(ObliqueViewError):
+        logic.prompt_from_view(source, axial, corners)
+    assert misaligned_views([axial, aligned], index_to_world) == [axial]
+    assert rotate_views_to_grid([axial, aligned], index_to_world) == [axial]
+    assert misaligned_views([axial, aligned], index_to_world) == []  # a box can be drawn on both now
+    np.testing.assert_array_equal(matrix_to_array(aligned.GetSliceToRAS()), aligned_before)

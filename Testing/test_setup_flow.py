@@ -1,0 +1,228 @@
+"""The Slicer module's setup before PyTorch exists: readiness, one confirmation, the PyTorch extension's installer,
+pip, the verified download and a local checkpoint, with Slicer's installers replaced by test doubles.
+
+The fresh-Slicer case runs in a subprocess in which ``import torch`` fails, as in a Slicer without the PyTorch
+extension's install yet."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from MedSAM2Lib.slicer_glue import runtime, setup_flow
+from MedSAM2Lib.slicer_glue.runtime import TorchState
+from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupError, SetupFlow
+
+from conftest import DATA
+from test_weights import publish
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the module and the effect may import before PyTorch is installed.
+TORCH_FREE_MODULES = ["MedSAM2Lib.weights", "MedSAM2Lib.resources", "MedSAM2Lib.slicer_glue.runtime",
+                      "MedSAM2Lib.slicer_glue.setup_flow", "MedSAM2Lib.slicer_glue.run_controller",
+                      "MedSAM2Lib.slicer_glue.box"]
+
+FRESH_SLICER_SCRIPT = textwrap.dedent('''
+    import json, sys, types
+    sys.modules["torch"] = None  # "import torch" fails, as in a Slicer without PyTorch
+    modules = json.loads(sys.argv[1])
+    for name in modules:
+        __import__(name)
+    from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupFlow, SetupError
+    from MedSAM2Lib.weights import WeightsSource
+
+    class SettingsDouble(dict):
+        def value(self, key, default=None):
+            return self.get(key, default)
+        def setValue(self, key, value):
+            self[key] = value
+
+    calls = []
+
+    class PyTorchUtilsLogicDouble:
+        """Test double for PyTorchUtils.PyTorchUtilsLogic: "installs" a torch 2.6 module stand-in."""
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            calls.append(["installTorch", askConfirmation, torchVersionRequirement])
+            sys.modules["torch"] = types.SimpleNamespace(__version__="2.6.0")
+            return sys.modules["torch"]
+
+    def confirm_double(question):
+        calls.append(["confirm", question])
+        return True
+
+    settings = SettingsDouble()
+    settings.setValue("MedSAM2/Checkpoint", sys.argv[2])
+    flow = SetupFlow(MedSAM2Settings(settings), PyTorchUtilsLogicDouble, lambda package: calls.append(["pip", package]),
+                     confirm_double, progress=lambda label, done, total: calls.append(["progress", label]),
+                     weights_source=WeightsSource(base_url=sys.argv[3]))
+    before = flow.readiness()
+    ready = flow.ensure_ready()
+    print(json.dumps({"status_before": before.status(), "ready": ready, "calls": calls,
+                      "ready_after": flow.readiness().ready}))
+''')
+
+
+class SettingsDouble(dict):
+    """Test double for qt.QSettings."""
+
+    def value(self, key, default=None):
+        return self.get(key, default)
+
+    def setValue(self, key, value):
+        self[key] = value
+
+
+class PyTorchUtilsLogicDouble:
+    """Test double for PyTorchUtils.PyTorchUtilsLogic that records calls and installs nothing."""
+
+    def __init__(self):
+        self.calls = []
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        self.calls.append(torchVersionRequirement)
+        return None
+
+
+def flow_with(tmp_path, confirm=lambda question: True, **overrides):
+    settings = MedSAM2Settings(SettingsDouble())
+    settings.set_checkpoint_path(tmp_path / "MedSAM2_latest.pt")
+    installer = PyTorchUtilsLogicDouble()
+    pip_calls = []
+    arguments = dict(pytorch_utils=lambda: installer, pip_install=pip_calls.append, confirm=confirm)
+    arguments.update(overrides)
+    return SetupFlow(settings, **arguments), installer, pip_calls
+
+
+def test_fresh_slicer_without_torch_reports_it_and_installs_through_the_injected_installer(tmp_path):
+    server = tmp_path / "server"
+    content = b"checkpoint bytes"
+    source = publish(server, content)
+    checkpoint = tmp_path / "cache" / "MedSAM2_latest.pt"
+    result = subprocess.run([sys.executable, "-c", FRESH_SLICER_SCRIPT, json.dumps(TORCH_FREE_MODULES),
+                             str(checkpoint), source.base_url], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status_before"].startswith("PyTorch is not installed (MedSAM2 needs 2.5 or later).")
+    assert f"weights will be downloaded to {checkpoint}" in report["status_before"]
+    calls = report["calls"]
+    assert [call[0] for call in calls if call[0] != "progress"] == ["confirm", "installTorch"]
+    assert calls[0][1].count("PyTorch is not installed") == 1  # one confirmation naming everything
+    assert ["installTorch", False, ">=2.5"] in calls
+    assert report["ready"] and report["ready_after"] and checkpoint.read_bytes() == content
+
+
+def test_qt_layer_imports_only_torch_free_modules_at_module_level():
+    """The module and the effect are loaded by Slicer at startup, before any setup."""
+    for path in (ROOT / "MedSAM2Slicer").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MedSAM2Lib"):
+                assert node.module in TORCH_FREE_MODULES, f"{path.name} imports {node.module} at module level"
+            if isinstance(node, ast.Import):
+                assert not any(alias.name.startswith(("MedSAM2Lib", "torch")) for alias in node.names), path.name
+
+
+def test_declined_confirmation_installs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup_flow, "torch_state", lambda: TorchState(None, None))
+    questions = []
+    flow, installer, pip_calls = flow_with(tmp_path, confirm=lambda question: questions.append(question) or False)
+    assert flow.ensure_ready() is False
+    assert len(questions) == 1 and installer.calls == [] and pip_calls == []
+
+
+def test_failed_torch_install_is_a_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup_flow, "torch_state", lambda: TorchState(None, None))
+    flow, installer, _ = flow_with(tmp_path)
+    with pytest.raises(SetupError, match="PyTorch could not be installed"):
+        flow.ensure_ready()
+    assert installer.calls == [">=2.5"]
+
+
+def test_missing_pytorch_extension_says_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup_flow, "torch_state", lambda: TorchState(None, None))
+
+    def no_extension():
+        raise ModuleNotFoundError("No module named 'PyTorchUtils'")
+
+    flow, _, _ = flow_with(tmp_path, pytorch_utils=no_extension)
+    with pytest.raises(SetupError, match="install 'PyTorch' from the Extensions Manager"):
+        flow.ensure_ready()
+
+
+@pytest.mark.parametrize("state, expected", [
+    (TorchState("2.4.1", "2.4.1"), "Upgrade it in the PyTorch Utils module (version requirement >=2.5), then restart"),
+    (TorchState("2.4.1", "2.6.0"), "PyTorch 2.4.1 is loaded and MedSAM2 needs 2.5 or later; PyTorch 2.6.0 is "
+                                   "installed now: restart Slicer to use it."),
+])
+def test_old_torch_is_never_reinstalled_under_a_running_slicer(tmp_path, monkeypatch, state, expected):
+    monkeypatch.setattr(setup_flow, "torch_state", lambda: state)
+    flow, installer, _ = flow_with(tmp_path)
+    assert expected in flow.readiness().status()
+    with pytest.raises(SetupError, match="restart"):
+        flow.ensure_ready()
+    assert installer.calls == []
+
+
+def test_missing_packages_are_pip_installed_and_weights_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup_flow, "missing_packages", lambda: ["no-such-package"])
+    source = publish(tmp_path / "server", b"weights")
+    labels = []
+    flow, installer, pip_calls = flow_with(tmp_path, weights_source=source,
+                                           progress=lambda label, done, total: labels.append(label))
+    assert "The Python package no-such-package will be installed." in flow.readiness().to_do()
+    assert flow.ensure_ready() is True
+    assert pip_calls == ["no-such-package"] and installer.calls == []
+    assert (tmp_path / "MedSAM2_latest.pt").read_bytes() == b"weights"
+    assert "Downloading MedSAM2 weights..." in labels
+
+
+def test_cancelled_download_keeps_nothing_and_is_not_ready(tmp_path):
+    source = publish(tmp_path / "server", b"weights")
+    flow, _, _ = flow_with(tmp_path, weights_source=source, should_cancel=lambda: True)
+    assert flow.ensure_ready() is False
+    assert not (tmp_path / "MedSAM2_latest.pt").exists() and not flow.readiness().ready
+
+
+def test_local_checkpoint_is_checked_and_remembered(tmp_path, checkpoints):
+    flow, _, _ = flow_with(tmp_path)
+    assert flow.use_local_checkpoint(checkpoints["tiny"]) == checkpoints["tiny"]
+    assert flow.settings.checkpoint_path() == checkpoints["tiny"]
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="damaged or not a PyTorch file"):
+        flow.use_local_checkpoint(tmp_path / "broken.pt")
+    assert flow.settings.checkpoint_path() == checkpoints["tiny"]
+
+
+def test_settings_default_to_the_cache_and_automatic_device(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDSAM2_CACHE_DIR", str(tmp_path))
+    settings = MedSAM2Settings(SettingsDouble())
+    assert settings.checkpoint_path() == tmp_path / "MedSAM2_latest.pt" and settings.device() == "auto"
+    settings.set_device("cpu")
+    assert settings.model_choice() == runtime.ModelChoice(tmp_path / "MedSAM2_latest.pt", None, "cpu")
+
+
+def test_torch_state_reads_the_loaded_module_first(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.4.0"))
+    state = runtime.torch_state()
+    assert state.loaded == "2.4.0" and state.too_old
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert runtime.torch_state().absent
+
+
+def test_model_cache_keeps_one_logic_and_its_features_while_the_model_stays(checkpoints, input_volume):
+    from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+
+    cache = ModelCache()
+    choice = ModelChoice(checkpoints["tiny"], DATA / "medsam2_tiny_test.yaml", "cpu")
+    first = cache.logic(choice, fill_holes=True)
+    again = cache.logic(choice, fill_holes=False, keep_largest_component=False)
+    assert again is first and not first.predictor.fill_holes and not first.predictor.keep_largest_component
+    cache.clear()
+    assert cache.logic(choice) is not first
