@@ -16,6 +16,7 @@ from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
                                                 InteractiveSegmenter, read_session_tag)
+from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation
 from MedSAM2Lib.slicer_glue.run_controller import RunController
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
@@ -279,3 +280,36 @@ def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, 
     session = Session(predictor, stack)
     run_steps(session, read_session_file(session_path))
     np.testing.assert_array_equal(segmenter.session_of(app.editor).geometry.from_stack(session.mask()), expected)
+
+
+def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
+    app.segmentation_for(volume_node, with_segment=True)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    gestures = ViewGestures()
+    slice_node, (corner, opposite) = box_in(app, volume_node)
+    actions = []
+
+    def perform(event, xy, **modifiers):
+        gesture = gestures.handle(event, slice_node, xy, segmenter=segmenter, editor=app.editor, **modifiers)
+        if gesture.action is not None:
+            actions.append(gesture.action)
+            getattr(segmenter, gesture.action)(app.editor, *gesture.arguments, LESION)
+        return gesture
+
+    perform("press", corner)
+    perform("move", opposite)
+    assert perform("release", opposite).action == "box"
+    assert segmenter.session_of(app.editor).prompts[3].box is not None
+    inside = xy_of(slice_node, volume_node, (42.0, 21.0, 3.0))
+    outside = xy_of(slice_node, volume_node, (25.0, 12.0, 3.0))
+    assert perform("press", inside).action is None and perform("release", inside).action == "points"
+    assert perform("press", outside, shift=True).box_event.consumed
+    assert [label for _, _, label in segmenter.points_in_view(app.editor, slice_node)] == [1, 0]
+    assert perform("press", np.add(inside, (2, 2)), control=True).action == "remove_point"
+    assert [label for _, _, label in segmenter.points_in_view(app.editor, slice_node)] == [0]
+    assert not perform("press", np.add(inside, (40, 40)), control=True).box_event.consumed  # no point there
+    assert perform("backspace", (0, 0)).action == "remove_last_point"
+    assert segmenter.points_in_view(app.editor, slice_node) == []
+    assert not perform("backspace", (0, 0)).box_event.consumed
+    assert perform("press", inside, running=True).action is None
+    assert actions == ["box", "points", "points", "remove_point", "remove_last_point"]

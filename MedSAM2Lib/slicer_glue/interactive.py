@@ -460,3 +460,4 @@ def session_tag(state: SegmentSession, windowing: Windowing) -> str:
         "window": str(windowing),
     }
     return json.dumps(document).replace("|", "\\u007c")
+
