@@ -120,14 +120,17 @@ class InteractiveSegmenter:
     # -- running and writing ------------------------------------------------------------------------
 
     def run(self, controller: RunController, editor: EditorAccess, action: str, *arguments, owner=None,
-            progress: Optional[ProgressCallback] = None, **keywords) -> RunOutcome:
-        """``compute_<action>(editor, *arguments, **keywords)`` as one run of the controller, then the write."""
+            progress: Optional[ProgressCallback] = None,
+            confirm_target: Optional[Callable[[WriteTarget], bool]] = None) -> RunOutcome:
+        """``compute_<action>(editor, *arguments)`` as one run of the controller (one at a time; cancel, a
+        deleted target or a closed scene write nothing), then the write to the target captured at its start."""
         compute = getattr(self, f"compute_{action}")
         return controller.run(
             editor.backend.editor_node(),
-            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel, **keywords),
+            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel),
             lambda computed, target: self.write(editor, computed, target).message,
             owner,
+            confirm_target,
         )
 
     def write(self, editor: EditorAccess, computed: Computed, target: WriteTarget) -> ActionResult:
