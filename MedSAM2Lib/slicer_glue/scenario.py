@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Protocol, Tuple
+from typing import Callable, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 import slicer
@@ -271,12 +271,16 @@ def set_up_correction(scene, slice_logic, data_dir: Path, orientation: str, corr
 
 
 def run_correction(scene, slice_logic, data_dir: Path, orientation: str, correction: str, actions: CorrectionActions,
-                   undo: Callable[[], None], exact: bool = True, editor_node=None) -> CorrectionScenario:
+                   undo: Callable[[], None], exact: bool = True, editor_node=None,
+                   ready: Optional[Callable[[CorrectionScenario], None]] = None) -> CorrectionScenario:
     """Box on the key slice (its preview must be written at once), propagate, correct the slice each
     direction's official session corrects (by points clicked in the view, or by repainting the slice and
     using the segment on it), update; the segment must equal the official session's final mask (exact) or
-    overlap the box (real weights); Undo must restore the segment as it was before the last action."""
+    overlap the box (real weights); Undo must restore the segment as it was before the last action.
+    ready(scenario) is called once the scene is set up (the self-test activates the effect there)."""
     scenario = set_up_correction(scene, slice_logic, data_dir, orientation, correction, editor_node)
+    if ready is not None:
+        ready(scenario)
     first = scenario.calls["fwd"][0]
     key, (x0, y0, x1, y1) = first["slice"], first["box"]
     scenario.show_slice(key)
