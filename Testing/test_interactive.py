@@ -15,7 +15,7 @@ from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
-                                                InteractiveSegmenter, read_session_tag)
+                                                InteractiveSegmenter, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation
 from MedSAM2Lib.slicer_glue.run_controller import RunController
@@ -274,7 +274,7 @@ def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, 
     assert reloaded.GetSegmentation().GetNthSegment(0).GetTag(SESSION_TAG, tag)
     document = json.loads(str(tag))
     assert document["stack"]["slice_axis"] == "K"
-    session_path = read_session_tag(str(tag), tmp_path / "session")
+    session_path = write_session_from_tag(str(tag), tmp_path / "session")
     stack = segmenter.logic.stack_for(app.editor.source(), segmenter.session_of(app.editor).geometry,
                                       LESION.windowing)[0]
     session = Session(predictor, stack)

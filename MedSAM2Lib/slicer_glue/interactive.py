@@ -24,11 +24,16 @@ a closed scene ends them all.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
@@ -453,10 +458,11 @@ class InteractiveSegmenter:
 
 
 def session_tag(state: SegmentSession, windowing: Windowing) -> str:
-    """The session's prompts as the JSON stored in the segment's tag (no '|': it separates tags in .seg.nrrd)."""
+    """The session as the JSON stored in the segment's tag: its steps (mask prompts as base64 PNG), the stack
+    orientation they refer to and the window. No '|' in it: that character separates tags in .seg.nrrd."""
     geometry = state.geometry
     document = {
-        "steps": state.session.steps,
+        "steps": [_encoded_step(step) for step in state.session.steps],
         "stack": {"slice_axis": AXIS_NAMES[geometry.slice_axis], "row_axis": AXIS_NAMES[geometry.row_axis],
                   "column_axis": AXIS_NAMES[geometry.column_axis], "flip_rows": geometry.flip_rows,
                   "flip_columns": geometry.flip_columns},
@@ -464,3 +470,36 @@ def session_tag(state: SegmentSession, windowing: Windowing) -> str:
     }
     return json.dumps(document).replace("|", "\\u007c")
 
+
+def write_session_from_tag(tag: str, folder: Path) -> Path:
+    """A segment's ``MedSAM2.Session`` tag as a session file (``session.json`` and its mask PNGs) in folder,
+    for ``medsam2 segment IMAGE --prompts``; returns the JSON file's path."""
+    document = json.loads(tag)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = []
+    for step in document["steps"]:
+        step = dict(step)
+        if isinstance(step.get("mask"), dict):
+            name = f"mask{step['slice']}.png"
+            _write_atomically(folder / name, base64.b64decode(step["mask"]["png_base64"]))
+            step["mask"] = name
+        steps.append(step)
+    path = folder / "session.json"
+    _write_atomically(path, json.dumps({"steps": steps}, indent=1).encode())
+    return path
+
+
+def _encoded_step(step: dict) -> dict:
+    mask = step.get("mask")
+    if not isinstance(mask, np.ndarray):
+        return step
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return {**step, "mask": {"png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}}
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_bytes(content)
+    os.replace(temporary, path)
