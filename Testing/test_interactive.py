@@ -16,8 +16,9 @@ from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
                                                 InteractiveSegmenter, write_session_from_tag)
+from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
-from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation
+from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
 from MedSAM2Lib.slicer_glue.run_controller import RunController
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
@@ -59,6 +60,28 @@ class HeadlessActions:
 
     def use_segment_on_slice(self, slice_node):
         self.messages.append(self.segmenter.use_segment_on_slice(self.app.editor, slice_node, self.options).message)
+
+
+@pytest.mark.parametrize("orientation", ["Axial", "Coronal", "Sagittal"])
+def test_a_click_maps_to_the_pixel_a_box_corner_would(app, orientation):
+    """Voxel centres are integer pixel coordinates for points as for boxes, in every view of the oblique volume."""
+    scenario = slicer_scenario.set_up_correction(app.scene, app.slice_logic(), DATA, orientation, "points",
+                                                 app.editor_node)
+    source = app.editor.source()
+    scenario.show_slice(17)
+    to_index = view_to_index(source, scenario.slice_node)
+    geometry = view_geometry(source, scenario.slice_node)
+    assert geometry == scenario.storage  # the view shows the fixture's slices as they are
+    for x, y in ((143, 100), (40, 200), (0, 0), (255, 223)):
+        index, point = point_prompt(geometry, transform_points(to_index, [[*scenario.xy(17, x, y), 0.0]])[0],
+                                    source.shape_ijk)
+        assert index == 17
+        np.testing.assert_allclose(point, (x, y), atol=1e-9)
+    prompt = MedSAM2Logic(None).prompt_from_view(source, scenario.slice_node,
+                                                 (scenario.xy(17, 104, 70), scenario.xy(17, 183, 131)))
+    np.testing.assert_allclose(prompt.stack.box, (104, 70, 183, 131), atol=1e-9)
+    with pytest.raises(PointError, match="outside the volume"):
+        point_prompt(geometry, transform_points(to_index, [[*scenario.xy(17, -3, 10), 0.0]])[0], source.shape_ijk)
 
 
 @pytest.mark.parametrize("orientation", ["Axial", "Coronal", "Sagittal"])
