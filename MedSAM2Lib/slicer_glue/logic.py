@@ -376,7 +376,9 @@ class MedSAM2Logic:
         the windowing (None: the display window) and the stack orientation stay the same."""
         image = source.image
         windowing = windowing or display_windowing(source.volume_node)
-        key = (id(self.predictor), id(image), image.GetMTime(), windowing, geometry)
+        # The image's C++ address, not id(): Python may wrap the same image in a new object on each call (a
+        # new id), and a new image at a reused address has a newer MTime.
+        key = (id(self.predictor), image.GetAddressAsString("vtkObject"), image.GetMTime(), windowing, geometry)
         if key != self._cache_key:
             stack = geometry.to_stack(windowing.apply(source.array()))
             self._cache_key, self._cache = key, FeatureCache(stack, self.max_cached_slices)
