@@ -263,11 +263,10 @@ def set_up_correction(scene, slice_logic, data_dir: Path, orientation: str, corr
     slice_logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
     slice_logic.RotateSliceToLowestVolumeAxes()
     slice_logic.FitSliceToAll()
-    reference = np.load(Path(data_dir) / "sessions_correction.npz")
-    name = CORRECTIONS[correction]
-    masks = {int(key[4:]): reference[key].astype(bool) for key in reference.files if key.startswith("gts_")}
+    reference = np.load(Path(data_dir) / f"session_{CORRECTIONS[correction]}.npz")
+    masks = {int(key[5:]): reference[key].astype(bool) for key in reference.files if key.startswith("mask_")}
     return CorrectionScenario(volume_node, segmentation_node, editor_node, slice_node, storage, ijk_to_ras,
-                              json.loads(str(reference[f"{name}_calls_json"])), reference[f"{name}_seg_final"], masks)
+                              json.loads(str(reference["calls_json"])), reference["seg_final"], masks)
 
 
 def run_correction(scene, slice_logic, data_dir: Path, orientation: str, correction: str, actions: CorrectionActions,
