@@ -28,7 +28,7 @@ from slicer_support import SlicerScene, lesion_volume, set_segment, xy_of
 RAW = InteractiveOptions(windowing=Windowing("none"))  # the fixture volume is already 0..255
 LESION = InteractiveOptions(windowing=Windowing("window", (0.0, 200.0)))
 CENTRE = (40.3, 20.4, 3.0)  # on the small lesion volume's slice K = 3
-HALF_BOX = np.array([8.6, 6.3, 0.0])
+HALF_BOX = np.array([8.6, 6.3, 2.2])  # in IJK; none along the view's axis
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,9 @@ def volume_node(app):
 
 def box_in(app, volume_node, orientation="Axial", centre=CENTRE):
     slice_node = app.view(volume_node, orientation, centre)
-    low, high = np.array(centre) - HALF_BOX, np.array(centre) + HALF_BOX
+    half = HALF_BOX.copy()
+    half[{"Axial": 2, "Coronal": 1, "Sagittal": 0}[orientation]] = 0
+    low, high = np.array(centre) - half, np.array(centre) + half
     return slice_node, (xy_of(slice_node, volume_node, low), xy_of(slice_node, volume_node, high))
 
 
@@ -239,18 +241,22 @@ def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume
 def test_add_keeps_the_segment_s_earlier_content_replace_does_not(app, volume_node, predictor, add):
     segmentation = app.segmentation_for(volume_node, with_segment=True)
     earlier = np.zeros((7, 48, 64), np.uint8)
-    earlier[:, 40:46, 2:6] = 1  # away from the lesion, on every slice
+    earlier[:, 40:46, 2:6] = 1  # on every slice
     set_segment(segmentation, app.editor_node.GetSelectedSegmentID(), earlier, volume_node)
     options = InteractiveOptions(windowing=LESION.windowing, add=add)
     segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
     slice_node, corners = box_in(app, volume_node)
-    segmenter.box(app.editor, slice_node, corners, options)
-    preview = selected(app, volume_node)
-    assert preview[3].sum() > earlier[3].sum() and (preview[3] >= earlier[3]).all() == add
-    np.testing.assert_array_equal(np.delete(preview, 3, axis=0), np.delete(earlier, 3, axis=0))  # not computed
-    segmenter.propagate(app.editor, options)
-    mask = selected(app, volume_node)
-    assert bool((mask >= earlier).all()) == add
+    for action in ("box", "propagate"):
+        arguments = (slice_node, corners, options) if action == "box" else (options,)
+        getattr(segmenter, action)(app.editor, *arguments)
+        state = segmenter.session_of(app.editor)
+        session_mask = state.geometry.from_stack(state.session.mask())
+        computed = np.isin(np.arange(7), list(state.session.results))  # slices along K
+        expected = earlier.copy()
+        expected[computed] = (session_mask | earlier)[computed] if add else session_mask[computed]
+        np.testing.assert_array_equal(selected(app, volume_node), expected)
+    assert computed.all() and session_mask.sum() > 0
+    assert (earlier & (1 - session_mask)).any()  # Add and Replace differ here
 
 
 def test_new_segment_for_each_box(app, volume_node, predictor):
@@ -297,7 +303,8 @@ def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, 
     assert reloaded.GetSegmentation().GetNthSegment(0).GetTag(SESSION_TAG, tag)
     document = json.loads(str(tag))
     assert document["stack"]["slice_axis"] == "K"
-    session_path = write_session_from_tag(str(tag), tmp_path / "session")
+    session_path = tmp_path / "session.json"
+    write_session_from_tag(str(tag), session_path)
     stack = segmenter.logic.stack_for(app.editor.source(), segmenter.session_of(app.editor).geometry,
                                       LESION.windowing)[0]
     session = Session(predictor, stack)

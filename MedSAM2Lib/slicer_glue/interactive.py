@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ from PIL import Image
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
+from ..inference.session_file import write_session_file
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
                     view_geometry, view_to_index)
@@ -471,23 +471,10 @@ def session_tag(state: SegmentSession, windowing: Windowing) -> str:
     return json.dumps(document).replace("|", "\\u007c")
 
 
-def write_session_from_tag(tag: str, folder: Path) -> Path:
-    """A segment's ``MedSAM2.Session`` tag as a session file (``session.json`` and its mask PNGs) in folder,
-    for ``medsam2 segment IMAGE --prompts``; returns the JSON file's path."""
-    document = json.loads(tag)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    steps = []
-    for step in document["steps"]:
-        step = dict(step)
-        if isinstance(step.get("mask"), dict):
-            name = f"mask{step['slice']}.png"
-            _write_atomically(folder / name, base64.b64decode(step["mask"]["png_base64"]))
-            step["mask"] = name
-        steps.append(step)
-    path = folder / "session.json"
-    _write_atomically(path, json.dumps({"steps": steps}, indent=1).encode())
-    return path
+def write_session_from_tag(tag: str, path: Path) -> None:
+    """A segment's ``MedSAM2.Session`` tag as a session file (JSON, masks in ``.npy`` files beside it), for
+    ``medsam2 segment IMAGE --prompts PATH`` on the stack the tag's ``stack`` entry describes."""
+    write_session_file(path, [_decoded_step(step) for step in json.loads(tag)["steps"]])
 
 
 def _encoded_step(step: dict) -> dict:
@@ -499,7 +486,8 @@ def _encoded_step(step: dict) -> dict:
     return {**step, "mask": {"png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}}
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
+def _decoded_step(step: dict) -> dict:
+    mask = step.get("mask")
+    if not isinstance(mask, dict):
+        return step
+    return {**step, "mask": np.asarray(Image.open(io.BytesIO(base64.b64decode(mask["png_base64"])))) != 0}
