@@ -66,6 +66,14 @@ class SlicerScene:
         slice_node.JumpSliceByOffsetting(*ras_of(volume_node, ijk))
         return slice_node
 
+    def close(self) -> None:
+        """Take the scene apart in a fixed order (views first), instead of leaving it to the garbage collector."""
+        for slice_logic in self._slice_logics:
+            slice_logic.SetMRMLScene(None)
+        self._slice_logics.clear()
+        self.editor_logic.SetMRMLScene(None)
+        self.scene.Clear(True)
+
     def slice_logic(self) -> slicer.vtkMRMLSliceLogic:
         slice_logic = default_slice_logic(self.scene, self.app_logic)
         self._slice_logics.append(slice_logic)

@@ -38,7 +38,9 @@ def predictor(tiny_model):
 
 @pytest.fixture
 def app():
-    return SlicerScene()
+    scene = SlicerScene()
+    yield scene
+    scene.close()
 
 
 class HeadlessActions:
