@@ -74,23 +74,30 @@ class BoxScenario:
     expected_mask: np.ndarray  # (K, J, I) the official pipeline's mask for this box
 
 
-def set_up(scene, slice_logic, data_dir: Path, editor_node=None) -> BoxScenario:
-    """Volume, empty segmentation, editor state and an axial view at the key slice, rotated to the volume."""
-    volume = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
-    ijk_to_ras = oblique_ijk_to_ras()
-    volume_node = add_volume(scene, volume, ijk_to_ras, "MedSAM2 scenario volume")
-    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM2 scenario segmentation")
+def _scene_with_view(scene, slice_logic, volume_kji, ijk_to_ras, name: str, orientation: str, editor_node=None):
+    """A volume, an empty segmentation on its grid, the editor state, and the view in ``orientation`` rotated to
+    the volume: (volume node, segmentation node, editor node, slice node)."""
+    volume_node = add_volume(scene, volume_kji, ijk_to_ras, f"MedSAM2 {name} volume")
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"MedSAM2 {name} segmentation")
     segmentation_node.CreateDefaultDisplayNodes()
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     editor_node = editor_node or scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor_node.SetAndObserveSegmentationNode(segmentation_node)
     editor_node.SetAndObserveSourceVolumeNode(volume_node)
-
     slice_node = slice_logic.GetSliceNode()
-    slice_node.SetOrientation("Axial")
+    slice_node.SetOrientation(orientation)
     slice_logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
     slice_logic.RotateSliceToLowestVolumeAxes()
     slice_logic.FitSliceToAll()
+    return volume_node, segmentation_node, editor_node, slice_node
+
+
+def set_up(scene, slice_logic, data_dir: Path, editor_node=None) -> BoxScenario:
+    """Volume, empty segmentation, editor state and an axial view at the key slice, rotated to the volume."""
+    volume = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
+    ijk_to_ras = oblique_ijk_to_ras()
+    volume_node, segmentation_node, editor_node, slice_node = _scene_with_view(
+        scene, slice_logic, volume, ijk_to_ras, "scenario", "Axial", editor_node)
     key_centre = ijk_to_ras @ np.array([volume.shape[2] / 2, volume.shape[1] / 2, KEY_SLICE, 1.0])
     slice_node.JumpSliceByOffsetting(*key_centre[:3])
 
@@ -251,18 +258,9 @@ def set_up_correction(scene, slice_logic, data_dir: Path, orientation: str, corr
     """The fixture volume stored and placed for ``orientation``, an empty segmentation, and that view."""
     volume_dhw = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
     storage, ijk_to_ras = view_aligned_ijk_to_ras(orientation)
-    volume_node = add_volume(scene, storage.from_stack(volume_dhw), ijk_to_ras, f"MedSAM2 {orientation.lower()} volume")
-    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM2 correction segmentation")
-    segmentation_node.CreateDefaultDisplayNodes()
-    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    editor_node = editor_node or scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    editor_node.SetAndObserveSegmentationNode(segmentation_node)
-    editor_node.SetAndObserveSourceVolumeNode(volume_node)
-    slice_node = slice_logic.GetSliceNode()
-    slice_node.SetOrientation(orientation)
-    slice_logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
-    slice_logic.RotateSliceToLowestVolumeAxes()
-    slice_logic.FitSliceToAll()
+    volume_node, segmentation_node, editor_node, slice_node = _scene_with_view(
+        scene, slice_logic, storage.from_stack(volume_dhw), ijk_to_ras, f"{orientation.lower()} correction",
+        orientation, editor_node)
     reference = np.load(Path(data_dir) / f"session_{CORRECTIONS[correction]}.npz")
     masks = {int(key[5:]): reference[key].astype(bool) for key in reference.files if key.startswith("mask_")}
     return CorrectionScenario(volume_node, segmentation_node, editor_node, slice_node, storage, ijk_to_ras,
