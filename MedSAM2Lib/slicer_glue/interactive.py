@@ -18,8 +18,9 @@ reverts the segment; the session's prompts stay, so the next action recomputes f
 stored with the segment in the tag :data:`SESSION_TAG`, saved in ``.seg.nrrd`` files.
 
 Sessions live while the source volume, the stack axis and the intensity windowing stay the same: one session
-per segment, kept when another segment is selected; a change of any of these, :meth:`end_sessions` (Reset) or
-a closed scene ends them all.
+per segment, kept when another segment is selected. Reset (:meth:`InteractiveSegmenter.end_session`) ends the
+selected segment's; a change of any of these, or a closed scene (:meth:`InteractiveSegmenter.end_sessions`),
+ends them all. A point or a mask prompt in a view along another axis is refused with a sentence.
 """
 
 from __future__ import annotations
