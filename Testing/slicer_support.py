@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import numpy as np
+import pytest
 import slicer
 import vtk
 
@@ -149,3 +150,20 @@ def lesion_volume(shape_kji=(20, 48, 64), seed: int = 0) -> np.ndarray:
     volume = rng.normal(40, 15, shape_kji)
     volume[((i - 40) / 9) ** 2 + ((j - 20) / 7) ** 2 + ((k - 9) / 5) ** 2 < 1] += 120
     return volume.astype(np.int16)
+
+
+# The lesion scene shared by the box and run tests: a scene like the app's with the lesion volume on oblique axes.
+LESION_CENTRE = (40.3, 20.4, 9.0)  # the lesion centre, in IJK
+LESION_HALF_BOX = np.array([8.6, 6.3, 4.2])  # half box extent in IJK, off voxel centres to avoid ties
+
+
+@pytest.fixture
+def app():
+    return SlicerScene()
+
+
+@pytest.fixture
+def volume_node(app):
+    from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras
+
+    return add_volume(app.scene, lesion_volume(), oblique_ijk_to_ras(), "lesion")

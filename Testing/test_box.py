@@ -11,21 +11,11 @@ from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras
 
-from slicer_support import BoxFillingPredictor, SlicerScene, lesion_volume, ras_of, xy_of
+from slicer_support import LESION_CENTRE as CENTRE
+from slicer_support import BoxFillingPredictor, app, ras_of, volume_node, xy_of  # noqa: F401 (fixtures)
 
-CENTRE = (40.3, 20.4, 9.0)
 SLICE_SPACING = 2.5  # oblique_ijk_to_ras's K spacing
 TOLERANCE = SLICE_SPACING / 2
-
-
-@pytest.fixture
-def app():
-    return SlicerScene()
-
-
-@pytest.fixture
-def volume_node(app):
-    return add_volume(app.scene, lesion_volume(), oblique_ijk_to_ras(), "lesion")
 
 
 def drag(tool, slice_node, start, end, **kwargs):

@@ -12,10 +12,12 @@ from PIL import Image
 
 from MedSAM2Lib.weights import CHECKPOINT_URL
 from MedSAM2Lib.apps.cli import main
-from MedSAM2Lib.apps.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
+from MedSAM2Lib.apps.demo import (DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, confirm_download,
+                                  overview_slices)
 from MedSAM2Lib.inference.predictor import validate_prompt
 
 from conftest import DATA
+from test_weights import publish
 
 
 def test_the_scan_is_small_credited_and_the_box_is_on_the_ventricle():
@@ -38,12 +40,17 @@ def test_overview_slices_lie_halfway_to_the_mask_ends():
     assert overview_slices(45, (45, 45)) == [45, 45, 45]
 
 
-def test_demo_writes_the_mask_and_the_picture(tmp_path, checkpoints, capsys):
+def test_on_a_fresh_machine_the_demo_downloads_the_weights_and_writes_the_mask_and_the_picture(
+        tmp_path, monkeypatch, checkpoints, capsys):
+    """No weights yet: --yes downloads the verified file (from a mirror serving the tiny model), then the demo runs."""
+    monkeypatch.setenv("MEDSAM2_CACHE_DIR", str(tmp_path / "cache"))
+    source = publish(tmp_path / "mirror", checkpoints["tiny"].read_bytes())
     out = tmp_path / "demo"
-    code = main(["demo", "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml"),
+    code = main(["demo", "--yes", "--mirror", source.base_url, "--config", str(DATA / "medsam2_tiny_test.yaml"),
                  "--out", str(out)])
-    assert code == 0
     captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (tmp_path / "cache" / "MedSAM2_latest.pt").read_bytes() == checkpoints["tiny"].read_bytes()
     mask_path, png_path = out / "right_lateral_ventricle.nii.gz", out / "right_lateral_ventricle.png"
     assert f"Mask: {mask_path}" in captured.out and f"Picture: {png_path}" in captured.out
     assert "Louis Collins" in captured.out and "33/33" in captured.err
@@ -58,12 +65,27 @@ def test_demo_writes_the_mask_and_the_picture(tmp_path, checkpoints, capsys):
     assert (picture == OUTLINE_COLOUR).all(axis=2).any()
 
 
-def test_without_weights_the_demo_says_how_to_get_them(tmp_path):
-    environment = dict(os.environ, MEDSAM2_CACHE_DIR=str(tmp_path / "cache"))
+def test_offline_without_weights_the_demo_says_how_to_get_them(tmp_path):
+    """No terminal: the demo tries the download; the mirror cannot be reached, so it says what to do."""
+    environment = dict(os.environ, MEDSAM2_CACHE_DIR=str(tmp_path / "cache"),
+                       HF_ENDPOINT=(tmp_path / "unreachable").as_uri())
     result = subprocess.run([sys.executable, "-m", "MedSAM2Lib.apps.cli", "demo", "--out", str(tmp_path / "demo")],
-                            capture_output=True, text=True, env=environment)
+                            capture_output=True, text=True, env=environment, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     expected = tmp_path / "cache" / "MedSAM2_latest.pt"
+    assert "Could not download the MedSAM2 weights" in result.stderr and "cannot be reached" in result.stderr
     assert f"no checkpoint at {expected}" in result.stderr
     assert f'medsam2 download -o "{expected}"' in result.stderr and CHECKPOINT_URL in result.stderr and "--checkpoint PATH" in result.stderr
-    assert not (tmp_path / "demo").exists()
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_the_demo_asks_once_on_a_terminal_and_never_for_a_named_checkpoint(tmp_path, capsys):
+    questions = []
+    assert confirm_download(tmp_path / "w.pt", False, lambda q: questions.append(q) or "", interactive=True)
+    assert not confirm_download(tmp_path / "w.pt", False, lambda q: questions.append(q) or "n", interactive=True)
+    assert confirm_download(tmp_path / "w.pt", True, lambda q: questions.append(q) or "n", interactive=True)
+    assert confirm_download(tmp_path / "w.pt", False, lambda q: questions.append(q) or "n", interactive=False)
+    assert len(questions) == 2 and "about 150 MB" in questions[0]
+    named = tmp_path / "mine.pt"
+    assert main(["demo", "--yes", "--checkpoint", str(named), "--out", str(tmp_path / "demo")]) == 1
+    assert f"no checkpoint at {named}" in capsys.readouterr().err and not named.exists()

@@ -17,22 +17,12 @@ from MedSAM2Lib.slicer_glue.logic import (EditorStateError, MedSAM2Logic, save_s
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
-from slicer_support import (BoxFillingPredictor, SlicerScene, ijk_to_ras, lesion_volume, set_segment,
-                            voxels_inside_box_in_view, xy_of)
+from slicer_support import (LESION_CENTRE, LESION_HALF_BOX, BoxFillingPredictor, app,  # noqa: F401
+                            ijk_to_ras, lesion_volume, set_segment, volume_node, voxels_inside_box_in_view, xy_of)
 
 ORIENTATIONS = {"Axial": 2, "Coronal": 1, "Sagittal": 0}  # view -> IJK axis it looks along (LPS-like volume)
-CENTRE = (40.3, 20.4, 9.0)  # the lesion centre, in IJK
-HALF_BOX = np.array([8.6, 6.3, 4.2])  # half box extent in IJK, off voxel centres to avoid ties
-
-
-@pytest.fixture
-def app():
-    return SlicerScene()
-
-
-@pytest.fixture
-def volume_node(app):
-    return add_volume(app.scene, lesion_volume(), oblique_ijk_to_ras(), "lesion")
+CENTRE = LESION_CENTRE
+HALF_BOX = LESION_HALF_BOX
 
 
 def box_corners(slice_node, volume_node, axis: int):

@@ -68,6 +68,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep every connected component instead of the largest one")
 
 
+def add_mirror_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mirror", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+                        help="a Hugging Face mirror to download from (default: $HF_ENDPOINT or huggingface.co)")
+
+
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     windows = parser.add_mutually_exclusive_group()
     windows.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
@@ -181,11 +186,17 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_demo(args: argparse.Namespace) -> int:
     from ..model.checkpoint import CheckpointError
-    from .demo import CREDIT, DEMO_PROMPT, missing_weights_message, run_demo
+    from .demo import CREDIT, DEMO_PROMPT, confirm_download, missing_weights_message, run_demo
 
     checkpoint = args.checkpoint or default_checkpoint_path()
     if not checkpoint.is_file():
-        raise CheckpointError(missing_weights_message(checkpoint))
+        # Only the default path is filled in; a --checkpoint the user named is theirs.
+        if args.checkpoint is not None or not confirm_download(checkpoint, args.yes):
+            raise CheckpointError(missing_weights_message(checkpoint))
+        try:
+            download_weights(checkpoint, args.mirror)
+        except DownloadError as error:
+            raise DownloadError(f"{error}\n{missing_weights_message(checkpoint)}") from error
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
     progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
@@ -199,9 +210,15 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
+    path = download_weights(args.output or default_checkpoint_path(), args.mirror)
+    print(f"Verified MedSAM2 weights (published SHA256) at {path}")
+    return 0
+
+
+def download_weights(destination: Path, mirror: str) -> Path:
+    """The verified download with a progress line on stderr."""
     from ..weights import WeightsSource, download_checkpoint
 
-    destination = args.output or default_checkpoint_path()
     shown = -1
 
     def report(done: int, total: int) -> None:
@@ -212,11 +229,10 @@ def command_download(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\rDownloading MedSAM2 weights: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({percent}%)")
             sys.stderr.flush()
 
-    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=args.mirror))
+    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
     if shown >= 0:
         sys.stderr.write("\n")
-    print(f"Verified MedSAM2 weights (published SHA256) at {path}")
-    return 0
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,14 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="download the official MedSAM2 weights, verified by SHA256")
     download.add_argument("-o", "--output", type=Path, default=None,
                           help=f"where to save them (default: {default_checkpoint_path()})")
-    download.add_argument("--mirror", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
-                          help="a Hugging Face mirror to download from (default: $HF_ENDPOINT or huggingface.co)")
+    add_mirror_argument(download)
     download.set_defaults(run=command_download)
 
     demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
     demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),
                       help="folder for the mask and the picture (default: medsam2-demo)")
     add_model_arguments(demo)
+    demo.add_argument("-y", "--yes", action="store_true",
+                      help="download the weights without asking when there are none (also done without a terminal)")
+    add_mirror_argument(demo)
     demo.set_defaults(run=command_demo)
     return parser
 

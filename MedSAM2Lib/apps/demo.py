@@ -13,6 +13,7 @@ slices with the mask's outline.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -65,6 +66,18 @@ def missing_weights_message(checkpoint: Path) -> str:
         f"(or download {CHECKPOINT_URL} yourself and save it there),\n"
         "or pass --checkpoint PATH to use a MedSAM2 checkpoint you already have."
     )
+
+
+def confirm_download(checkpoint: Path, assume_yes: bool, ask: Callable[[str], str] = input,
+                     interactive: Optional[bool] = None) -> bool:
+    """Whether to download the missing weights for the demo: asked once on a terminal; yes with ``--yes`` or
+    without a terminal (a script or CI asked for the demo, so it gets the one step it needs)."""
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    if assume_yes or not interactive:
+        return True
+    answer = ask(f"The demo needs the MedSAM2 weights (about 150 MB, verified against their published SHA256). "
+                 f"Download them to {checkpoint}? [Y/n] ")
+    return answer.strip().lower() in ("", "y", "yes")
 
 
 def run_demo(predictor, output_folder: Path, on_slice: Optional[Callable] = None,

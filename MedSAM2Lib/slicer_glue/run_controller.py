@@ -55,7 +55,7 @@ class WriteTarget:
         """The editor's segmentation and selected segment now (the segment None when none is selected)."""
         node = editor_node.GetSegmentationNode()
         if node is None:
-            raise RunRefused("Select a segmentation in the Segment Editor first.")
+            raise ValueError("Select a segmentation in the Segment Editor first.")
         segment_id = editor_node.GetSelectedSegmentID() or None
         segment = node.GetSegmentation().GetSegment(segment_id) if segment_id else None
         if segment is None:
