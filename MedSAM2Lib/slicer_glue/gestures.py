@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from .box import CORNER_GRAB_PIXELS, BoxEvent, BoxTool
@@ -59,4 +59,5 @@ class ViewGestures:
         if box is None:  # released without dragging: a click
             return Gesture(BoxEvent(True, changed=True), "points",
                            (slice_node, [(tuple(xy[:2]), 0 if background else 1)]))
-        return Gesture(box_event, "box", (slice_node, box.xyz_corners()))
+        return Gesture(replace(box_event, status="Box drawn: segmenting its slice..."), "box",
+                       (slice_node, box.xyz_corners()))
