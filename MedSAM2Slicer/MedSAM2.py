@@ -217,7 +217,8 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
 
 
 class MedSAM2Test(ScriptedLoadableModuleTest):
-    """Runs MedSAM2Lib's box scenario through the real Segment Editor widget and the MedSAM2 effect."""
+    """Runs MedSAM2Lib's box and correction scenarios through the real Segment Editor widget and the MedSAM2
+    effect."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -225,16 +226,17 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_box_propagation_through_the_effect()
+        self.setUp()
+        self.test_correction_through_the_effect()
 
-    def test_box_propagation_through_the_effect(self):
+    def prepare(self, what):
+        """(predictor, real weights?, Segment Editor widget, its node, the Red view), or None without torch."""
         from MedSAM2Lib.slicer_glue.runtime import torch_state
 
         if not torch_state().usable:
             # Extension build machines have the PyTorch extension but not torch itself.
-            self.delayDisplay(f"MedSAM2 self-test SKIPPED: {torch_state().sentence()}")
-            return
-        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
-        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
+            self.delayDisplay(f"MedSAM2 {what} self-test SKIPPED: {torch_state().sentence()}")
+            return None
         from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
 
         realWeights = moduleLogic().settings.checkpoint_path()
@@ -242,25 +244,82 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
             choice = ModelChoice(realWeights)
         else:
             choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml")
-        predictor = ModelCache().predictor(choice)
-
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
         editorWidget.setMRMLSegmentEditorNode(editorNode)
-        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        return (ModelCache().predictor(choice), realWeights.is_file(), editorWidget, editorNode,
+                slicer.app.layoutManager().sliceWidget("Red"))
+
+    def activateEffect(self, editorWidget, scenario, predictor):
+        """The MedSAM2 effect on the scenario's segmentation and volume, with the test's model; its Python object."""
+        from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
+
+        editorWidget.setSegmentationNode(scenario.segmentation_node)
+        editorWidget.setSourceVolumeNode(scenario.volume_node)
+        editorWidget.setActiveEffectByName("MedSAM2")
+        effect = editorWidget.activeEffect()
+        effect.setParameter("Windowing", "none")  # the scenario volume is already 0..255
+        effect.self().logic = MedSAM2Logic(predictor)
+        return effect.self()
+
+    def test_box_propagation_through_the_effect(self):
+        prepared = self.prepare("box")
+        if prepared is None:
+            return
+        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+
+        predictor, realWeights, editorWidget, editorNode, sliceWidget = prepared
 
         def segmentBox(scenario):
-            editorWidget.setSegmentationNode(scenario.segmentation_node)
-            editorWidget.setSourceVolumeNode(scenario.volume_node)
-            editorWidget.setActiveEffectByName("MedSAM2")
-            effect = editorWidget.activeEffect()
-            effect.setParameter("Windowing", "none")  # the scenario volume is already 0..255
-            effect.self().logic = MedSAM2Logic(predictor)
-            effect.self().setBox(sliceWidget, scenario.xy_corners)
-            effect.self().propagate()
+            effect = self.activateEffect(editorWidget, scenario, predictor)
+            effect.setBox(sliceWidget, scenario.xy_corners)
+            effect.act("box", sliceWidget.mrmlSliceNode(), effect.tool.box.xyz_corners())  # as on mouse release
+            effect.propagate()
 
-        slicer_scenario.run(slicer.mrmlScene, sliceWidget.sliceLogic(), SELF_TEST_DATA, segmentBox, editorWidget.undo,
-                            exact=not realWeights.is_file(), editor_node=editorNode)
+        def undoPropagationAndPreview():
+            editorWidget.undo()
+            editorWidget.undo()
+
+        slicer_scenario.run(slicer.mrmlScene, sliceWidget.sliceLogic(), SELF_TEST_DATA, segmentBox,
+                            undoPropagationAndPreview, exact=not realWeights, editor_node=editorNode)
         editorWidget.setActiveEffect(None)  # deactivation removes the box from the view
         self.delayDisplay("MedSAM2 box propagation through the Segment Editor passed.")
+
+    def test_correction_through_the_effect(self):
+        """Box, Propagate, points clicked on tracked slices, Update: the official session's mask; then Undo."""
+        prepared = self.prepare("correction")
+        if prepared is None:
+            return
+        from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+
+        predictor, realWeights, editorWidget, editorNode, sliceWidget = prepared
+
+        def ready(scenario):
+            self.activateEffect(editorWidget, scenario, predictor)
+
+        class EffectActions:
+            """The scenario's actions as the effect performs them on mouse release, clicks and buttons."""
+
+            def effect(self):
+                return editorWidget.activeEffect().self()
+
+            def box(self, sliceNode, xyCorners):
+                self.effect().setBox(sliceWidget, xyCorners)
+                self.effect().act("box", sliceNode, self.effect().tool.box.xyz_corners())
+
+            def propagate(self):
+                self.effect().propagate()
+
+            def points(self, sliceNode, clicks):
+                self.effect().act("points", sliceNode, clicks)
+
+            def use_segment_on_slice(self, sliceNode):
+                self.effect().lastSliceWidget = sliceWidget
+                self.effect().useSegmentOnSlice()
+
+        slicer_scenario.run_correction(slicer.mrmlScene, sliceWidget.sliceLogic(), SELF_TEST_DATA, "Axial", "points",
+                                       EffectActions(), editorWidget.undo, exact=not realWeights,
+                                       editor_node=editorNode, ready=ready)
+        editorWidget.setActiveEffect(None)
+        self.delayDisplay("MedSAM2 correction through the Segment Editor passed.")

@@ -11,8 +11,9 @@ import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import SliceResult, planned_slices, validate_prompt
-from MedSAM2Lib.slicer_glue.logic import EditorAccess, SegmentEditorLogicBackend, labelmap_like, matrix_to_array
+from MedSAM2Lib.slicer_glue.logic import EditorAccess, SegmentEditorLogicBackend, matrix_to_array
 from MedSAM2Lib.slicer_glue.scenario import default_slice_logic
+from MedSAM2Lib.slicer_glue.scenario import set_segment_array as set_segment  # noqa: F401 (tests import it here)
 
 
 class SlicerScene:
@@ -66,6 +67,14 @@ class SlicerScene:
         slice_node.JumpSliceByOffsetting(*ras_of(volume_node, ijk))
         return slice_node
 
+    def close(self) -> None:
+        """Take the scene apart in a fixed order (views first), instead of leaving it to the garbage collector."""
+        for slice_logic in self._slice_logics:
+            slice_logic.SetMRMLScene(None)
+        self._slice_logics.clear()
+        self.editor_logic.SetMRMLScene(None)
+        self.scene.Clear(True)
+
     def slice_logic(self) -> slicer.vtkMRMLSliceLogic:
         slice_logic = default_slice_logic(self.scene, self.app_logic)
         self._slice_logics.append(slice_logic)
@@ -87,16 +96,6 @@ def xy_of(slice_node, volume_node, ijk: Sequence[float]) -> Tuple[float, float]:
     ras = np.append(ras_of(volume_node, ijk), 1.0)
     xy = np.linalg.inv(matrix_to_array(slice_node.GetXYToRAS())) @ ras
     return float(xy[0]), float(xy[1])
-
-
-def set_segment(segmentation_node, segment_id: str, mask_kji: np.ndarray, volume_node) -> None:
-    """Replace a segment's content with a (K, J, I) 0/1 array on a volume's grid."""
-    geometry = slicer.vtkOrientedImageData()
-    geometry.SetExtent(volume_node.GetImageData().GetExtent())
-    geometry.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume_node)))
-    labelmap = labelmap_like(geometry, mask_kji)
-    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id):
-        raise RuntimeError("Could not set the segment.")
 
 
 def voxels_inside_box_in_view(grid_node, slice_node, xy_corners) -> np.ndarray:

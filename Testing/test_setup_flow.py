@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the module and the effect may import before PyTorch is installed.
 TORCH_FREE_MODULES = ["MedSAM2Lib.weights", "MedSAM2Lib.resources", "MedSAM2Lib.slicer_glue.runtime",
                       "MedSAM2Lib.slicer_glue.setup_flow", "MedSAM2Lib.slicer_glue.run_controller",
-                      "MedSAM2Lib.slicer_glue.box"]
+                      "MedSAM2Lib.slicer_glue.box", "MedSAM2Lib.slicer_glue.gestures"]
 
 FRESH_SLICER_SCRIPT = textwrap.dedent('''
     import json, sys, types

@@ -31,6 +31,10 @@ class BoxError(ValueError):
     """The box has no area or lies outside the volume."""
 
 
+class PointError(ValueError):
+    """The point lies outside the volume."""
+
+
 @dataclass(frozen=True)
 class StackGeometry:
     """How a volume array in (K, J, I) order becomes a (slices, rows, columns) stack and back."""
@@ -61,6 +65,18 @@ class StackGeometry:
         if self.flip_columns:
             columns = shape_ijk[self.column_axis] - 1 - columns
         return np.stack([ijk[:, self.slice_axis], rows, columns], axis=1)
+
+    def index_coordinates(self, stack_points: np.ndarray, shape_ijk: Sequence[int]) -> np.ndarray:
+        """Inverse of :meth:`stack_coordinates`: (N, 3) (slice, row, column) -> (N, 3) IJK array indices."""
+        stack_points = np.asarray(stack_points, dtype=np.float64).reshape(-1, 3)
+        slices, rows, columns = stack_points.T
+        if self.flip_rows:
+            rows = shape_ijk[self.row_axis] - 1 - rows
+        if self.flip_columns:
+            columns = shape_ijk[self.column_axis] - 1 - columns
+        ijk = np.empty_like(stack_points)
+        ijk[:, self.slice_axis], ijk[:, self.row_axis], ijk[:, self.column_axis] = slices, rows, columns
+        return ijk
 
     @property
     def description(self) -> str:
@@ -135,6 +151,26 @@ def box_prompt(geometry: StackGeometry, corners_ijk: np.ndarray, shape_ijk: Sequ
             "The box is narrower than one voxel inside the volume. Drag a box around the whole structure."
         )
     return StackPrompt(geometry, slice_index, (float(column0), float(row0), float(column1), float(row1)))
+
+
+def point_prompt(geometry: StackGeometry, point_ijk: Sequence[float], shape_ijk: Sequence[int]) -> Tuple[int, Tuple[float, float]]:
+    """A click at a continuous IJK array index -> (slice index, (x, y)) on the stack, x = column, y = row.
+
+    Same convention as :func:`box_prompt`: voxel centres at integers, so a click on the centre of the voxel in
+    column 143, row 100 is the point (143, 100), as a box corner there would be.
+    """
+    slice_position, row, column = geometry.stack_coordinates(point_ijk, shape_ijk)[0]
+    slice_index = int(np.floor(slice_position + 0.5))
+    slices = shape_ijk[geometry.slice_axis]
+    height, width = shape_ijk[geometry.row_axis], shape_ijk[geometry.column_axis]
+    if not 0 <= slice_index < slices:
+        raise PointError(
+            f"The view shows slice {slice_index} along {AXIS_NAMES[geometry.slice_axis]}, outside the volume "
+            f"(slices 0..{slices - 1}). Move to a slice inside the volume and click again."
+        )
+    if not (-0.5 <= column <= width - 0.5 and -0.5 <= row <= height - 0.5):
+        raise PointError("The point lies outside the volume. Click on the structure or the background next to it.")
+    return slice_index, (float(np.clip(column, 0, width - 1)), float(np.clip(row, 0, height - 1)))
 
 
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

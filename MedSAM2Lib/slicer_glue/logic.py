@@ -23,7 +23,7 @@ from vtk.util import numpy_support
 
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
 from ..inference.preprocessing import Windowing, check_finite
-from .geometry import StackPrompt, box_prompt, stack_geometry, transform_points
+from .geometry import StackGeometry, StackPrompt, box_prompt, stack_geometry, transform_points
 from .run_controller import WriteTarget
 
 
@@ -266,14 +266,18 @@ class MedSAM2Logic:
     # prompts
 
     def prompt_from_view(
-        self, source: SourceImage, slice_node, xy_corners: Sequence[Sequence[float]]
+        self, source: SourceImage, slice_node, xy_corners: Sequence[Sequence[float]],
+        geometry: Optional[StackGeometry] = None,
     ) -> ViewPrompt:
         """A box dragged in a slice view: two opposite corners in the view's XY (pixel) coordinates, with an
-        optional third coordinate z locating the slice they were drawn on (0: the slice shown)."""
+        optional third coordinate z locating the slice they were drawn on (0: the slice shown).
+
+        geometry: the stack orientation to use (an existing session's, along the same axis); default: the view's.
+        """
         (x0, y0, z0), (x1, y1, z1) = [tuple(corner) + (0.0,) * (3 - len(corner)) for corner in xy_corners]
         z = (z0 + z1) / 2
-        xy_to_index = source.ras_to_array_index() @ matrix_to_array(slice_node.GetXYToRAS())
-        geometry = stack_geometry(xy_to_index[:3, 0], xy_to_index[:3, 1])
+        xy_to_index = view_to_index(source, slice_node)
+        geometry = geometry or view_geometry(source, slice_node)
         corners_xy = np.array([[x0, y0, z], [x1, y0, z], [x0, y1, z], [x1, y1, z]], dtype=np.float64)
         corners = transform_points(xy_to_index, corners_xy)
         return ViewPrompt(source, box_prompt(geometry, corners, source.shape_ijk))
@@ -312,7 +316,7 @@ class MedSAM2Logic:
         progress(done, total) is called after each slice; should_cancel() is asked after each slice and
         raises :class:`Cancelled` when it says yes. Nothing is written here.
         """
-        stack, cache = self._stack(prompt, windowing)
+        stack, cache = self.stack_for(prompt.source, prompt.stack.geometry, windowing)
         key = prompt.stack.slice_index
         slices = planned_slices(stack.shape[0], key, direction, slice_range) if propagate else [key]
 
@@ -369,19 +373,34 @@ class MedSAM2Logic:
     def clear_cache(self) -> None:
         self._cache_key = self._cache = None
 
-    # internals
-
-    def _stack(self, prompt: ViewPrompt, windowing: Optional[Windowing]) -> Tuple[np.ndarray, FeatureCache]:
-        """The windowed stack for this prompt, reusing image features while volume, window and axis stay."""
-        image = prompt.source.image
-        windowing = windowing or display_windowing(prompt.source.volume_node)
-        key = (id(self.predictor), id(image), image.GetMTime(), windowing, prompt.stack.geometry)
+    def stack_for(
+        self, source: SourceImage, geometry: StackGeometry, windowing: Optional[Windowing] = None
+    ) -> Tuple[np.ndarray, FeatureCache]:
+        """The windowed (slices, rows, columns) stack and its feature cache, both kept while the volume,
+        the windowing (None: the display window) and the stack orientation stay the same."""
+        image = source.image
+        windowing = windowing or display_windowing(source.volume_node)
+        # The image's C++ address, not id(): Python may wrap the same image in a new object on each call (a
+        # new id), and a new image at a reused address has a newer MTime.
+        key = (id(self.predictor), image.GetAddressAsString("vtkObject"), image.GetMTime(), windowing, geometry)
         if key != self._cache_key:
-            intensities = prompt.source.array()
-            check_finite(intensities, SLICER_NAN_FIX, name=f"The source volume '{prompt.source.volume_node.GetName()}'")
-            stack = prompt.stack.geometry.to_stack(windowing.apply(intensities))
+            intensities = source.array()
+            check_finite(intensities, SLICER_NAN_FIX, name=f"The source volume '{source.volume_node.GetName()}'")
+            stack = geometry.to_stack(windowing.apply(intensities))
             self._cache_key, self._cache = key, FeatureCache(stack, self.max_cached_slices)
         return self._cache.volume, self._cache
+
+
+def view_to_index(source: SourceImage, slice_node) -> np.ndarray:
+    """4x4 from a slice view's XY (pixels; z: offset from the slice shown) to the source's continuous IJK."""
+    return source.ras_to_array_index() @ matrix_to_array(slice_node.GetXYToRAS())
+
+
+def view_geometry(source: SourceImage, slice_node) -> StackGeometry:
+    """How the source becomes a stack of the slices this view shows (ObliqueViewError if it cannot)."""
+    xy_to_index = view_to_index(source, slice_node)
+    return stack_geometry(xy_to_index[:3, 0], xy_to_index[:3, 1])
+
 
 def labelmap_like(image: "slicer.vtkOrientedImageData", mask_kji: np.ndarray) -> "slicer.vtkOrientedImageData":
     """A uint8 oriented image with ``image``'s geometry and extent holding ``mask_kji``."""

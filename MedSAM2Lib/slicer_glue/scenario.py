@@ -1,5 +1,6 @@
-"""One end-to-end scenario (load a volume, draw a box, propagate, check, undo) shared by the headless tests
-and the extension's self-test inside Slicer.
+"""End-to-end scenarios shared by the headless tests and the extension's self-test inside Slicer: load a
+volume, draw a box, propagate, check, undo; and the correction scenarios (box, propagate, correct tracked
+slices with points or a repainted slice, update, check, undo) in axial, coronal and sagittal views.
 
 The volume is the parity fixture (24 x 224 x 256) placed in the scene with oblique axes, 0.7 x 0.7 x 2.5 mm
 voxels and a non-zero origin. The box is drawn in an axial view rotated to the volume plane. With the tiny
@@ -9,16 +10,18 @@ weights only its plausibility can be checked.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .logic import array_from_image, matrix_to_array
+from .geometry import StackGeometry
+from .logic import array_from_image, labelmap_like, matrix_to_array
 
 KEY_SLICE = 12
 BOX_IJK = ((104.0, 70.0), (183.0, 131.0))  # (I, J) corners on slice K = 12, as the fixture's box
@@ -71,23 +74,30 @@ class BoxScenario:
     expected_mask: np.ndarray  # (K, J, I) the official pipeline's mask for this box
 
 
-def set_up(scene, slice_logic, data_dir: Path, editor_node=None) -> BoxScenario:
-    """Volume, empty segmentation, editor state and an axial view at the key slice, rotated to the volume."""
-    volume = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
-    ijk_to_ras = oblique_ijk_to_ras()
-    volume_node = add_volume(scene, volume, ijk_to_ras, "MedSAM2 scenario volume")
-    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM2 scenario segmentation")
+def _scene_with_view(scene, slice_logic, volume_kji, ijk_to_ras, name: str, orientation: str, editor_node=None):
+    """A volume, an empty segmentation on its grid, the editor state, and the view in ``orientation`` rotated to
+    the volume: (volume node, segmentation node, editor node, slice node)."""
+    volume_node = add_volume(scene, volume_kji, ijk_to_ras, f"MedSAM2 {name} volume")
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"MedSAM2 {name} segmentation")
     segmentation_node.CreateDefaultDisplayNodes()
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     editor_node = editor_node or scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor_node.SetAndObserveSegmentationNode(segmentation_node)
     editor_node.SetAndObserveSourceVolumeNode(volume_node)
-
     slice_node = slice_logic.GetSliceNode()
-    slice_node.SetOrientation("Axial")
+    slice_node.SetOrientation(orientation)
     slice_logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume_node.GetID())
     slice_logic.RotateSliceToLowestVolumeAxes()
     slice_logic.FitSliceToAll()
+    return volume_node, segmentation_node, editor_node, slice_node
+
+
+def set_up(scene, slice_logic, data_dir: Path, editor_node=None) -> BoxScenario:
+    """Volume, empty segmentation, editor state and an axial view at the key slice, rotated to the volume."""
+    volume = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
+    ijk_to_ras = oblique_ijk_to_ras()
+    volume_node, segmentation_node, editor_node, slice_node = _scene_with_view(
+        scene, slice_logic, volume, ijk_to_ras, "scenario", "Axial", editor_node)
     key_centre = ijk_to_ras @ np.array([volume.shape[2] / 2, volume.shape[1] / 2, KEY_SLICE, 1.0])
     slice_node.JumpSliceByOffsetting(*key_centre[:3])
 
@@ -145,3 +155,160 @@ def default_slice_logic(scene, app_logic) -> "slicer.vtkMRMLSliceLogic":
     slice_logic.SetMRMLApplicationLogic(app_logic)
     slice_logic.SetSliceNode(slice_node)
     return slice_logic
+
+
+# -- the correction scenarios: box, propagate, correct tracked slices, update -----------------------------
+
+CORRECTIONS = {"points": "correct_tracked_with_points", "mask": "correct_tracked_with_mask"}
+
+
+def view_aligned_ijk_to_ras(orientation: str, in_plane_spacing: float = 0.7, slice_spacing: float = 2.5,
+                            degrees: float = 20.0, origin=(12.0, -40.0, 100.0)) -> Tuple[StackGeometry, np.ndarray]:
+    """Where a (D, H, W) array is stored and how it is placed so that Slicer's standard ``orientation`` view
+    ("Axial", "Coronal", "Sagittal"), rotated to the volume plane, shows slice d with row h downwards and
+    column w to the right: slices along K, J or I respectively, rotated by ``degrees`` about the view's normal,
+    with anisotropic voxels. Returns the storage (``to_stack`` of the stored (K, J, I) array gives back the
+    (D, H, W) array; ``from_stack`` stores it) and the 4x4 IJK-to-RAS.
+
+    For "Axial" this is :func:`oblique_ijk_to_ras` with the same spacing.
+    """
+    slice_axis = {"Axial": 2, "Coronal": 1, "Sagittal": 0}[orientation]
+    row_axis, column_axis = (2, 1) if slice_axis == 0 else (2, 0) if slice_axis == 1 else (1, 0)
+    slice_to_ras = vtk.vtkMatrix3x3()
+    getattr(slicer.vtkMRMLSliceNode, f"Get{orientation}SliceToRASMatrix")(slice_to_ras, True)
+    right, up, normal = (np.array([slice_to_ras.GetElement(row, column) for row in range(3)]) for column in range(3))
+    directions = np.zeros((3, 3))
+    directions[:, column_axis] = right * in_plane_spacing
+    directions[:, row_axis] = -up * in_plane_spacing
+    directions[:, slice_axis] = normal * slice_spacing
+    angle = np.radians(degrees)
+    cross = np.array([[0, -normal[2], normal[1]], [normal[2], 0, -normal[0]], [-normal[1], normal[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross  # Rodrigues, about normal
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ directions
+    matrix[:3, 3] = origin
+    return StackGeometry(slice_axis, row_axis, column_axis, False, False), matrix
+
+
+def set_segment_array(segmentation_node, segment_id: str, mask_kji: np.ndarray, volume_node) -> None:
+    """Replace a segment's content with a (K, J, I) 0/1 array on a volume's grid (as painting would)."""
+    geometry = slicer.vtkOrientedImageData()
+    geometry.SetExtent(volume_node.GetImageData().GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    geometry.SetImageToWorldMatrix(matrix)
+    labelmap = labelmap_like(geometry, mask_kji)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id):
+        raise RuntimeError("Could not set the segment.")
+
+
+@dataclass
+class CorrectionScenario:
+    volume_node: "slicer.vtkMRMLScalarVolumeNode"
+    segmentation_node: "slicer.vtkMRMLSegmentationNode"
+    editor_node: "slicer.vtkMRMLSegmentEditorNode"
+    slice_node: "slicer.vtkMRMLSliceNode"
+    storage: StackGeometry  # the (D, H, W) fixture array <-> the volume's (K, J, I) array
+    ijk_to_ras: np.ndarray
+    calls: dict  # the official calls of each direction ("fwd", "rev")
+    expected: np.ndarray  # (D, H, W) the official session's final mask
+    masks: Dict[int, np.ndarray]  # the masks it gives as prompts, by slice
+
+    def show_slice(self, index: int) -> None:
+        """Move the view to slice ``index`` of the (D, H, W) array."""
+        shape = self.volume_node.GetImageData().GetDimensions()
+        centre = self.storage.index_coordinates([[index, shape[self.storage.row_axis] / 2,
+                                                  shape[self.storage.column_axis] / 2]], shape)[0]
+        self.slice_node.JumpSliceByOffsetting(*(self.ijk_to_ras @ np.append(centre, 1.0))[:3])
+
+    def xy(self, index: int, x: float, y: float) -> Tuple[float, float]:
+        """View XY of pixel (x = column, y = row) of slice ``index`` (which the view must show)."""
+        ijk = self.storage.index_coordinates([[index, y, x]], self.volume_node.GetImageData().GetDimensions())[0]
+        xy = np.linalg.inv(matrix_to_array(self.slice_node.GetXYToRAS())) @ self.ijk_to_ras @ np.append(ijk, 1.0)
+        return float(xy[0]), float(xy[1])
+
+    def segment(self) -> np.ndarray:
+        """The selected segment as a (D, H, W) array, the fixture's frame."""
+        segment_id = self.editor_node.GetSelectedSegmentID()
+        return self.storage.to_stack(segment_array(self.segmentation_node, segment_id, self.volume_node))
+
+    def paint_slice(self, index: int, mask_hw: np.ndarray) -> None:
+        """Repaint slice ``index`` of the selected segment with a (H, W) mask, the rest unchanged."""
+        content = self.segment()
+        content[index] = mask_hw
+        set_segment_array(self.segmentation_node, self.editor_node.GetSelectedSegmentID(),
+                          self.storage.from_stack(content), self.volume_node)
+
+
+class CorrectionActions(Protocol):
+    """The effect's actions as the scenario performs them (headless: InteractiveSegmenter; in Slicer: the effect)."""
+
+    def box(self, slice_node, xy_corners) -> None: ...
+
+    def propagate(self) -> None: ...
+
+    def points(self, slice_node, clicks) -> None:
+        """clicks: ((x, y) view XY, label) pairs given on the slice the view shows, in one action."""
+
+    def use_segment_on_slice(self, slice_node) -> None: ...
+
+
+def set_up_correction(scene, slice_logic, data_dir: Path, orientation: str, correction: str,
+                      editor_node=None) -> CorrectionScenario:
+    """The fixture volume stored and placed for ``orientation``, an empty segmentation, and that view."""
+    volume_dhw = np.load(Path(data_dir) / "input_volume.npz")["imgs"]
+    storage, ijk_to_ras = view_aligned_ijk_to_ras(orientation)
+    volume_node, segmentation_node, editor_node, slice_node = _scene_with_view(
+        scene, slice_logic, storage.from_stack(volume_dhw), ijk_to_ras, f"{orientation.lower()} correction",
+        orientation, editor_node)
+    reference = np.load(Path(data_dir) / f"session_{CORRECTIONS[correction]}.npz")
+    masks = {int(key[5:]): reference[key].astype(bool) for key in reference.files if key.startswith("mask_")}
+    return CorrectionScenario(volume_node, segmentation_node, editor_node, slice_node, storage, ijk_to_ras,
+                              json.loads(str(reference["calls_json"])), reference["seg_final"], masks)
+
+
+def run_correction(scene, slice_logic, data_dir: Path, orientation: str, correction: str, actions: CorrectionActions,
+                   undo: Callable[[], None], exact: bool = True, editor_node=None,
+                   ready: Optional[Callable[[CorrectionScenario], None]] = None) -> CorrectionScenario:
+    """Box on the key slice (its preview must be written at once), propagate, correct the slice each
+    direction's official session corrects (by points clicked in the view, or by repainting the slice and
+    using the segment on it), update; the segment must equal the official session's final mask (exact) or
+    overlap the box (real weights); Undo must restore the segment as it was before the last action.
+    ready(scenario) is called once the scene is set up (the self-test activates the effect there)."""
+    scenario = set_up_correction(scene, slice_logic, data_dir, orientation, correction, editor_node)
+    if ready is not None:
+        ready(scenario)
+    first = scenario.calls["fwd"][0]
+    key, (x0, y0, x1, y1) = first["slice"], first["box"]
+    scenario.show_slice(key)
+    actions.box(scenario.slice_node, (scenario.xy(key, x0, y0), scenario.xy(key, x1, y1)))
+    preview = scenario.segment()
+    if not preview[key].any() or np.delete(preview, key, axis=0).any():
+        raise AssertionError("The box's preview was not written on its slice alone.")
+    actions.propagate()
+    for direction in ("fwd", "rev"):
+        call = scenario.calls[direction][2]  # the correction: after the first propagation
+        index = call["slice"]
+        scenario.show_slice(index)
+        if correction == "points":
+            actions.points(scenario.slice_node, [(scenario.xy(index, x, y), label)
+                                                 for (x, y), label in zip(call["points"], call["labels"])])
+            if direction == "fwd":
+                continue
+            before = scenario.segment()
+            actions.propagate()  # Update
+        else:
+            scenario.paint_slice(index, scenario.masks[index])
+            before = scenario.segment()
+            actions.use_segment_on_slice(scenario.slice_node)
+    mask = scenario.segment()
+    if exact:
+        different = int(np.count_nonzero(mask != scenario.expected))
+        if different:
+            raise AssertionError(f"The segment differs from the official session's mask in {different} voxels.")
+    elif not mask[key, int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].any():
+        raise AssertionError("The segment does not overlap the box on its slice.")
+    undo()
+    if np.count_nonzero(scenario.segment() != before):
+        raise AssertionError("Undo did not restore the segment as it was before the last action.")
+    return scenario

@@ -1,7 +1,9 @@
-"""MedSAM2 segment-editor effect: drag a box on a slice view, then segment that slice or propagate.
+"""MedSAM2 segment-editor effect: an interactive session per segment: a box segments its slice at once,
+Propagate follows it through the volume, clicks on any slice of that axis correct it, Update re-propagates.
 
 A thin Qt layer: it wires widgets and mouse events to MedSAM2Lib, which the headless tests run: the box and
-what events do to it (slicer_glue.box), one run at a time with cancel and the write into the segment chosen at
+what events do to it (slicer_glue.box), clicks and keys as session actions (slicer_glue.gestures), the
+sessions and their undoable writes (slicer_glue.interactive), one run at a time with cancel and the write into the segment chosen at
 the start (slicer_glue.run_controller), setup (slicer_glue.setup_flow, through the MedSAM2 module's logic),
 the computation and the undoable write (slicer_glue.logic). Only torch-free modules are imported at the top:
 Slicer loads this file at startup, before PyTorch may be installed.
@@ -14,7 +16,7 @@ import vtk
 
 import slicer
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_grid
-from MedSAM2Lib.slicer_glue.run_controller import segment_box
+from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -26,10 +28,13 @@ WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft
 # (SegmentEditorDrawEffect handles it for the same reason).
 BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
               vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
+KEY_EVENTS = {"Escape": "escape", "BackSpace": "backspace"}
+WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
+POINT_COLOURS = {1: (0, 220, 0), 0: (230, 40, 40)}  # object, background
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
-    """Box prompt -> MedSAM2 segment of the selected segment (created if none)."""
+    """Box and point prompts -> the selected segment (created if none), one MedSAM2 session per segment."""
 
     def __init__(self, scriptedEffect):
         scriptedEffect.name = "MedSAM2"
@@ -37,7 +42,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = False  # the first propagation creates a segment
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.tool = BoxTool()
+        self.gestures = ViewGestures(self.tool)
+        self.segmenter = None  # MedSAM2Lib InteractiveSegmenter on the current logic (after setup)
         self.actors = {}  # slice widget -> BoxActor showing the box there
+        self.pointActors = {}  # slice widget -> PointsActor showing the session's points of its slice
+        self.lastSliceWidget = None  # the view clicked last: "Use the segment on this slice" works there
+        self.sceneClosedTag = None
         self.logic = None  # a MedSAM2Logic to use instead of the module's (the self-test sets it)
         self.stopObservingRuns = None
 
@@ -53,21 +63,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return """<html>Segment a structure in 3D from a box drawn on one slice, with MedSAM2.<br>
-<p><ul style="margin: 0">
-<li><b>Left-button drag</b> in a slice view: draw the box; drag a corner to adjust it, drag elsewhere to redraw.
-<li>The box should enclose the whole structure on that slice, with a small margin.
-<li>The box is drawn solid on its own slice and dashed on the others; <b>Segment slice</b> and <b>Propagate</b>
-always start from the box's slice (the view is brought back to it).
-<li><b>Segment slice</b>: preview on the box's slice only. <b>Propagate</b>: follow the structure slice by slice
-through the volume. <b>Esc</b> or <b>Cancel</b> stops; leaving the effect or the module, switching segmentation
-or closing the scene also stops, and nothing is changed.
-</ul>
-<p>The result goes to the segment selected when the run started (a new segment if none was), replacing it on the
-slices computed, honouring the editable area, intensity range and overwrite settings; Undo reverts it. If that
-segment or segmentation is deleted meanwhile, nothing is written. Limits: slice views must show voxel planes
-of the segmentation (the effect offers to rotate them); one structure per box; results need review,
-especially far from the box's slice.</html>"""
+        return """<html>MedSAM2: <b>drag a box</b> around a structure; its slice is segmented at once, <b>Propagate</b> follows it through the volume.<br>
+<b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it, <b>Update</b> re-propagates from there; <b>Ctrl+click</b> a point removes it, <b>Backspace</b> the last one.<br>
+<b>Use the segment on this slice</b> makes a repainted slice the prompt; each segment keeps its session, Undo reverts the segment, Esc or Cancel stops a run.</html>"""
 
     # -- options ------------------------------------------------------------------------------------------
 
@@ -103,13 +101,32 @@ especially far from the box's slice.</html>"""
         postLayout.addWidget(self.largestComponentCheckBox)
         self.scriptedEffect.addOptionsWidget(postLayout)
 
-        self.segmentSliceButton = qt.QPushButton("Segment slice")
-        self.segmentSliceButton.setToolTip("Segment the box's slice only (preview).")
+        self.backgroundCheckBox = qt.QCheckBox("Clicks add background points")
+        self.backgroundCheckBox.setToolTip("Without it, Shift+click adds a background point.")
+        self.autoUpdateCheckBox = qt.QCheckBox("Update automatically")
+        self.autoUpdateCheckBox.setToolTip("Re-propagate after every correction instead of on Update.")
+        self.newSegmentCheckBox = qt.QCheckBox("New segment for each box")
+        self.newSegmentCheckBox.setToolTip("Each box creates and selects a segment with its own session.")
+        sessionLayout = qt.QHBoxLayout()
+        for checkBox in (self.backgroundCheckBox, self.autoUpdateCheckBox, self.newSegmentCheckBox):
+            sessionLayout.addWidget(checkBox)
+        self.scriptedEffect.addOptionsWidget(sessionLayout)
+        self.writeModeCombo = qt.QComboBox()
+        for label, value in WRITE_MODES:
+            self.writeModeCombo.addItem(label, value)
+        self.scriptedEffect.addLabeledOptionsWidget("Write:", self.writeModeCombo)
+
         self.propagateButton = qt.QPushButton("Propagate")
-        self.propagateButton.setToolTip("Segment the structure through the volume, starting at the box's slice.")
+        self.propagateButton.setToolTip("Follow the structure through the volume; after corrections, Update "
+                                        "recomputes only what they change.")
+        self.useSegmentButton = qt.QPushButton("Use the segment on this slice")
+        self.useSegmentButton.setToolTip("The segment's content on the slice shown in the view clicked last becomes "
+                                         "that slice's prompt; then re-propagate.")
+        self.resetButton = qt.QPushButton("Reset")
+        self.resetButton.setToolTip("Forget the selected segment's prompts (the segment is kept).")
         self.cancelButton = qt.QPushButton("Cancel")
         buttonLayout = qt.QHBoxLayout()
-        for button in (self.segmentSliceButton, self.propagateButton, self.cancelButton):
+        for button in (self.propagateButton, self.useSegmentButton, self.resetButton, self.cancelButton):
             buttonLayout.addWidget(button)
         self.scriptedEffect.addOptionsWidget(buttonLayout)
 
@@ -125,22 +142,31 @@ especially far from the box's slice.</html>"""
                                (self.rangeFirstSpinBox, "valueChanged(int)"),
                                (self.rangeLastSpinBox, "valueChanged(int)"),
                                (self.fillHolesCheckBox, "toggled(bool)"),
-                               (self.largestComponentCheckBox, "toggled(bool)")):
+                               (self.largestComponentCheckBox, "toggled(bool)"),
+                               (self.backgroundCheckBox, "toggled(bool)"),
+                               (self.autoUpdateCheckBox, "toggled(bool)"),
+                               (self.newSegmentCheckBox, "toggled(bool)"),
+                               (self.writeModeCombo, "currentIndexChanged(int)")):
             widget.connect(signal, self.updateMRMLFromGUI)
-        self.segmentSliceButton.connect("clicked()", self.segmentSlice)
         self.propagateButton.connect("clicked()", self.propagate)
+        self.useSegmentButton.connect("clicked()", self.useSegmentOnSlice)
+        self.resetButton.connect("clicked()", self.reset)
         self.cancelButton.connect("clicked()", self.cancel)
+        # Sessions belong to the scene's volumes: they end when it closes.
+        self.sceneClosedTag = slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         self.updateButtons()
 
     def setMRMLDefaults(self):
         for name, value in (("Direction", "both"), ("Windowing", "display"), ("RangeEnabled", 0),
-                            ("RangeFirst", 0), ("RangeLast", 0), ("FillHoles", 1), ("LargestComponent", 1)):
+                            ("RangeFirst", 0), ("RangeLast", 0), ("FillHoles", 1), ("LargestComponent", 1),
+                            ("BackgroundClicks", 0), ("AutoUpdate", 0), ("NewSegmentPerBox", 0), ("WriteMode", "replace")):
             self.scriptedEffect.setParameterDefault(name, value)
 
     def updateGUIFromMRML(self):
         effect = self.scriptedEffect
         widgets = (self.directionCombo, self.windowingCombo, self.rangeCheckBox, self.rangeFirstSpinBox,
-                   self.rangeLastSpinBox, self.fillHolesCheckBox, self.largestComponentCheckBox)
+                   self.rangeLastSpinBox, self.fillHolesCheckBox, self.largestComponentCheckBox, self.backgroundCheckBox,
+                   self.autoUpdateCheckBox, self.newSegmentCheckBox, self.writeModeCombo)
         blocked = [widget.blockSignals(True) for widget in widgets]
         self.directionCombo.setCurrentIndex(max(0, self.directionCombo.findData(effect.parameter("Direction"))))
         self.windowingCombo.setCurrentIndex(max(0, self.windowingCombo.findData(effect.parameter("Windowing"))))
@@ -149,9 +175,14 @@ especially far from the box's slice.</html>"""
         self.rangeLastSpinBox.value = effect.integerParameter("RangeLast")
         self.fillHolesCheckBox.checked = effect.integerParameter("FillHoles") != 0
         self.largestComponentCheckBox.checked = effect.integerParameter("LargestComponent") != 0
+        self.backgroundCheckBox.checked = effect.integerParameter("BackgroundClicks") != 0
+        self.autoUpdateCheckBox.checked = effect.integerParameter("AutoUpdate") != 0
+        self.newSegmentCheckBox.checked = effect.integerParameter("NewSegmentPerBox") != 0
+        self.writeModeCombo.setCurrentIndex(max(0, self.writeModeCombo.findData(effect.parameter("WriteMode"))))
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
         self.updateButtons()
+        self.drawPoints()  # the selected segment may have changed: show its session's points
 
     def updateMRMLFromGUI(self):
         effect = self.scriptedEffect
@@ -162,11 +193,17 @@ especially far from the box's slice.</html>"""
         effect.setParameter("RangeLast", self.rangeLastSpinBox.value)
         effect.setParameter("FillHoles", int(self.fillHolesCheckBox.checked))
         effect.setParameter("LargestComponent", int(self.largestComponentCheckBox.checked))
+        effect.setParameter("BackgroundClicks", int(self.backgroundCheckBox.checked))
+        effect.setParameter("AutoUpdate", int(self.autoUpdateCheckBox.checked))
+        effect.setParameter("NewSegmentPerBox", int(self.newSegmentCheckBox.checked))
+        effect.setParameter("WriteMode", self.writeModeCombo.currentData)
 
     def updateButtons(self):
         runs = moduleLogic().runs
-        canRun = self.tool.box is not None and not runs.busy
-        self.segmentSliceButton.enabled = self.propagateButton.enabled = canRun
+        session = self.selectedSession()
+        self.propagateButton.text = "Update" if session is not None and session.propagated else "Propagate"
+        self.propagateButton.enabled = self.useSegmentButton.enabled = session is not None and not runs.busy
+        self.resetButton.enabled = session is not None and not runs.busy
         self.cancelButton.enabled = runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
 
@@ -179,14 +216,19 @@ especially far from the box's slice.</html>"""
         # the effect, also while a run processes events: the run stops and writes nothing.
         moduleLogic().runs.cancel("The MedSAM2 effect was deactivated.", owner=self)
         self.clearBox()
+        self.removePoints()
 
     def cleanup(self):
         """Called before the effect is deleted (qSlicerSegmentEditorAbstractEffect::cleanup): nothing of ours may
         outlive it."""
         self.clearBox()
+        self.removePoints()
         if self.stopObservingRuns is not None:
             self.stopObservingRuns()
             self.stopObservingRuns = None
+        if self.sceneClosedTag is not None:
+            slicer.mrmlScene.RemoveObserver(self.sceneClosedTag)
+            self.sceneClosedTag = None
 
     # -- the box ------------------------------------------------------------------------------------------
 
@@ -194,14 +236,19 @@ especially far from the box's slice.</html>"""
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
         if eventId == vtk.vtkCommand.KeyPressEvent:
-            event = "escape" if callerInteractor.GetKeySym() == "Escape" else None
+            event = KEY_EVENTS.get(callerInteractor.GetKeySym())
         else:
             event = BOX_EVENTS.get(eventId)
         if event is None:
             return False
-        anyModifier = callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey()
-        result = self.tool.handle(event, viewWidget.mrmlSliceNode(), callerInteractor.GetEventPosition(),
-                                  bool(anyModifier), moduleLogic().runs.busy, sliceTolerance(viewWidget))
+        busy = moduleLogic().runs.busy
+        gesture = self.gestures.handle(
+            event, viewWidget.mrmlSliceNode(), callerInteractor.GetEventPosition(),
+            shift=bool(callerInteractor.GetShiftKey()), control=bool(callerInteractor.GetControlKey()),
+            alt=bool(callerInteractor.GetAltKey()), running=busy, background=self.backgroundCheckBox.checked,
+            tolerance_mm=sliceTolerance(viewWidget), segmenter=self.segmenter,
+            editor=self.editorAccess() if self.segmenter is not None else None)
+        result = gesture.box_event
         if result.cancel_run:
             moduleLogic().runs.cancel("Cancelled (Esc).", owner=self)
         if result.changed:
@@ -209,11 +256,17 @@ especially far from the box's slice.</html>"""
             self.updateButtons()
         if result.status:
             self.statusLabel.text = result.status
+        if event == "press":
+            self.lastSliceWidget = viewWidget
+        if gesture.action is not None:
+            # Run after the event returns: a run processes Qt events, which must not happen inside this handler.
+            qt.QTimer.singleShot(0, lambda: self.act(gesture.action, *gesture.arguments))
         return result.consumed
 
     def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
         if self.tool.box is not None and self.tool.box.slice_node is viewWidget.mrmlSliceNode():
             self.drawBox()  # pan, zoom and scrolling change where and how the box is drawn
+        self.drawPoints(viewWidget)  # points are shown on their own slice only
 
     def setBox(self, sliceWidget, xyCorners):
         """Set the box programmatically: two opposite corners in the view's XY coordinates."""
@@ -228,7 +281,7 @@ especially far from the box's slice.</html>"""
     def clearBox(self):
         self.tool.box = None
         self.drawBox()
-        if hasattr(self, "segmentSliceButton"):
+        if hasattr(self, "propagateButton"):
             self.updateButtons()
 
     def drawBox(self):
@@ -246,24 +299,60 @@ especially far from the box's slice.</html>"""
             self.actors[sliceWidget] = BoxActor(self.scriptedEffect, sliceWidget)
         self.actors[sliceWidget].show(*box.outline(sliceTolerance(sliceWidget)))
 
+    # -- the session's points --------------------------------------------------------------------------
+
+    def drawPoints(self, sliceWidget=None):
+        """Show the selected segment's points of the slice each view shows (or only sliceWidget's)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None or not hasattr(self, "propagateButton"):
+            return
+        widgets = [sliceWidget] if sliceWidget is not None else [
+            layoutManager.sliceWidget(name) for name in layoutManager.sliceViewNames()]
+        editor = self.editorAccess() if self.segmenter is not None else None
+        for widget in widgets:
+            points = self.segmenter.points_in_view(editor, widget.mrmlSliceNode()) if editor is not None else []
+            if not points and widget not in self.pointActors:
+                continue
+            if widget not in self.pointActors:
+                self.pointActors[widget] = PointsActor(self.scriptedEffect, widget)
+            self.pointActors[widget].show(points)
+
+    def removePoints(self):
+        for actor in self.pointActors.values():
+            actor.remove()
+        self.pointActors = {}
+
     # -- running ------------------------------------------------------------------------------------------
 
-    def segmentSlice(self):
-        self.run(propagate=False)
-
     def propagate(self):
-        self.run(propagate=True)
+        self.act("propagate")
+
+    def useSegmentOnSlice(self):
+        sliceWidget = self.lastSliceWidget or slicer.app.layoutManager().sliceWidget("Red")
+        self.act("use_segment_on_slice", sliceWidget.mrmlSliceNode())
+
+    def reset(self):
+        if self.segmenter is not None:
+            self.segmenter.end_session(self.editorAccess())
+        self.clearBox()
+        self.drawPoints()
+        self.updateButtons()
+        self.statusLabel.text = "The selected segment's MedSAM2 session was reset. Drag a box to start again."
 
     def cancel(self):
         moduleLogic().runs.cancel("Cancelled.", owner=self)
 
-    def run(self, propagate):
-        """Segment with the current box and options as one run of the shared controller; every failure reaches
-        a dialog, and the status line is updated whatever happens."""
-        box = self.tool.box
-        if box is None:
-            return
-        sliceWidget = sliceWidgetOf(box.slice_node)
+    def onSceneClosed(self, caller=None, event=None):
+        if self.segmenter is not None:
+            self.segmenter.end_sessions()
+        self.removePoints()
+
+    def selectedSession(self):
+        return self.segmenter.session_of(self.editorAccess()) if self.segmenter is not None else None
+
+    def act(self, action, *arguments):
+        """One session action (InteractiveSegmenter.compute_<action>) as one run of the shared controller; every
+        failure reaches a dialog or, for a refusal, the status line, which is updated whatever happens."""
         # No waitCursor=True: the setup's confirmation and download, the hidden-segment and the rotate dialogs need
         # a normal cursor; tryWithErrorDisplay shows the error and re-raises (slicer/util.py), so the buttons are
         # updated in finally.
@@ -274,22 +363,43 @@ especially far from the box's slice.</html>"""
                     self.statusLabel.text = "MedSAM2 is not set up yet: nothing was changed."
                     return
                 from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
+                from MedSAM2Lib.slicer_glue.interactive import InteractionError
 
-                if box.show_its_slice(sliceTolerance(sliceWidget)):
-                    self.statusLabel.text = "The view was brought back to the box's slice."
                 try:
-                    outcome = segment_box(
-                        moduleLogic().runs, self.editorAccess(), self.logicForRun, box.slice_node, box.xyz_corners(),
-                        progress=self.onProgress, owner=self, confirm_target=self.confirmTargetVisible,
-                        propagate=propagate, **self.segmentOptions())
+                    segmenter = self.segmenterForRun()
+                    outcome = segmenter.run(moduleLogic().runs, self.editorAccess(), action, *arguments,
+                                            self.sessionOptions(), owner=self, progress=self.onProgress,
+                                            confirm_target=self.confirmTargetVisible)
                     self.statusLabel.text = outcome.message
+                except InteractionError as refusal:  # a sentence saying what to do instead
+                    self.statusLabel.text = str(refusal)
                 except ObliqueViewError as error:
                     restoreWaitCursor()
                     self.offerRotateViews(str(error))
         finally:
             restoreWaitCursor()
             self.progressBar.value = 0
+            self.drawPoints()
             self.updateButtons()
+
+    def segmenterForRun(self):
+        """The sessions live on the logic (the model and its image features): a new logic, after the model or the
+        device changed, starts without sessions."""
+        from MedSAM2Lib.slicer_glue.interactive import InteractiveSegmenter
+
+        logic = self.logicForRun()
+        if self.segmenter is None or self.segmenter.logic is not logic:
+            self.segmenter = InteractiveSegmenter(logic)
+        return self.segmenter
+
+    def sessionOptions(self):
+        from MedSAM2Lib.slicer_glue.interactive import InteractiveOptions
+
+        effect = self.scriptedEffect
+        return InteractiveOptions(add=effect.parameter("WriteMode") == "add",
+                                  auto_update=effect.integerParameter("AutoUpdate") != 0,
+                                  new_segment_per_box=effect.integerParameter("NewSegmentPerBox") != 0,
+                                  **self.segmentOptions())
 
     def editorAccess(self):
         from MedSAM2Lib.slicer_glue.logic import EditorAccess  # imports torch: only after setup can run
@@ -423,6 +533,47 @@ class BoxActor:
         self.polyData.SetPoints(points)
         self.polyData.SetLines(lines)
         self.actor.GetProperty().SetOpacity(display.opacity)
+        self.sliceWidget.sliceView().scheduleRender()
+
+    def remove(self):
+        self.scriptedEffect.removeActor2D(self.sliceWidget, self.actor)
+        self.sliceWidget.sliceView().scheduleRender()
+
+
+class PointsActor:
+    """Points of the session in one slice view: green dots for object points, red for background points."""
+
+    def __init__(self, scriptedEffect, sliceWidget):
+        self.scriptedEffect = scriptedEffect
+        self.sliceWidget = sliceWidget
+        self.polyData = vtk.vtkPolyData()
+        glyph = vtk.vtkGlyphSource2D()
+        glyph.SetGlyphTypeToCircle()
+        glyph.FilledOn()
+        glyph.SetScale(10)
+        glyphs = vtk.vtkGlyph2D()
+        glyphs.SetInputData(self.polyData)
+        glyphs.SetSourceConnection(glyph.GetOutputPort())
+        glyphs.SetScaleModeToDataScalingOff()
+        glyphs.SetColorModeToColorByScalar()
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputConnection(glyphs.GetOutputPort())
+        mapper.SetColorModeToDirectScalars()  # the points' RGB values, not a lookup table
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        scriptedEffect.addActor2D(sliceWidget, self.actor)
+
+    def show(self, points):
+        """points: (x, y, label) in the view's XY."""
+        vtkPoints = vtk.vtkPoints()
+        colours = vtk.vtkUnsignedCharArray()
+        colours.SetNumberOfComponents(3)
+        for x, y, label in points:
+            vtkPoints.InsertNextPoint(x, y, 0.0)
+            colours.InsertNextTuple3(*POINT_COLOURS[label])
+        self.polyData.SetPoints(vtkPoints)
+        self.polyData.GetPointData().SetScalars(colours)
+        self.polyData.Modified()
         self.sliceWidget.sliceView().scheduleRender()
 
     def remove(self):

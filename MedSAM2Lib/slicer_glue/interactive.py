@@ -1,0 +1,494 @@
+"""The MedSAM2 effect's interactive workflow, headless: one tracking session per segment, driven from views.
+
+What the clinician does, and what happens (the Qt effect only forwards mouse events and buttons here):
+
+- **Box** dragged on a slice: that slice is segmented at once and written (a preview). On a slice already
+  tracked by a propagation the box is a correction; elsewhere a new keyframe.
+- **Propagate** / **Update**: the session follows the structure through the volume; after a correction only
+  what the correction can change is recomputed (see :class:`MedSAM2Lib.inference.session.Session`).
+- **Point** clicked on any slice of the session's axis (object, or background with Shift): the slice is
+  re-segmented at once; with ``auto_update`` the volume is updated in the same action.
+- **Use the segment on this slice**: the segment's current content on the viewed slice (after Paint, Erase,
+  ...) becomes that slice's mask prompt, and the session re-propagates from it.
+
+Every action writes the session's whole mask, through the segment editor's undoable, masking-aware Set, to the
+segment captured when the action started: the slices the session has computed get the session's mask (Replace)
+or the segment's content from before the session plus the mask (Add); other slices keep their content. Undo
+reverts the segment; the session's prompts stay, so the next action recomputes from them. The prompts are
+stored with the segment in the tag :data:`SESSION_TAG`, saved in ``.seg.nrrd`` files.
+
+Sessions live while the source volume, the stack axis and the intensity windowing stay the same: one session
+per segment, kept when another segment is selected. Reset (:meth:`InteractiveSegmenter.end_session`) ends the
+selected segment's; a change of any of these, or a closed scene (:meth:`InteractiveSegmenter.end_sessions`),
+ends them all. A point or a mask prompt in a view along another axis is refused with a sentence.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..inference.predictor import Cancelled, FeatureCache
+from ..inference.preprocessing import Windowing
+from ..inference.session import Session
+from ..inference.session_file import write_session_file
+from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
+from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
+                    view_geometry, view_to_index)
+from .run_controller import NEW_SEGMENT_NAME, RunController, RunOutcome, WriteTarget
+
+SESSION_TAG = "MedSAM2.Session"
+VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # usual view of slices along I, J, K (LPS/RAS volumes)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class InteractionError(ValueError):
+    """An action that cannot apply here (wrong axis, no session yet, ...); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InteractiveOptions:
+    windowing: Optional[Windowing] = None  # None: the volume's display window
+    direction: str = "both"  # of Propagate / Update
+    slice_range: Optional[Tuple[int, int]] = None
+    add: bool = False  # Add to the segment's earlier content instead of replacing it on computed slices
+    auto_update: bool = False  # a prompt after propagation re-propagates in the same action
+    new_segment_per_box: bool = False  # each box creates and selects a new segment with its own session
+
+
+@dataclass
+class SlicePrompts:
+    """What was given on one slice, in stack pixels (x = column, y = row), for display and removal."""
+
+    box: Optional[Tuple[float, float, float, float]] = None
+    points: List[Tuple[float, float]] = field(default_factory=list)
+    labels: List[int] = field(default_factory=list)
+    mask: Optional[np.ndarray] = None  # (H, W) bool
+
+
+@dataclass
+class SegmentSession:
+    """A segment's session: the tracker, the stack orientation it runs on, and its prompts per slice."""
+
+    session: Session
+    geometry: StackGeometry
+    prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
+    point_order: List[int] = field(default_factory=list)  # slice of each point, in the order they were added
+    baseline: Optional[np.ndarray] = None  # packed bits of the segment before the session's first write (Add)
+    propagated: bool = False
+
+
+@dataclass
+class ActionResult:
+    message: str  # one sentence for the status line
+    slice_index: Optional[int]  # the prompted slice, if any
+    recomputed: List[int]  # slices whose output was recomputed, in order
+    segment_id: str  # the segment written
+
+
+@dataclass
+class Computed:
+    """An action's computation, to be written to the target captured when the action started."""
+
+    state: SegmentSession
+    source: SourceImage
+    options: InteractiveOptions
+    slice_index: Optional[int]
+    recomputed: List[int]
+    sentence: str
+    new_segment: bool = False
+
+
+class InteractiveSegmenter:
+    """The effect's actions on one MedSAM2Logic (which holds the model and the feature cache).
+
+    Each action has a ``compute_*`` method (the session's work; nothing written) and a headless shortcut of
+    the same name that computes and writes to the segment selected when it started. Inside Slicer, actions
+    run through :meth:`run` on the shared RunController (one run at a time, cancel, captured target).
+    """
+
+    def __init__(self, logic: MedSAM2Logic) -> None:
+        self.logic = logic
+        self.sessions: Dict[Tuple[str, str], SegmentSession] = {}
+        # The context every session shares: the stack's orientation and its feature cache (which the logic
+        # replaces when the volume or the windowing changes).
+        self._geometry: Optional[StackGeometry] = None
+        self._cache: Optional[FeatureCache] = None
+
+    # -- running and writing ------------------------------------------------------------------------
+
+    def run(self, controller: RunController, editor: EditorAccess, action: str, *arguments, owner=None,
+            progress: Optional[ProgressCallback] = None,
+            confirm_target: Optional[Callable[[WriteTarget], bool]] = None) -> RunOutcome:
+        """``compute_<action>(editor, *arguments)`` as one run of the controller (one at a time; cancel, a
+        deleted target or a closed scene write nothing), then the write to the target captured at its start."""
+        compute = getattr(self, f"compute_{action}")
+        return controller.run(
+            editor.backend.editor_node(),
+            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel),
+            lambda computed, target: self.write(editor, computed, target).message,
+            owner,
+            confirm_target,
+        )
+
+    def write(self, editor: EditorAccess, computed: Computed, target: WriteTarget) -> ActionResult:
+        """Write the session's mask undoably to the target segment (a new one for a new-segment box).
+
+        The slices the session has computed get its mask (with Add: or the segment's content from before the
+        session); the others keep the target's current content. The session is then the target's, and its
+        prompts are stored in the segment's tag.
+        """
+        state, source = computed.state, computed.source
+        if computed.new_segment:
+            target = replace(target, segment_id=None, segment_name=NEW_SEGMENT_NAME)
+        axis = 2 - state.geometry.slice_axis  # the slice axis in (K, J, I) arrays
+        computed_slices = np.zeros(source.shape_ijk[state.geometry.slice_axis], dtype=bool)
+        computed_slices[sorted(state.session.results)] = True
+        modifier = state.geometry.from_stack(state.session.mask())
+        if computed.options.add and state.baseline is not None:
+            baseline = np.unpackbits(state.baseline, count=modifier.size).reshape(modifier.shape)
+            modifier |= baseline
+        if target.segment_id is not None and not computed_slices.all():
+            current = segment_mask_on(target.segmentation_node, target.segment_id, source.image)
+            untouched = np.nonzero(~computed_slices)[0]
+            np.put_along_axis(modifier, untouched.reshape([-1 if a == axis else 1 for a in range(3)]),
+                              np.take(current, untouched, axis=axis), axis=axis)
+        segment_id = editor.write(labelmap_like(source.image, modifier), target)
+        if computed.new_segment:
+            editor.backend.editor_node().SetSelectedSegmentID(segment_id)
+        self.sessions[(target.segmentation_node.GetID(), segment_id)] = state
+        segment = target.segmentation_node.GetSegmentation().GetSegment(segment_id)
+        segment.SetTag(SESSION_TAG, session_tag(state, computed.options.windowing or display_windowing(
+            source.volume_node)))
+        return ActionResult(computed.sentence, computed.slice_index, computed.recomputed, segment_id)
+
+    # -- the actions --------------------------------------------------------------------------------
+
+    def box(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_box, *arguments, **keywords)
+
+    def points(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_points, *arguments, **keywords)
+
+    def use_segment_on_slice(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_use_segment_on_slice, *arguments, **keywords)
+
+    def propagate(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_propagate, *arguments, **keywords)
+
+    def remove_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_point, *arguments, **keywords)
+
+    def remove_last_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_last_point, *arguments, **keywords)
+
+    def compute_box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
+                    options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
+        """A box released in a view: a prompt on the segment's session (started if none), the slice computed
+        at once. A box along another axis than the sessions', or after the volume or windowing changed, ends
+        them all."""
+        source = editor.source()
+        geometry = self._shared_geometry(source, view_geometry(source, slice_node), options)
+        prompt = self.logic.prompt_from_view(source, slice_node, xy_corners, geometry)
+        key = self._selected_key(editor)
+        state = None if options.new_segment_per_box or key is None else self.sessions.get(key)
+        if state is None:
+            state = self._start(editor, source, None if options.new_segment_per_box else key, geometry, options)
+        index = prompt.stack.slice_index
+        kind = self._kind(state, index, replacing=True)
+        recomputed = [state.session.add_prompt(index, box=list(prompt.stack.box)).index]
+        state.prompts[index] = SlicePrompts(box=prompt.stack.box)
+        state.point_order = [s for s in state.point_order if s != index]
+        return self._then(source, state, options, index, recomputed, f"Box on slice {index}: {kind}", progress,
+                          should_cancel, new_segment=options.new_segment_per_box)
+
+    def compute_points(self, editor: EditorAccess, slice_node, clicks: Sequence[Tuple[Sequence[float], int]],
+                       options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
+        """Points clicked in a view, each ((x, y) view XY, label 1 object / 0 background), added to the
+        prompt of the slice they are on (a click is one point; the slice is re-segmented at once)."""
+        source = editor.source()
+        state = self._session_for(editor, source, slice_node, options, "a point")
+        located = [self._locate(source, slice_node, state, xy) for xy, _ in clicks]
+        index = located[0][0]
+        if any(slice_index != index for slice_index, _ in located):
+            raise InteractionError("The points are on different slices; give the points of one slice at a time.")
+        labels = [int(label) for _, label in clicks]
+        kind = self._kind(state, index, replacing=False)
+        result = state.session.add_prompt(index, points=[list(xy) for _, xy in located], labels=labels, add=True)
+        slice_prompts = state.prompts.setdefault(index, SlicePrompts())
+        slice_prompts.points += [xy for _, xy in located]
+        slice_prompts.labels += labels
+        state.point_order += [index] * len(located)
+        what = "Point" if len(labels) == 1 else f"{len(labels)} points"
+        return self._then(source, state, options, index, [result.index], f"{what} on slice {index}: {kind}",
+                          progress, should_cancel)
+
+    def compute_use_segment_on_slice(self, editor: EditorAccess, slice_node,
+                                     options: InteractiveOptions = InteractiveOptions(), progress=None,
+                                     should_cancel=None) -> Computed:
+        """The segment's content on the viewed slice becomes that slice's (mask) prompt; then re-propagate."""
+        source = editor.source()
+        state = self._session_for(editor, source, slice_node, options, "Use the segment on this slice")
+        index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
+        segmentation_node, segment_id = editor.segmentation_node(), editor.selected_segment_id()
+        content = state.geometry.to_stack(segment_mask_on(segmentation_node, segment_id, source.image))
+        mask = content[index].astype(bool)
+        if not mask.any():
+            raise InteractionError(f"The segment is empty on slice {index}; paint the structure there first.")
+        kind = self._kind(state, index, replacing=True)
+        recomputed = [state.session.add_prompt(index, mask=mask).index]
+        state.prompts[index] = SlicePrompts(mask=mask)
+        state.point_order = [s for s in state.point_order if s != index]
+        return self._then(source, state, replace(options, auto_update=True), index, recomputed,
+                          f"The segment on slice {index} is its prompt: {kind}", progress, should_cancel)
+
+    def compute_propagate(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
+                          progress=None, should_cancel=None) -> Computed:
+        """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
+        source = editor.source()
+        state = self._session_for(editor, source, None, options, "Propagate")
+        recomputed = self._propagate(source, state, options, progress, should_cancel)
+        sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed" if recomputed
+                    else "Nothing to update: every slice is up to date")
+        return Computed(state, source, options, None, recomputed, sentence + ". Undo (Ctrl+Z) reverts it.")
+
+    def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
+                   ) -> Optional[Tuple[int, int]]:
+        """(slice, point number) of the selected segment's point nearest xy on the viewed slice, within
+        ``radius`` view pixels; None if there is none."""
+        shown = [(index, number, np.hypot(x - xy[0], y - xy[1]))
+                 for index, number, x, y, _ in self._shown_points(editor, slice_node)]
+        near = [entry for entry in shown if entry[2] <= radius]
+        return min(near, key=lambda entry: entry[2])[:2] if near else None
+
+    def compute_remove_point(self, editor: EditorAccess, index: int, number: int,
+                             options: InteractiveOptions = InteractiveOptions(), progress=None,
+                             should_cancel=None) -> Computed:
+        """Remove a point (from :meth:`point_near`): the slice is prompted again with what remains on it, or
+        loses its prompt when nothing remains."""
+        source = editor.source()
+        state = self._session_for(editor, source, None, options, "removing a point")
+        slice_prompts = state.prompts[index]
+        points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
+        labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
+        if slice_prompts.box is None and not points:
+            state.session.remove_prompt(index)
+            del state.prompts[index]
+            recomputed = []
+        else:
+            prompt = {"box": list(slice_prompts.box)} if slice_prompts.box is not None else {}
+            if points:
+                prompt.update(points=[list(point) for point in points], labels=labels)
+            recomputed = [state.session.add_prompt(index, **prompt).index]
+            slice_prompts.points, slice_prompts.labels = points, labels
+        del state.point_order[[i for i, s in enumerate(state.point_order) if s == index][number]]
+        return self._then(source, state, options, index, recomputed, f"Point removed from slice {index}", progress,
+                          should_cancel)
+
+    def compute_remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
+                                  progress=None, should_cancel=None) -> Computed:
+        """Remove the point added last to the selected segment's session (Backspace)."""
+        state = self._session_for(editor, editor.source(), None, options, "removing a point")
+        if not state.point_order:
+            raise InteractionError("The selected segment's MedSAM2 session has no points to remove.")
+        index = state.point_order[-1]
+        return self.compute_remove_point(editor, index, len(state.prompts[index].points) - 1, options, progress,
+                                         should_cancel)
+
+    # -- queries and lifetime -----------------------------------------------------------------------
+
+    def points_in_view(self, editor: EditorAccess, slice_node) -> List[Tuple[float, float, int]]:
+        """The selected segment's points on the slice the view shows: view x, view y, label."""
+        return [(x, y, label) for _, _, x, y, label in self._shown_points(editor, slice_node)]
+
+    def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
+        key = self._selected_key(editor)
+        return self.sessions.get(key) if key is not None else None
+
+    def end_session(self, editor: EditorAccess) -> None:
+        """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept)."""
+        key = self._selected_key(editor)
+        if key is not None:
+            self.sessions.pop(key, None)
+
+    def end_sessions(self) -> None:
+        """Every session ends (another volume, axis or windowing; scene closed)."""
+        self.sessions.clear()
+        self._geometry = self._cache = None
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _act(self, editor: EditorAccess, compute, *arguments, **keywords) -> ActionResult:
+        target = WriteTarget.capture(editor.backend.editor_node())
+        return self.write(editor, compute(editor, *arguments, **keywords), target)
+
+    def _selected_key(self, editor: EditorAccess) -> Optional[Tuple[str, str]]:
+        segment_id = editor.selected_segment_id()
+        node = editor.segmentation_node()
+        return (node.GetID(), segment_id) if segment_id and node is not None else None
+
+    def _shared_geometry(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions) -> StackGeometry:
+        """The sessions' stack orientation if they run along the view's axis on the current volume and
+        windowing; otherwise they all end and the view's orientation starts a new context."""
+        if self._geometry is not None and self._geometry.slice_axis == view.slice_axis and self._same_context(
+                source, self._geometry, options):
+            return self._geometry
+        self.end_sessions()
+        return view
+
+    def _same_context(self, source: SourceImage, geometry: StackGeometry, options: InteractiveOptions) -> bool:
+        """True if the sessions' stack still applies (same volume content and windowing)."""
+        return self.logic.stack_for(source, geometry, options.windowing)[1] is self._cache
+
+    def _start(self, editor, source: SourceImage, key, geometry: StackGeometry,
+               options: InteractiveOptions) -> SegmentSession:
+        stack, cache = self.logic.stack_for(source, geometry, options.windowing)
+        self._geometry, self._cache = geometry, cache
+        baseline = None
+        if key is not None:  # the segment's content before the session, for Add
+            baseline = np.packbits(segment_mask_on(editor.segmentation_node(), key[1], source.image).astype(bool))
+        return SegmentSession(Session(self.logic.predictor, stack, cache), geometry, baseline=baseline)
+
+    def _session_for(self, editor, source, slice_node, options, action: str) -> SegmentSession:
+        """The selected segment's session, checked against the view's axis and the current context."""
+        key = self._selected_key(editor)
+        state = self.sessions.get(key) if key is not None else None
+        if state is None:
+            raise InteractionError(
+                f"The selected segment has no MedSAM2 session: draw a box around the structure first ({action} "
+                "works on the session the box starts)."
+            )
+        if slice_node is not None:
+            view_axis = view_geometry(source, slice_node).slice_axis
+            axis = state.geometry.slice_axis
+            if view_axis != axis:
+                raise InteractionError(
+                    f"This segment's MedSAM2 session runs on slices along {AXIS_NAMES[axis]} (the "
+                    f"{VIEW_NAMES[axis]} view of a volume stored axially); this view shows slices along "
+                    f"{AXIS_NAMES[view_axis]}. Use a view along {AXIS_NAMES[axis]}, or draw a new box here to start "
+                    "over along this axis."
+                )
+        if not self._same_context(source, state.geometry, options):
+            self.end_sessions()
+            raise InteractionError(
+                "The source volume or its intensity windowing changed since the box was drawn, which ends MedSAM2's "
+                "sessions. Draw a box to start again."
+            )
+        return state
+
+    def _slice_at(self, source, slice_node, geometry, xy) -> int:
+        """The stack slice under view XY (the slice the view shows)."""
+        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])
+        slice_index = int(np.floor(geometry.stack_coordinates(ijk, source.shape_ijk)[0, 0] + 0.5))
+        if not 0 <= slice_index < source.shape_ijk[geometry.slice_axis]:
+            raise InteractionError(f"The view shows slice {slice_index}, outside the volume.")
+        return slice_index
+
+    def _locate(self, source, slice_node, state: SegmentSession, xy) -> Tuple[int, Tuple[float, float]]:
+        ijk = transform_points(view_to_index(source, slice_node), [[xy[0], xy[1], 0.0]])[0]
+        return point_prompt(state.geometry, ijk, source.shape_ijk)
+
+    def _shown_points(self, editor: EditorAccess, slice_node) -> List[Tuple[int, int, float, float, int]]:
+        """(slice, point number, view x, view y, label) of the selected segment's points on the viewed slice;
+        none when the view is along another axis or the editor cannot segment now."""
+        state = self.session_of(editor)
+        if state is None:
+            return []
+        try:
+            source = editor.source()
+            if view_geometry(source, slice_node).slice_axis != state.geometry.slice_axis:
+                return []
+            index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
+        except ValueError:  # EditorStateError, ObliqueViewError, InteractionError: nothing to show
+            return []
+        slice_prompts = state.prompts.get(index)
+        if slice_prompts is None or not slice_prompts.points:
+            return []
+        ijk = state.geometry.index_coordinates([[index, y, x] for x, y in slice_prompts.points], source.shape_ijk)
+        xy = transform_points(np.linalg.inv(view_to_index(source, slice_node)), ijk)
+        return [(index, number, float(x), float(y), label)
+                for number, ((x, y, _), label) in enumerate(zip(xy, slice_prompts.labels))]
+
+    def _kind(self, state: SegmentSession, index: int, replacing: bool) -> str:
+        """What a prompt on this slice does, said before it is given."""
+        tracked = state.session.tracked_by(index)
+        if tracked is not None:
+            return f"a correction of the {tracked} tracking"
+        if index in state.session.prompted_slices:
+            return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
+        return "a new keyframe" if state.propagated else "segmented"
+
+    def _propagate(self, source: SourceImage, state: SegmentSession, options: InteractiveOptions, progress,
+                   should_cancel) -> List[int]:
+        """Run the session's propagation; should_cancel() saying yes raises Cancelled (nothing is written)."""
+        first, last = options.slice_range or (0, source.shape_ijk[state.geometry.slice_axis] - 1)
+        recomputed: List[int] = []
+        propagation = state.session.propagate(direction=options.direction, slice_range=options.slice_range)
+        try:
+            for result in propagation:
+                recomputed.append(result.index)
+                if progress is not None:
+                    progress(len(recomputed), max(last - first + 1, len(recomputed)))
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled()
+        finally:
+            propagation.close()
+        state.propagated = True
+        return recomputed
+
+    def _then(self, source, state, options, index, recomputed, sentence, progress, should_cancel,
+              new_segment: bool = False) -> Computed:
+        """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
+        if options.auto_update and state.propagated:
+            propagated = self._propagate(source, state, options, progress, should_cancel)
+            recomputed += [i for i in propagated if i not in recomputed]
+            sentence += f"; {len(propagated)} slice(s) re-propagated"
+        elif state.propagated:
+            sentence += ". Click Update to re-propagate from it"
+        else:
+            sentence += ". Propagate to follow it through the volume"
+        return Computed(state, source, options, index, recomputed, sentence + ".", new_segment)
+
+
+def session_tag(state: SegmentSession, windowing: Windowing) -> str:
+    """The session as the JSON stored in the segment's tag: its steps (mask prompts as base64 PNG), the stack
+    orientation they refer to and the window. No '|' in it: that character separates tags in .seg.nrrd."""
+    geometry = state.geometry
+    document = {
+        "steps": [_encoded_step(step) for step in state.session.steps],
+        "stack": {"slice_axis": AXIS_NAMES[geometry.slice_axis], "row_axis": AXIS_NAMES[geometry.row_axis],
+                  "column_axis": AXIS_NAMES[geometry.column_axis], "flip_rows": geometry.flip_rows,
+                  "flip_columns": geometry.flip_columns},
+        "window": str(windowing),
+    }
+    return json.dumps(document).replace("|", "\\u007c")
+
+
+def write_session_from_tag(tag: str, path: Path) -> None:
+    """A segment's ``MedSAM2.Session`` tag as a session file (JSON, masks in ``.npy`` files beside it), for
+    ``medsam2 segment IMAGE --prompts PATH`` on the stack the tag's ``stack`` entry describes."""
+    write_session_file(path, [_decoded_step(step) for step in json.loads(tag)["steps"]])
+
+
+def _encoded_step(step: dict) -> dict:
+    mask = step.get("mask")
+    if not isinstance(mask, np.ndarray):
+        return step
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return {**step, "mask": {"png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}}
+
+
+def _decoded_step(step: dict) -> dict:
+    mask = step.get("mask")
+    if not isinstance(mask, dict):
+        return step
+    return {**step, "mask": np.asarray(Image.open(io.BytesIO(base64.b64decode(mask["png_base64"])))) != 0}

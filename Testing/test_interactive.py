@@ -1,0 +1,347 @@
+"""The effect's interactive workflow on Slicer's real core (slicer-core) with the tiny fixture model: box
+preview, propagation, corrections by points, boxes and repainted slices from view coordinates, one session
+per segment, undo, refusals, the session stored with the segment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+from MedSAM2Lib.inference.predictor import VolumePredictor
+from MedSAM2Lib.inference.preprocessing import Windowing
+from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
+                                                InteractiveSegmenter, write_session_from_tag)
+from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
+from MedSAM2Lib.slicer_glue.gestures import ViewGestures
+from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
+from MedSAM2Lib.slicer_glue.run_controller import RunController
+from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
+
+from conftest import DATA
+from slicer_support import SlicerScene, lesion_volume, set_segment, xy_of
+
+RAW = InteractiveOptions(windowing=Windowing("none"))  # the fixture volume is already 0..255
+LESION = InteractiveOptions(windowing=Windowing("window", (0.0, 200.0)))
+CENTRE = (40.3, 20.4, 3.0)  # on the small lesion volume's slice K = 3
+HALF_BOX = np.array([8.6, 6.3, 2.2])  # in IJK; none along the view's axis
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return VolumePredictor(tiny_model)
+
+
+@pytest.fixture
+def app():
+    scene = SlicerScene()
+    yield scene
+    scene.close()
+
+
+class HeadlessActions:
+    """The scenario's actions on InteractiveSegmenter, as the effect performs them."""
+
+    def __init__(self, app, predictor, options=RAW):
+        self.app, self.options = app, options
+        self.segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+        self.messages = []
+
+    def box(self, slice_node, xy_corners):
+        self.messages.append(self.segmenter.box(self.app.editor, slice_node, xy_corners, self.options).message)
+
+    def propagate(self):
+        self.messages.append(self.segmenter.propagate(self.app.editor, self.options).message)
+
+    def points(self, slice_node, clicks):
+        self.messages.append(self.segmenter.points(self.app.editor, slice_node, clicks, self.options).message)
+
+    def use_segment_on_slice(self, slice_node):
+        self.messages.append(self.segmenter.use_segment_on_slice(self.app.editor, slice_node, self.options).message)
+
+
+@pytest.mark.parametrize("orientation", ["Axial", "Coronal", "Sagittal"])
+def test_a_click_maps_to_the_pixel_a_box_corner_would(app, orientation):
+    """Voxel centres are integer pixel coordinates for points as for boxes, in every view of the oblique volume."""
+    scenario = slicer_scenario.set_up_correction(app.scene, app.slice_logic(), DATA, orientation, "points",
+                                                 app.editor_node)
+    source = app.editor.source()
+    scenario.show_slice(17)
+    to_index = view_to_index(source, scenario.slice_node)
+    geometry = view_geometry(source, scenario.slice_node)
+    assert geometry == scenario.storage  # the view shows the fixture's slices as they are
+    for x, y in ((143, 100), (40, 200), (0, 0), (255, 223)):
+        index, point = point_prompt(geometry, transform_points(to_index, [[*scenario.xy(17, x, y), 0.0]])[0],
+                                    source.shape_ijk)
+        assert index == 17
+        np.testing.assert_allclose(point, (x, y), atol=1e-9)
+    prompt = MedSAM2Logic(None).prompt_from_view(source, scenario.slice_node,
+                                                 (scenario.xy(17, 104, 70), scenario.xy(17, 183, 131)))
+    np.testing.assert_allclose(prompt.stack.box, (104, 70, 183, 131), atol=1e-9)
+    with pytest.raises(PointError, match="outside the volume"):
+        point_prompt(geometry, transform_points(to_index, [[*scenario.xy(17, -3, 10), 0.0]])[0], source.shape_ijk)
+
+
+@pytest.mark.parametrize("orientation", ["Axial", "Coronal", "Sagittal"])
+def test_correction_by_points_equals_the_official_session(app, predictor, orientation):
+    """Box, propagate, points on tracked slices of both directions, update: the official session's mask."""
+    actions = HeadlessActions(app, predictor)
+    scenario = slicer_scenario.run_correction(app.scene, app.slice_logic(), DATA, orientation, "points", actions,
+                                              app.editor_logic.Undo, editor_node=app.editor_node)
+    assert scenario.expected.sum() > 0
+    assert "correction of the forward tracking" in actions.messages[2]
+    assert "correction of the backward tracking" in actions.messages[3]
+
+
+def test_repainted_slice_as_mask_prompt_equals_the_official_session(app, predictor):
+    actions = HeadlessActions(app, predictor)
+    slicer_scenario.run_correction(app.scene, app.slice_logic(), DATA, "Sagittal", "mask", actions,
+                                   app.editor_logic.Undo, editor_node=app.editor_node)
+    assert "slice 7 is its prompt: a correction of the backward tracking" in actions.messages[-1]
+
+
+# -- a small volume for the rest -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def volume_node(app):
+    return add_volume(app.scene, lesion_volume((7, 48, 64)), oblique_ijk_to_ras(), "lesion")
+
+
+def box_in(app, volume_node, orientation="Axial", centre=CENTRE):
+    slice_node = app.view(volume_node, orientation, centre)
+    half = HALF_BOX.copy()
+    half[{"Axial": 2, "Coronal": 1, "Sagittal": 0}[orientation]] = 0
+    low, high = np.array(centre) - half, np.array(centre) + half
+    return slice_node, (xy_of(slice_node, volume_node, low), xy_of(slice_node, volume_node, high))
+
+
+def boxed_and_propagated(app, volume_node, predictor, options=LESION):
+    segmentation = app.segmentation_for(volume_node, with_segment=True)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    segmenter.box(app.editor, slice_node, corners, options)
+    segmenter.propagate(app.editor, options)
+    return segmentation, segmenter, slice_node
+
+
+def selected(app, volume_node):
+    return segment_array(app.editor_node.GetSegmentationNode(), app.editor_node.GetSelectedSegmentID(), volume_node)
+
+
+def test_correction_on_a_slice_of_another_axis_is_refused(app, volume_node, predictor):
+    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    before = selected(app, volume_node)
+    coronal = app.view(volume_node, "Coronal", CENTRE)
+    with pytest.raises(InteractionError, match="runs on slices along K .*this view shows slices along J"):
+        segmenter.points(app.editor, coronal, [(xy_of(coronal, volume_node, CENTRE), 1)], LESION)
+    with pytest.raises(InteractionError, match="slices along K"):
+        segmenter.use_segment_on_slice(app.editor, coronal, LESION)
+    np.testing.assert_array_equal(selected(app, volume_node), before)
+    assert len(segmenter.sessions) == 1
+
+
+def test_switching_segments_keeps_both_sessions(app, volume_node, predictor):
+    segmentation, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor)
+    first = app.editor_node.GetSelectedSegmentID()
+    first_session = segmenter.session_of(app.editor)
+    second = segmentation.GetSegmentation().AddEmptySegment("", "second")
+    app.editor_node.SetSelectedSegmentID(second)
+    other_slice, corners = box_in(app, volume_node, centre=(20.0, 30.0, 4.0))
+    segmenter.box(app.editor, other_slice, corners, LESION)
+    second_session = segmenter.session_of(app.editor)
+    assert second_session is not first_session and len(segmenter.sessions) == 2
+    app.editor_node.SetSelectedSegmentID(first)
+    assert segmenter.session_of(app.editor) is first_session
+    result = segmenter.points(app.editor, slice_node, [(xy_of(slice_node, volume_node, (45.0, 22.0, 3.0)), 0)], LESION)
+    assert result.segment_id == first and "added to its prompt" in result.message  # slice 3 holds the box
+    app.editor_node.SetSelectedSegmentID(second)
+    assert segmenter.session_of(app.editor) is second_session
+
+
+def test_undo_reverts_the_segment_and_keeps_the_prompts(app, volume_node, predictor):
+    _, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor)
+    propagated = selected(app, volume_node)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    result = segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    assert "correction of the forward tracking" in result.message
+    corrected = selected(app, volume_node)
+    assert np.count_nonzero(corrected != propagated)
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(selected(app, volume_node), propagated)
+    assert segmenter.session_of(app.editor).prompts[5].labels == [0]
+    segmenter.propagate(app.editor, LESION)  # recomputes from the prompts kept: the correction is back
+    updated = selected(app, volume_node)
+    np.testing.assert_array_equal(updated[5], corrected[5])
+
+
+def test_points_are_shown_on_their_slice_only_and_removable(app, volume_node, predictor):
+    _, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor)
+    before = selected(app, volume_node)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    clicks = [(xy_of(view5, volume_node, (44.0, 22.0, 5.0)), 1), (xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)]
+    for click in clicks:
+        segmenter.points(app.editor, view5, [click], LESION)
+    shown = segmenter.points_in_view(app.editor, view5)
+    np.testing.assert_allclose([s[:2] for s in shown], [c[0] for c in clicks], atol=1e-6)
+    assert [s[2] for s in shown] == [1, 0]
+    assert segmenter.points_in_view(app.editor, slice_node) == []  # slice 3 has the box, no points
+    coronal = app.view(volume_node, "Coronal", CENTRE)
+    assert segmenter.points_in_view(app.editor, coronal) == []
+    assert segmenter.point_near(app.editor, view5, np.add(clicks[0][0], (30, 30)), 8) is None
+    near = segmenter.point_near(app.editor, view5, np.add(clicks[0][0], (3, -2)), 8)
+    assert near == (5, 0)
+    segmenter.remove_point(app.editor, *near, LESION)
+    assert [s[2] for s in segmenter.points_in_view(app.editor, view5)] == [0]
+    segmenter.remove_last_point(app.editor, LESION)
+    assert segmenter.points_in_view(app.editor, view5) == [] and 5 not in segmenter.session_of(app.editor).prompts
+    segmenter.propagate(app.editor, LESION)
+    np.testing.assert_array_equal(selected(app, volume_node), before)  # no prompt left on slice 5
+    with pytest.raises(InteractionError, match="no points to remove"):
+        segmenter.remove_last_point(app.editor, LESION)
+
+
+def test_the_write_goes_to_the_segment_selected_when_the_action_started(app, volume_node, predictor):
+    segmentation = app.segmentation_for(volume_node, with_segment=True)
+    first = app.editor_node.GetSelectedSegmentID()
+    other = segmentation.GetSegmentation().AddEmptySegment("", "other")
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    segmenter.box(app.editor, slice_node, corners, LESION)
+    segmenter.propagate(app.editor, LESION, progress=lambda done, total: app.editor_node.SetSelectedSegmentID(other))
+    assert segment_array(segmentation, first, volume_node).sum() > 0
+    assert segment_array(segmentation, other, volume_node).sum() == 0
+
+
+def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume_node, predictor):
+    app.segmentation_for(volume_node, with_segment=True)
+    controller = RunController()
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    outcome = segmenter.run(controller, app.editor, "box", slice_node, corners, LESION)
+    assert outcome.written and outcome.message.startswith("Box on slice 3: segmented.")
+    before = selected(app, volume_node)
+    seen = []
+
+    def cancel_at_the_third_slice(done, total):
+        seen.append((done, total))
+        if done == 3:
+            controller.cancel("Cancelled.")
+
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at_the_third_slice)
+    assert outcome.cancelled and not outcome.written and seen == [(1, 7), (2, 7), (3, 7)]
+    np.testing.assert_array_equal(selected(app, volume_node), before)
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION)  # continues from the session's state
+    assert outcome.written and selected(app, volume_node).sum() > before.sum()
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_add_keeps_the_segment_s_earlier_content_replace_does_not(app, volume_node, predictor, add):
+    segmentation = app.segmentation_for(volume_node, with_segment=True)
+    earlier = np.zeros((7, 48, 64), np.uint8)
+    earlier[:, 40:46, 2:6] = 1  # on every slice
+    set_segment(segmentation, app.editor_node.GetSelectedSegmentID(), earlier, volume_node)
+    options = InteractiveOptions(windowing=LESION.windowing, add=add)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    for action in ("box", "propagate"):
+        arguments = (slice_node, corners, options) if action == "box" else (options,)
+        getattr(segmenter, action)(app.editor, *arguments)
+        state = segmenter.session_of(app.editor)
+        session_mask = state.geometry.from_stack(state.session.mask())
+        computed = np.isin(np.arange(7), list(state.session.results))  # slices along K
+        expected = earlier.copy()
+        expected[computed] = (session_mask | earlier)[computed] if add else session_mask[computed]
+        np.testing.assert_array_equal(selected(app, volume_node), expected)
+    assert computed.all() and session_mask.sum() > 0
+    assert (earlier & (1 - session_mask)).any()  # Add and Replace differ here
+
+
+def test_new_segment_for_each_box(app, volume_node, predictor):
+    segmentation = app.segmentation_for(volume_node)
+    options = InteractiveOptions(windowing=LESION.windowing, new_segment_per_box=True)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    first = segmenter.box(app.editor, slice_node, corners, options).segment_id
+    second = segmenter.box(app.editor, slice_node, corners, options).segment_id
+    assert first != second and app.editor_node.GetSelectedSegmentID() == second
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2 and len(segmenter.sessions) == 2
+    app.editor_logic.Undo()
+    assert segmentation.GetSegmentation().GetSegment(second) is None
+
+
+def test_a_box_along_another_axis_or_a_new_window_ends_the_sessions(app, volume_node, predictor):
+    _, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    other_window = InteractiveOptions(windowing=Windowing("window", (-50.0, 250.0)))
+    with pytest.raises(InteractionError, match="windowing changed"):
+        segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], other_window)
+    assert not segmenter.sessions
+    segmenter.box(app.editor, *box_in(app, volume_node), LESION)
+    sagittal, corners = box_in(app, volume_node, "Sagittal", (40.0, 20.4, 3.0))
+    segmenter.box(app.editor, sagittal, corners, LESION)
+    assert segmenter.session_of(app.editor).geometry.slice_axis == 0 and len(segmenter.sessions) == 1
+
+
+def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, predictor, tmp_path):
+    from MedSAM2Lib.inference.session import Session
+    from MedSAM2Lib.inference.session_file import read_session_file, run_steps
+
+    segmentation, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    segmenter.propagate(app.editor, LESION)
+    expected = selected(app, volume_node)
+    save_segmentation(segmentation, tmp_path / "result.seg.nrrd")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    reloaded = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert storage.ReadData(reloaded)
+    tag = vtk.reference("")
+    assert reloaded.GetSegmentation().GetNthSegment(0).GetTag(SESSION_TAG, tag)
+    document = json.loads(str(tag))
+    assert document["stack"]["slice_axis"] == "K"
+    session_path = tmp_path / "session.json"
+    write_session_from_tag(str(tag), session_path)
+    stack = segmenter.logic.stack_for(app.editor.source(), segmenter.session_of(app.editor).geometry,
+                                      LESION.windowing)[0]
+    session = Session(predictor, stack)
+    run_steps(session, read_session_file(session_path))
+    np.testing.assert_array_equal(segmenter.session_of(app.editor).geometry.from_stack(session.mask()), expected)
+
+
+def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
+    app.segmentation_for(volume_node, with_segment=True)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    gestures = ViewGestures()
+    slice_node, (corner, opposite) = box_in(app, volume_node)
+    actions = []
+
+    def perform(event, xy, **modifiers):
+        gesture = gestures.handle(event, slice_node, xy, segmenter=segmenter, editor=app.editor, **modifiers)
+        if gesture.action is not None:
+            actions.append(gesture.action)
+            getattr(segmenter, gesture.action)(app.editor, *gesture.arguments, LESION)
+        return gesture
+
+    perform("press", corner)
+    perform("move", opposite)
+    assert perform("release", opposite).action == "box"
+    assert segmenter.session_of(app.editor).prompts[3].box is not None
+    inside = xy_of(slice_node, volume_node, (42.0, 21.0, 3.0))
+    outside = xy_of(slice_node, volume_node, (25.0, 12.0, 3.0))
+    assert perform("press", inside).action is None and perform("release", inside).action == "points"
+    assert perform("press", outside, shift=True).box_event.consumed
+    assert [label for _, _, label in segmenter.points_in_view(app.editor, slice_node)] == [1, 0]
+    assert perform("press", np.add(inside, (2, 2)), control=True).action == "remove_point"
+    assert [label for _, _, label in segmenter.points_in_view(app.editor, slice_node)] == [0]
+    assert not perform("press", np.add(inside, (40, 40)), control=True).box_event.consumed  # no point there
+    assert perform("backspace", (0, 0)).action == "remove_last_point"
+    assert segmenter.points_in_view(app.editor, slice_node) == []
+    assert not perform("backspace", (0, 0)).box_event.consumed
+    assert perform("press", inside, running=True).action is None
+    assert actions == ["box", "points", "points", "remove_point", "remove_last_point"]
