@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model.medsam2 import ImageFeatures, MedSAM2, SliceOutput, SpatialMemory
+from ..model.precision import autocast, resolve_precision
 from .connected_components import fill_small_holes, largest_component
+from .early_stop import AbsenceWatch, DirectionStop, check_absent_slices
 from .preprocessing import model_input
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -40,6 +42,7 @@ class SliceResult:
     index: int  # slice index along the volume's first axis
     logits: np.ndarray  # (H, W) float32 mask logits at slice resolution
     object_score: float  # > 0: the model sees the object on this slice
+    stop: Optional[DirectionStop] = None  # set on the last slice a propagation direction computes
 
     @property
     def mask(self) -> np.ndarray:
@@ -133,14 +136,18 @@ class VolumePredictor:
         model: MedSAM2,
         fill_holes: bool = True,
         keep_largest_component: bool = True,
-        bfloat16_on_cuda: bool = True,
+        precision: str = "float32",
+        early_stop: Optional[int] = None,
     ) -> None:
+        """precision: ``float32`` (exact), ``bfloat16`` (fast) or ``auto`` (see :mod:`..model.precision`);
+        early_stop: end each direction after this many slices in a row without the object (None: never)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fill_holes = fill_holes
         self.keep_largest_component = keep_largest_component
-        # CPU and MPS compute in float32; CUDA may use bfloat16 autocast like the official script.
-        self.autocast_bfloat16 = bfloat16_on_cuda and self.device.type == "cuda"
+        self.dtype = resolve_precision(precision, self.device)
+        check_absent_slices(early_stop)
+        self.early_stop = early_stop
         self.encoder_calls = 0
 
     # -- public API -----------------------------------------------------------------------------------
@@ -171,17 +178,20 @@ class VolumePredictor:
         with self._compute():
             key_output = self.model.segment_with_box(key_features, self._model_box(box, volume.shape[1:]))
             key_logits = self._filled(key_output.low_res_logits)
+        yield self._result(key_slice, key_logits, key_output, volume.shape[1:])
+        # After the yield: a preview (the key slice only) never runs the memory encoder.
+        with self._compute():
             key_memory = SpatialMemory(
                 self.model.encode_memory(key_features, key_logits, key_output.object_score_logits, binarize=True),
                 key_output.obj_ptr,
             )
-        yield self._result(key_slice, key_logits, key_output, volume.shape[1:])
 
         order = planned_slices(num_slices, key_slice, direction, slice_range)[1:]
         forward = [index for index in order if index > key_slice]
         backward = [index for index in order if index < key_slice]
-        for indices in (forward, backward):
+        for name, indices in (("forward", forward), ("backward", backward)):
             bank = _MemoryBank(key_slice, key_memory, config.num_maskmem, max_pointers)
+            watch = AbsenceWatch(name, self.early_stop)
             for index in indices:
                 features = self._encode(volume, index, cache)
                 with self._compute():
@@ -191,7 +201,11 @@ class VolumePredictor:
                     )
                     bank.add(index, SpatialMemory(memory, output.obj_ptr))
                     logits = self._filled(output.low_res_logits)
-                yield self._result(index, logits, output, volume.shape[1:])
+                result = self._result(index, logits, output, volume.shape[1:])
+                result.stop = watch.update(index, result.object_score, last=index == indices[-1])
+                yield result
+                if result.stop is not None:
+                    break
 
     def segment_slice(
         self, volume: np.ndarray, key_slice: int, box: Sequence[float], cache: Optional[FeatureCache] = None
@@ -221,11 +235,10 @@ class VolumePredictor:
     # -- internals ------------------------------------------------------------------------------------
 
     def _compute(self):
-        """Inference mode (and bfloat16 autocast on CUDA) around each step, never across a ``yield``."""
+        """Inference mode (and autocast in bfloat16 mode) around each step, never across a ``yield``."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        if self.autocast_bfloat16:
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(autocast(self.device, self.dtype))
         return stack
 
     def _encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:
