@@ -158,3 +158,16 @@ def test_preview_with_cached_features_runs_no_memory_encoder(tiny_model, input_v
         assert predictor.encoder_calls == volume.shape[0] - key_slice  # the key slice encoded once
     finally:
         hook.remove()
+
+
+def test_feature_cache_is_bounded_by_memory(tiny_model, input_volume):
+    volume, key_slice, box = input_volume
+    cache = FeatureCache(volume)
+    assert 0 < cache.max_bytes <= FeatureCache.DEFAULT_MAX_BYTES
+    predictor = VolumePredictor(tiny_model)
+    predictor.segment_slice(volume, key_slice, box, cache=cache)
+    slice_bytes = cache._bytes
+    cache = FeatureCache(volume, max_bytes=3 * slice_bytes)
+    list(predictor.propagate(volume, key_slice, box, direction="forward", cache=cache))
+    assert list(cache._features) == [volume.shape[0] - 3, volume.shape[0] - 2, volume.shape[0] - 1]
+    assert cache._bytes == 3 * slice_bytes

@@ -73,14 +73,34 @@ def planned_slices(num_slices: int, key_slice: int, direction: str, slice_range:
     return order
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class FeatureCache:
     """Image features of one volume's slices, kept across propagations: several prompts on one scan, or a
-    preview followed by a propagation, encode each slice once. About 4 MB per slice for the t512 model;
-    ``max_slices`` bounds it (least recently used slices are dropped)."""
+    preview followed by a propagation, encode each slice once. Least recently used slices are dropped beyond
+    ``max_slices`` or, when that is None, beyond ``max_bytes`` (default: a quarter of the available memory, at
+    most 512 MiB: 128 slices of the t512 model in float32, 256 in bfloat16)."""
 
-    def __init__(self, volume: np.ndarray, max_slices: Optional[int] = None) -> None:
+    DEFAULT_MAX_BYTES = 512 * 2**20
+
+    def __init__(self, volume: np.ndarray, max_slices: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
         self.volume = volume
         self.max_slices = max_slices
+        if max_bytes is None:
+            available = available_memory()
+            max_bytes = min(self.DEFAULT_MAX_BYTES, available // 4) if available else self.DEFAULT_MAX_BYTES
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._features: "OrderedDict[int, ImageFeatures]" = OrderedDict()
 
     def get(self, index: int) -> Optional[ImageFeatures]:
@@ -91,8 +111,15 @@ class FeatureCache:
 
     def put(self, index: int, features: ImageFeatures) -> None:
         self._features[index] = features
-        if self.max_slices is not None and len(self._features) > self.max_slices:
-            self._features.popitem(last=False)
+        self._bytes += _nbytes(features)
+        while len(self._features) > 1 and (
+            len(self._features) > self.max_slices if self.max_slices is not None else self._bytes > self.max_bytes
+        ):
+            self._bytes -= _nbytes(self._features.popitem(last=False)[1])
+
+
+def _nbytes(features: ImageFeatures) -> int:
+    return sum(tensor.nbytes for tensor in (features.embedding, *features.high_res))
 
 
 class _MemoryBank:

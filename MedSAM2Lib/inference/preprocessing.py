@@ -19,6 +19,8 @@ from PIL import Image
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], dtype=np.float32).astype(np.float64)
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], dtype=np.float32).astype(np.float64)
 
+_SLICES_PER_BLOCK = 8  # windowing works on this many slices at a time
+
 # CT display windows as (lower, upper) Hounsfield units.
 CT_WINDOW_PRESETS: Dict[str, Tuple[float, float]] = {
     "soft-tissue": (-160.0, 240.0),  # W400 L40
@@ -32,14 +34,22 @@ CT_WINDOW_PRESETS: Dict[str, Tuple[float, float]] = {
 
 
 def window(volume: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """Clip to [lower, upper], stretch the clipped range to 0..255 and truncate to uint8 (the CT script)."""
+    """Clip to [lower, upper], stretch the clipped range to 0..255 and truncate to uint8 (the CT script).
+
+    The script's float64 arithmetic, a few slices at a time: never a float copy of the whole volume.
+    """
     if not lower < upper:
         raise ValueError(f"The window's lower bound ({lower}) must be below its upper bound ({upper}).")
-    clipped = np.clip(np.asarray(volume, dtype=np.float64), lower, upper)
-    low, high = clipped.min(), clipped.max()
+    volume = np.asarray(volume)
+    # Clipping is monotone: the clipped volume's extremes are the clipped extremes of the volume.
+    low, high = (np.clip(np.float64(extreme), lower, upper) for extreme in (volume.min(), volume.max()))
+    windowed = np.zeros(volume.shape, dtype=np.uint8)
     if high == low:
-        return np.zeros(clipped.shape, dtype=np.uint8)
-    return np.uint8((clipped - low) / (high - low) * 255.0)
+        return windowed
+    for start in range(0, len(windowed), _SLICES_PER_BLOCK):
+        clipped = np.clip(volume[start : start + _SLICES_PER_BLOCK].astype(np.float64), lower, upper)
+        windowed[start : start + _SLICES_PER_BLOCK] = np.uint8((clipped - low) / (high - low) * 255.0)
+    return windowed
 
 
 def ct_preset_window(volume: np.ndarray, preset: str) -> np.ndarray:
@@ -52,7 +62,7 @@ def ct_preset_window(volume: np.ndarray, preset: str) -> np.ndarray:
 
 def mr_percentile_window(volume: np.ndarray, lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> np.ndarray:
     """MedSAM's MR convention: percentiles of the non-zero voxels, and zero (background) stays zero."""
-    volume = np.asarray(volume, dtype=np.float64)
+    volume = np.asarray(volume)
     foreground = volume[volume != 0]
     if foreground.size == 0:
         return np.zeros(volume.shape, dtype=np.uint8)
