@@ -233,7 +233,8 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
             choice = ModelChoice(realWeights)
         else:
             choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml")
-        predictor = ModelCache().predictor(choice)
+        # Exact mode, every slice: the scenario compares voxel for voxel with the official pipeline.
+        predictor = ModelCache().predictor(choice, precision="float32", early_stop=None)
 
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
