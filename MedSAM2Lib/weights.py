@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from .atomic import flush_to_disk
 from .model.checkpoint import (
     CHECKPOINT_FILENAME,
     CHECKPOINT_REPOSITORY,
@@ -168,6 +169,7 @@ def _written_atomically(target: Path) -> Iterator[Path]:
     partial = Path(partial_name)
     try:
         yield partial
+        flush_to_disk(partial)  # on disk before it takes the destination's name
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -220,8 +222,8 @@ def _unreachable_message(source: WeightsSource, url: str, error: BaseException) 
         problem = f"{url} cannot be reached ({reason}); the network or the server is unavailable"
     return (
         f"Could not download the MedSAM2 weights: {problem}. On a computer with internet access, download "
-        f"{source.filename} from {source.file_url}, copy it here and select that file as the checkpoint (in the "
-        "MedSAM2 module, or --checkpoint PATH on the command line)."
+        f"{source.filename} from {source.file_url}, copy it into {cache_directory()} on this computer (or anywhere, "
+        "and select that file as the checkpoint in the MedSAM2 module, or --checkpoint PATH on the command line)."
     )
 
 

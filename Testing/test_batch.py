@@ -17,14 +17,16 @@ from MedSAM2Lib.apps.batch import (
     compose_labels,
     read_deeplesion_table,
     read_prompt_table,
-    write_atomically,
 )
 from MedSAM2Lib.inference.connected_components import largest_component
 from MedSAM2Lib.inference.predictor import VolumePredictor, validate_prompt
 from MedSAM2Lib.inference.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
 from MedSAM2Lib.apps.volume_io import VolumeError
 
+from MedSAM2Lib.apps import volume_io
+
 from conftest import DATA
+from interruptions import fill, small_filesystem
 
 OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)  # 30 degrees about z
 OBLIQUE_X = (1.0, 0.0, 0.0, 0.0, 0.8660254, -0.5, 0.0, 0.5, 0.8660254)  # 30 degrees about x
@@ -235,10 +237,62 @@ def test_batch_matches_single_prompts_and_encodes_each_slice_once_per_window(tmp
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "slab.npz")["mask"], expected)
 
 
-def test_an_interrupted_write_leaves_no_file(tmp_path):
-    with pytest.raises(VolumeError):
-        write_atomically(tmp_path / "mask.unknown", np.zeros((2, 3, 3), np.uint8), None)
-    assert list(tmp_path.iterdir()) == []
+def finished_output(tmp_path, out):
+    """A batch run whose scan has a finished output in ``out``: (prompts, runner arguments, the output path)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    write_scan(images / "scan.nii.gz", fixture_slab(10, 14))
+    prompts, _ = read_prompt_table(write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.nii.gz,2,104,70,183,131"),
+                                   images)
+    assert BatchRunner(BoxBlobPredictor, images, out).run(prompts)[0].status == "ok"
+    return prompts, images, out / "scan.nii.gz"
+
+
+def test_a_silently_truncated_write_fails_the_rows_and_keeps_the_finished_output(tmp_path, monkeypatch):
+    """SimpleITK reports no error when the disk fills during a compressed write; the read-back check must."""
+    prompts, images, output = finished_output(tmp_path, tmp_path / "out")
+    finished = output.read_bytes()
+    real_write = volume_io._write_itk
+
+    def truncating_write(path, mask, geometry):
+        real_write(path, mask, geometry)
+        with open(path, "r+b") as stream:
+            stream.truncate(path.stat().st_size // 2)
+
+    monkeypatch.setattr(volume_io, "_write_itk", truncating_write)
+    outcome = BatchRunner(BoxBlobPredictor, images, tmp_path / "out", overwrite=True).run(prompts)[0]
+    assert outcome.status == "failed" and outcome.output == ""
+    assert outcome.message.startswith(f"Could not write {output}: the written file does not read back")
+    assert outcome.message.endswith("the existing file was left unchanged.")
+    assert output.read_bytes() == finished and sorted(p.name for p in output.parent.iterdir()) == ["scan.nii.gz"]
+
+
+def test_a_full_disk_fails_the_rows_and_keeps_the_finished_output(tmp_path):
+    with small_filesystem(tmp_path / "disk", kilobytes=256) as disk:
+        prompts, images, output = finished_output(tmp_path, disk)
+        finished = output.read_bytes()
+        fill(disk)
+        outcome = BatchRunner(BoxBlobPredictor, images, disk, overwrite=True).run(prompts)[0]
+        assert outcome.status == "failed"
+        assert outcome.message.startswith(f"Could not write {output}: no space left on device")
+        assert outcome.message.endswith("; the existing file was left unchanged.")
+        assert output.read_bytes() == finished and sorted(p.name for p in disk.iterdir()) == ["ballast", "scan.nii.gz"]
+
+
+def test_nan_voxels_fail_the_scan_unless_replaced(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    volume = fixture_slab(10, 14).astype(np.float32)
+    volume[0, :2, :13] = np.nan
+    np.savez(images / "scan.npz", imgs=volume)
+    prompts, _ = read_prompt_table(write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1,window",
+                                               "scan.npz,2,104,70,183,131,0 255"), images)
+    outcome = BatchRunner(BoxBlobPredictor, images, tmp_path / "out").run(prompts)[0]
+    assert outcome.status == "failed" and not (tmp_path / "out" / "scan.npz").exists()
+    assert outcome.message == (f"{images / 'scan.npz'} has 26 NaN voxels (of 229,376), which no window can map to an "
+                               "intensity; give --nan-as VALUE to replace them with VALUE (for example the background's "
+                               "intensity).")
+    assert BatchRunner(BoxBlobPredictor, images, tmp_path / "out", nan_as=0.0).run(prompts)[0].status == "ok"
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -277,7 +331,7 @@ def test_batch_command_keeps_geometry_reports_bad_rows_and_goes_on(tmp_path, mod
     assert int(rows[0]["voxels"]) > 0 and rows[0]["output"] == str(out / "a.nii.gz") and float(rows[0]["scan_seconds"]) > 0
     captured = capsys.readouterr()
     assert "a.nii.gz, line 4: failed: y0 'x' is not a number." in captured.err
-    assert "SimpleITK cannot read" in captured.err and "5/5" in captured.err and "s/prompt" in captured.err
+    assert "broken.nii.gz as an image: " in captured.err and "5/5" in captured.err and "s/prompt" in captured.err
     assert "sub/b.nrrd: 1/2 prompts in" in captured.err
     assert f"2 prompts segmented, 0 skipped, 4 failed. Summary: {out / 'summary.csv'}" in captured.out
 
@@ -302,7 +356,8 @@ def test_an_output_folder_equal_to_the_images_folder_is_refused(tmp_path):
     np.savez(tmp_path / "scan.npz", imgs=np.zeros((4, 8, 8), np.uint8))
     prompts, _ = read_prompt_table(write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.npz,1,1,1,5,5"), tmp_path)
     outcomes = BatchRunner(BoxBlobPredictor, tmp_path, tmp_path).run(prompts)
-    assert outcomes[0].status == "failed" and "would replace the image itself" in outcomes[0].message
+    assert outcomes[0].status == "failed" and "is the input image" in outcomes[0].message
+    assert "the mask would replace the scan" in outcomes[0].message
 
 
 def test_a_cancelled_batch_keeps_finished_scans_in_the_summary(tmp_path, monkeypatch, capsys):
@@ -316,3 +371,27 @@ def test_a_cancelled_batch_keeps_finished_scans_in_the_summary(tmp_path, monkeyp
     assert [row["status"] for row in read_summary(out / "summary.csv")] == ["ok"]
     assert (out / "first.npz").exists() and not (out / "second.npz").exists()
     assert "cancelled; finished outputs are kept" in capsys.readouterr().err
+
+
+def test_unusable_folders_and_summary_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "scan.npz", imgs=np.zeros((4, 8, 8), np.uint8))
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.npz,1,1,1,5,5")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+         f"The images folder {tmp_path / 'nowhere'} does not exist or is not a folder."),
+        (["--images", str(images), "--out", str(tmp_path / "file")],
+         f"The output folder {tmp_path / 'file'} is a file; name a folder for the label maps."),
+        (["--images", str(images), "--out", str(tmp_path / "out"), "--summary", str(images)],
+         f"{images} is a folder; name a file to write."),
+    ]
+    for arguments, message in cases:
+        assert cli.main(["batch", str(table)] + arguments) == 1
+        assert capsys.readouterr().err == f"medsam2: error: {message}\n"
+    assert not (tmp_path / "out").exists()

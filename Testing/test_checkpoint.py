@@ -63,12 +63,21 @@ class _RunsCodeWhenUnpickled:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+@pytest.mark.parametrize("kind", ["torch.save", "raw pickle"])
+def test_pickle_that_would_run_code_is_refused_as_unsafe_without_running_it(tmp_path, kind):
     marker = tmp_path / "code_ran"
     malicious = tmp_path / "malicious.pt"
-    torch.save({"model": {"weight": torch.zeros(1)}, "payload": _RunsCodeWhenUnpickled(marker)}, malicious)
-    with pytest.raises(CheckpointError, match="Refused to load .*Nothing from it was executed"):
+    content = {"model": {"weight": torch.zeros(1)}, "payload": _RunsCodeWhenUnpickled(marker)}
+    if kind == "torch.save":
+        torch.save(content, malicious)
+    else:  # a plain pickle (protocol 4), for which torch's refusal does not name the function
+        malicious.write_bytes(pickle.dumps(content, protocol=4))
+    with pytest.raises(CheckpointError) as refused:
         read_state_dict(malicious)
+    message = str(refused.value)
+    assert message.startswith(f"Refused to load {malicious} because it is unsafe") and "(io.open)" in message
+    assert "nothing from it was executed" in message
+    assert "damaged" not in message and "weights_only" not in message
     assert not marker.exists()
     # The payload is real: an unrestricted unpickler runs it.
     pickle.loads(pickle.dumps(_RunsCodeWhenUnpickled(marker))).close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import errno
+import os
 import subprocess
 import sys
 
@@ -9,9 +12,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedSAM2Lib import __version__
+from MedSAM2Lib.apps import cli, volume_io
 from MedSAM2Lib.apps.cli import main
+from MedSAM2Lib.apps.volume_io import read_volume
+from MedSAM2Lib.inference.predictor import VolumePredictor
+from MedSAM2Lib.inference.preprocessing import window
 
 from conftest import DATA
+from interruptions import fill, run_killed_at_rename, small_filesystem
 
 OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)
 
@@ -69,14 +78,17 @@ def test_segment_nifti_keeps_geometry(tmp_path, model_arguments, expected_mask):
     assert np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-6)
 
 
-def test_window_option_on_ct_values(tmp_path, model_arguments):
+def test_window_option_on_ct_values(tmp_path, model_arguments, tiny_model):
     ct = np.load(DATA / "input_volume.npz")["imgs"].astype(np.int16) * 4 - 500
     source = tmp_path / "ct.npz"
     np.savez(source, imgs=ct)
     output = tmp_path / "mask.npz"
     assert main(["segment", str(source), "--slice", "12", "--box", "104", "70", "183", "131", "-o", str(output),
                  "--window", "-500", "520"] + model_arguments) == 0
-    assert np.load(output)["mask"].any()
+    # The command's defaults (hole filling, the largest component) are VolumePredictor's.
+    expected = VolumePredictor(tiny_model).segment(window(ct, -500, 520), 12, [104, 70, 183, 131])
+    assert expected.sum() > 1000
+    np.testing.assert_array_equal(np.load(output)["mask"], expected)
 
 
 def test_ct_values_without_window_get_advice(tmp_path, model_arguments, capsys):
@@ -95,6 +107,7 @@ def test_missing_checkpoint_is_a_sentence_not_a_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert "medsam2: error: No MedSAM2 checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    assert "medsam2 download" in result.stderr
     assert "https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt" in result.stderr
     assert not (tmp_path / "m.npz").exists()
 
@@ -127,3 +140,178 @@ def test_npz_output_keeps_the_spacing(tmp_path, model_arguments):
     assert main(["segment", str(source), "--slice", "12", "--box", "104", "70", "183", "131", "-o", str(output)]
                 + model_arguments) == 0
     np.testing.assert_array_equal(np.load(output)["spacing"], [2.5, 0.8, 0.7])
+
+
+# -- outputs checked before any work, and written atomically -------------------------------------------------
+
+
+class NoModel:
+    """Test double for build_predictor: fails the test if the command gets as far as loading the model."""
+
+    def __call__(self, args):
+        raise AssertionError("the model was loaded before the output was checked")
+
+
+class BoxMaskPredictor:
+    """Test double for VolumePredictor: the mask is the box on the key slice (for tests about files, not the model).
+    Keeps the volume it was given."""
+
+    def segment(self, volume, key_slice, box, direction="both", slice_range=None, on_slice=None, cache=None):
+        self.volume = volume
+        mask = np.zeros(volume.shape, np.uint8)
+        x0, y0, x1, y1 = (int(value) for value in box)
+        mask[key_slice, y0:y1, x0:x1] = 1
+        return mask
+
+
+SEGMENT = ["segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box", "104", "70", "183", "131"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mask.png", "a .png file holds a 2D picture, not a 3D mask with its spacing and orientation; name the output "
+                 ".nii.gz, .nii, .nrrd, .mha or .npz."),
+    ("mask.JPEG", "a .jpeg file holds a 2D picture"),
+    ("mask.txt", ".txt is not a 3D mask format"),
+    ("mask.mhd", "keeps its voxels in a second file"),
+    ("folder", "is a folder; name a file in it"),
+    ("afile/mask.nii.gz", "afile is a file, not a folder."),
+])
+def test_unusable_outputs_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, name, expected):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    assert main(SEGMENT + ["-o", str(tmp_path / name)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("medsam2: error: ") and expected in error and error.count("\n") == 1
+
+
+def test_the_input_itself_is_refused_as_output_also_through_a_link(tmp_path, monkeypatch, capsys):
+    scan = tmp_path / "scan.npz"
+    scan.write_bytes((DATA / "input_volume.npz").read_bytes())
+    os.link(scan, tmp_path / "same.npz")
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    for output in (scan, tmp_path / "sub" / ".." / "scan.npz", tmp_path / "same.npz"):
+        assert main(["segment", str(scan)] + SEGMENT[2:] + ["-o", str(output)]) == 1
+        assert "is the input image" in capsys.readouterr().err
+    assert scan.read_bytes() == (DATA / "input_volume.npz").read_bytes()
+
+
+def test_the_file_named_is_the_file_written_in_any_case(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+    for name in ("x.NPZ", "y.NII.GZ", "z.Nrrd"):
+        assert main(SEGMENT + ["-o", str(tmp_path / name)]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["x.NPZ", "y.NII.GZ", "z.Nrrd"]
+    expected = BoxMaskPredictor().segment(np.zeros((24, 224, 256), np.uint8), 12, [104, 70, 183, 131])
+    np.testing.assert_array_equal(np.load(tmp_path / "x.NPZ")["mask"], expected)
+    for name in ("y.NII.GZ", "z.Nrrd"):
+        np.testing.assert_array_equal(read_volume(tmp_path / name)[0], expected)
+
+
+OLD_OUTPUT = b"an earlier run's finished mask"
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".npz", ".nrrd"])
+def test_a_full_disk_keeps_the_existing_output_byte_for_byte(tmp_path, monkeypatch, capsys, suffix):
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+    with small_filesystem(tmp_path / "disk", kilobytes=128) as disk:
+        output = disk / f"mask{suffix}"
+        output.write_bytes(OLD_OUTPUT)
+        fill(disk)
+        assert main(SEGMENT + ["-o", str(output)]) == 1
+        assert output.read_bytes() == OLD_OUTPUT and sorted(p.name for p in disk.iterdir()) == ["ballast", output.name]
+    error = capsys.readouterr().err
+    assert error.startswith(f"medsam2: error: Could not write {output}: no space left on device")
+    assert error.endswith("; the existing file was left unchanged.\n") and "Wrote" not in error
+
+
+def test_an_injected_full_disk_keeps_the_existing_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxMaskPredictor())
+
+    def disk_full(path, mask, geometry):
+        path.write_bytes(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(volume_io, "_write_npz", disk_full)
+    output = tmp_path / "mask.npz"
+    output.write_bytes(OLD_OUTPUT)
+    assert main(SEGMENT + ["-o", str(output)]) == 1
+    assert output.read_bytes() == OLD_OUTPUT and [p.name for p in tmp_path.iterdir()] == ["mask.npz"]
+    assert capsys.readouterr().err == (f"medsam2: error: Could not write {output}: no space left on device; the "
+                                       "existing file was left unchanged.\n")
+
+
+def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
+    output = tmp_path / "mask.nii.gz"
+    output.write_bytes(OLD_OUTPUT)
+    result = run_killed_at_rename(
+        "from MedSAM2Lib.apps import cli\n"
+        "from test_cli import BoxMaskPredictor, SEGMENT\n"
+        "cli.build_predictor = lambda args: BoxMaskPredictor()\n"
+        "cli.main(SEGMENT + ['-o', 'mask.nii.gz'])\n",
+        tmp_path,
+    )
+    assert result.returncode == -9, result.stderr
+    assert output.read_bytes() == OLD_OUTPUT
+
+
+# -- inputs and arguments ------------------------------------------------------------------------------------
+
+
+def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, monkeypatch, capsys):
+    ct = np.load(DATA / "input_volume.npz")["imgs"].astype(np.float32) * 4 - 500
+    ct[0, 0, :26] = np.nan
+    ct[1, 0, 0] = -np.inf
+    source, output = tmp_path / "ct.npz", tmp_path / "mask.npz"
+    np.savez(source, imgs=ct)
+    arguments = ["segment", str(source)] + SEGMENT[2:] + ["-o", str(output), "--window", "-500", "520"]
+    predictor = BoxMaskPredictor()
+    monkeypatch.setattr(cli, "build_predictor", lambda args: predictor)
+    assert main(arguments) == 1
+    assert capsys.readouterr().err == (
+        f"medsam2: error: {source} has 26 NaN and 1 infinite voxels (of 1,376,256), which no window can map to an "
+        "intensity; give --nan-as VALUE to replace them with VALUE (for example the background's intensity).\n")
+    assert not output.exists()
+    assert main(arguments + ["--nan-as", "-500"]) == 0
+    ct[~np.isfinite(ct)] = -500
+    np.testing.assert_array_equal(predictor.volume, window(ct, -500, 520))  # what the model was given
+
+
+def test_a_single_slice_is_refused_as_in_slicer(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "one.npz"
+    np.savez(source, imgs=np.zeros((1, 20, 20), np.uint8))
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    assert main(["segment", str(source), "--slice", "0", "--box", "1", "1", "9", "9", "-o", str(tmp_path / "m.npz")]) == 1
+    assert "a single slice of 20 x 20 pixels; MedSAM2 propagates through a 3D volume with at least two slices" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["batch", "t.csv", "--images", ".", "--out", "o", "--cache-slices", "0"], "argument --cache-slices: 0 is not allowed: give a whole number at least 1"),
+    (["batch", "t.csv", "--images", ".", "--out", "o", "--cache-slices", "many"], "'many' is not a whole number"),
+    (["evaluate", "a", "b", "--tolerance", "-1"], "argument --tolerance: -1 is negative"),
+    (["evaluate", "a", "b", "--tolerance", "nan"], "argument --tolerance: 'nan' is not a finite number"),
+    (["evaluate", "a", "b", "--labels", "1", "0"], "argument --labels: 0 is not allowed: give a whole number at least 1"),
+    (SEGMENT + ["-o", "m.npz", "--window", "nan", "5"], "argument --window: 'nan' is not a finite number"),
+    (SEGMENT + ["-o", "m.npz", "--nan-as", "inf"], "argument --nan-as: 'inf' is not a finite number"),
+])
+def test_numeric_arguments_are_checked(capsys, arguments, expected):
+    with pytest.raises(SystemExit) as exited:
+        main(arguments)
+    assert exited.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_an_inverted_window_is_a_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    assert main(SEGMENT + ["-o", str(tmp_path / "m.npz"), "--window", "5", "1"]) == 1
+    assert capsys.readouterr().err == "medsam2: error: --window 5 1: LO must be below HI.\n"
+
+
+def test_version_and_help_on_every_option(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"medsam2 {__version__}\n"
+    parser = cli.build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    undocumented = [(name, action.dest) for name, command in [("medsam2", parser)] + list(commands.choices.items())
+                    for action in command._actions if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert undocumented == []

@@ -42,12 +42,29 @@ def test_unsupported_flag_is_named(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("content, message", [("model: [", "not valid YAML"), ("a: 1", "no 'model:' section"),
-                                              ("model:\n  image_size: 512", "lacks an expected entry")])
+@pytest.mark.parametrize("content, message", [
+    ("model: [", r"bad.yaml is not valid YAML at line 1, column 9: expected the node content"),
+    ("a: 1", "no 'model:' section"),
+    ("model:\n  image_size: 512", r"bad.yaml: model.image_encoder.trunk.embed_dim is missing\.$"),
+])
 def test_bad_config_files(tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_mistyped_entry_is_named_with_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text((DATA / "medsam2_tiny_test.yaml").read_text().replace("num_maskmem: 7", "num_maskmem: seven"))
+    with pytest.raises(ConfigError, match=r"^The config file .*typo.yaml: model.num_maskmem is 'seven', not a whole number\.$"):
+        load_config(path)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 19 is not UTF-8\); save it as UTF-8\."):
         load_config(path)
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from MedSAM2Lib.atomic import WriteError
 from MedSAM2Lib.model.checkpoint import CHECKPOINT_URL
+from MedSAM2Lib.apps import cli
 from MedSAM2Lib.apps.cli import main
-from MedSAM2Lib.apps.demo import DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices
+from MedSAM2Lib.apps.demo import (DEMO_NOTICE, DEMO_PROMPT, DEMO_SCAN, OUTLINE_COLOUR, PNG_SCALE, overview_slices,
+                                  run_demo)
 from MedSAM2Lib.inference.predictor import validate_prompt
 
 from conftest import DATA
@@ -67,3 +73,38 @@ def test_without_weights_the_demo_says_how_to_get_them(tmp_path):
     assert f"no checkpoint at {expected}" in result.stderr
     assert f'medsam2 download -o "{expected}"' in result.stderr and CHECKPOINT_URL in result.stderr and "--checkpoint PATH" in result.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_unusable_output_folder_is_refused_before_the_model_loads(tmp_path, checkpoints, monkeypatch, capsys):
+    def no_model(args):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    assert main(["demo", "--checkpoint", str(checkpoints["tiny"]), "--out", str(tmp_path / "taken")]) == 1
+    assert capsys.readouterr().err == (f"medsam2: error: Cannot write {tmp_path / 'taken' / 'right_lateral_ventricle.nii.gz'}"
+                                       f": {tmp_path / 'taken'} is a file, not a folder.\n")
+
+
+def test_a_failed_picture_keeps_the_earlier_one(tmp_path, monkeypatch):
+    """The picture is written atomically too: a failing save leaves the previous run's picture as it was."""
+
+    class BoxPredictor:
+        def segment(self, volume, key_slice, box, slice_range=None, on_slice=None):
+            mask = np.zeros(volume.shape, np.uint8)
+            mask[key_slice, box[1]:box[3], box[0]:box[2]] = 1
+            return mask
+
+    out = tmp_path / "demo"
+    result = run_demo(BoxPredictor(), out)
+    earlier = result.png_path.read_bytes()
+
+    def failing_save(self, path, format=None, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(WriteError, match="no space left on device; the existing file was left unchanged"):
+        run_demo(BoxPredictor(), out)
+    assert result.png_path.read_bytes() == earlier
+    assert sorted(path.name for path in out.iterdir()) == ["right_lateral_ventricle.nii.gz", "right_lateral_ventricle.png"]

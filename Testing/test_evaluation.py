@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,4 +176,45 @@ def test_evaluate_reports_pairs_it_cannot_compare(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--csv", str(tmp_path / "s.csv")]) == 1
     assert "shapes differ: prediction (2, 3, 4), reference (2, 3, 3)" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path), "--csv", str(tmp_path / "s.csv")]) == 1
-    assert "Give two files or two folders" in capsys.readouterr().err
+    assert f"Give two files or two folders: {tmp_path / 'pred.nii.gz'} is a file and {tmp_path} is a folder." in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("missing", ["prediction", "reference"])
+def test_evaluate_says_which_path_is_missing(tmp_path, capsys, missing):
+    write_labels(tmp_path / "present.nii.gz", np.zeros((2, 3, 3)))
+    paths = {"prediction": tmp_path / "present.nii.gz", "reference": tmp_path / "present.nii.gz"}
+    paths[missing] = tmp_path / "typo.nii.gz"
+    assert main(["evaluate", str(paths["prediction"]), str(paths["reference"]), "--csv", str(tmp_path / "s.csv")]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: The {missing} {tmp_path / 'typo.nii.gz'} does not exist.\n"
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_unwritable_csv_is_refused_before_scoring_and_an_old_one_survives_a_failed_write(tmp_path, capsys, monkeypatch):
+    write_labels(tmp_path / "gt.nii.gz", np.ones((2, 3, 3)))
+    arguments = ["evaluate", str(tmp_path / "gt.nii.gz"), str(tmp_path / "gt.nii.gz")]
+    (tmp_path / "folder").mkdir()
+    assert main(arguments + ["--csv", str(tmp_path / "folder")]) == 1
+    assert capsys.readouterr() == ("", f"medsam2: error: {tmp_path / 'folder'} is a folder; name a file to write.\n")
+    old = tmp_path / "scores.csv"
+    old.write_bytes(b"case,label\r\nearlier,1\r\n")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    assert main(arguments + ["--csv", str(old)]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err == (f"medsam2: error: Could not write {old}: no space left on device; the existing "
+                                       "file was left unchanged.\n")
+    assert old.read_bytes() == b"case,label\r\nearlier,1\r\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder", "gt.nii.gz", "scores.csv"]
+
+
+def test_a_label_file_that_is_not_an_npz_is_one_sentence(tmp_path, capsys):
+    write_labels(tmp_path / "gt.nii.gz", np.ones((2, 3, 3)))
+    (tmp_path / "pred.npz").write_bytes(b"\x80\x04 a pickle, not an archive")
+    assert main(["evaluate", str(tmp_path / "pred.npz"), str(tmp_path / "gt.nii.gz"), "--csv", str(tmp_path / "s.csv")]) == 1
+    error = capsys.readouterr().err
+    assert f"Cannot read {tmp_path / 'pred.npz'}: it is not an .npz file (not a zip archive of arrays)." in error
+    assert "allow_pickle" not in error

@@ -4,6 +4,7 @@ the catalog entry and metadata agree."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -90,10 +91,30 @@ def test_self_test_data_ships_with_the_module(module_cmake):
     assert re.search(r'SELF_TEST_DATA\s*=\s*MODULE_DIR\s*/\s*"Resources"\s*/\s*"Testing"', readers[0].read_text())
 
 
+# The classes Slicer looks for by name: the module (file name = class name), its widget, logic and test, and
+# the effect class its folder's loader imports.
+QT_LAYER_CLASSES = {
+    "MedSAM2.py": {"MedSAM2", "MedSAM2Widget", "MedSAM2Test"},
+    "SegmentEditorMedSAM2Lib/SegmentEditorEffect.py": {"SegmentEditorEffect"},
+}
+
+
 def test_qt_layer_compiles():
-    """Syntax of the module and the effect (they import Qt and slicer, which only desktop Slicer has)."""
+    """The module and the effect (they import Qt and slicer, which only desktop Slicer has) compile, and define
+    the classes Slicer instantiates by name: a syntax error or a renamed class fails here instead of in Slicer."""
+    problems, found = [], {}
     for path in sorted(MODULE.rglob("*.py")):
-        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+        name = path.relative_to(MODULE).as_posix()
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            compile(tree, str(path), "exec")
+        except SyntaxError as error:
+            problems.append(f"{name}:{error.lineno}: {error.msg}")
+            continue
+        found[name] = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert problems == []
+    missing = {name: sorted(classes - found.get(name, set())) for name, classes in QT_LAYER_CLASSES.items()}
+    assert {name: classes for name, classes in missing.items() if classes} == {}
 
 
 def test_extension_is_the_module_folder_with_pytorch(extension_cmake):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from MedSAM2Lib.inference.predictor import PromptError, VolumePredictor, planned_slices, select_device
+from MedSAM2Lib.inference.predictor import PromptError, VolumePredictor, planned_slices, select_device, validate_prompt
 
 VOLUME = np.zeros((5, 40, 60), dtype=np.uint8)
 
@@ -41,9 +42,12 @@ def test_box_touching_the_slice_edges_is_accepted(tiny_model):
     assert result.index == 0 and result.logits.shape == (40, 60)
 
 
-def test_single_slice_volume_yields_only_that_slice(tiny_model):
-    results = list(VolumePredictor(tiny_model).propagate(VOLUME[:1], 0, [5, 5, 30, 30]))
-    assert [r.index for r in results] == [0]
+def test_single_slice_volume_is_refused_as_in_slicer():
+    """One answer everywhere: the Slicer logic refuses single-slice volumes, so the predictor (and with it the
+    command line and batch) does too."""
+    with pytest.raises(PromptError, match=r"^The volume is a single slice of 40 x 60 pixels; MedSAM2 propagates "
+                                          r"through a 3D volume with at least two slices\.$"):
+        validate_prompt(VOLUME[:1], 0, [5, 5, 30, 30])
 
 
 def test_stopping_the_iteration_stops_the_work(tiny_model):
@@ -60,8 +64,19 @@ def test_planned_slices():
     assert planned_slices(6, 2, "backward", (1, 4)) == [2, 1]
 
 
-def test_device_selection():
-    assert select_device("cpu").type == "cpu"
-    assert select_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(ValueError, match="Unknown device"):
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_device_selection(monkeypatch, cuda, mps, expected):
+    """auto prefers CUDA, then MPS, then the CPU; an explicit device must be available (availability is set
+    here, so every branch runs on any machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert select_device("auto") == torch.device(expected)
+    assert select_device("cpu") == torch.device("cpu")
+    for name, available in (("cuda", cuda), ("mps", mps)):
+        if available:
+            assert select_device(name) == torch.device(name)
+        else:
+            with pytest.raises(ValueError, match=f"The device '{name}' is not available in this PyTorch installation"):
+                select_device(name)
+    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
         select_device("tpu")

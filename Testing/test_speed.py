@@ -98,8 +98,10 @@ class ScriptedObjectScores(MedSAM2):
         features.slice_index = next(i for i, known in enumerate(self.slices) if torch.equal(known, image[0]))
         return features
 
-    def track(self, features, memories, pointers, num_frames) -> SliceOutput:
-        output = super().track(features, memories, pointers, num_frames)
+    def segment(self, features, points=None, mask_logits=None, memory=None) -> SliceOutput:
+        output = super().segment(features, points, mask_logits, memory)
+        if points is not None or memory is None:  # a prompted slice keeps the model's own score
+            return output
         score = torch.full_like(output.object_score_logits, self.scores.get(features.slice_index, 1.0))
         return SliceOutput(output.low_res_logits, output.obj_ptr, score, output.iou_scores)
 
@@ -171,3 +173,22 @@ def test_feature_cache_is_bounded_by_memory(tiny_model, input_volume):
     list(predictor.propagate(volume, key_slice, box, direction="forward", cache=cache))
     assert list(cache._features) == [volume.shape[0] - 3, volume.shape[0] - 2, volume.shape[0] - 1]
     assert cache._bytes == 3 * slice_bytes
+
+
+def test_session_early_stop_is_on_by_default_and_a_preview_is_not_encoded_again(tiny_config, checkpoints,
+                                                                                 input_volume):
+    """tiny_absent sees no object on any tracked slice: each direction ends after the default 5 such slices."""
+    from MedSAM2Lib.inference.session import Session
+
+    volume, key_slice, box = input_volume
+    predictor = VolumePredictor(load_model(checkpoints["tiny_absent"], tiny_config), fill_holes=False)
+    session = Session(predictor, volume)
+    session.add_prompt(key_slice, box=box)
+    assert predictor.encoder_calls == 1
+    results = list(session.propagate())
+    assert [r.index for r in results] == [12, 13, 14, 15, 16, 17, 11, 10, 9, 8, 7]
+    assert predictor.encoder_calls == 11  # the previewed key slice is encoded once
+    assert session.stops == {"forward": DirectionStop("forward", 17, 5), "backward": DirectionStop("backward", 7, 5)}
+    assert results[5].stop == session.stops["forward"] and results[-1].stop == session.stops["backward"]
+    assert list(session.propagate()) == [] and predictor.encoder_calls == 11  # again: same stop, no new work
+    assert session.tracked_by(20) is None  # beyond the stop: untracked, a prompt there is a new keyframe

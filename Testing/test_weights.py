@@ -122,10 +122,12 @@ def test_truncated_download_is_discarded(server, cache):
     assert os.listdir(cache) == []
 
 
-def test_unreachable_server_says_how_to_install_manually(server, cache):
+def test_unreachable_server_says_how_to_install_manually(server, cache, monkeypatch):
+    monkeypatch.setenv("MEDSAM2_CACHE_DIR", str(cache))
     with pytest.raises(DownloadError, match=r"cannot be reached .* the network or the server is unavailable\. "
-                                            r"On a computer with internet access, download MedSAM2_latest\.pt from "):
+                                            r"On a computer with internet access, download MedSAM2_latest\.pt from ") as error:
         download_checkpoint(cache / "MedSAM2_latest.pt", source=WeightsSource(base_url=server.as_uri()))
+    assert f"copy it into {cache} on this computer" in str(error.value) and " here " not in str(error.value)
     assert not cache.exists()
 
 

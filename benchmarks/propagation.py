@@ -77,8 +77,10 @@ class ExtentObjectScoreDouble(MedSAM2):
         features.object_present = bool(centre.mean() > self._threshold)  # remembered with the features
         return features
 
-    def track(self, features, memories, pointers, num_frames) -> SliceOutput:
-        output = super().track(features, memories, pointers, num_frames)
+    def segment(self, features, points=None, mask_logits=None, memory=None) -> SliceOutput:
+        output = super().segment(features, points, mask_logits, memory)
+        if points is not None or memory is None:  # a prompted slice keeps the model's own score
+            return output
         present = features.object_present
         return SliceOutput(
             output.low_res_logits if present else torch.full_like(output.low_res_logits, NO_OBJECT_LOGIT),

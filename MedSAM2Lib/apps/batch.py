@@ -11,6 +11,9 @@ Prompt table (CSV; header names in any case and order):
   Rows with the same label are one structure (their masks are merged).
 - ``direction`` (optional): ``both`` (default), ``forward`` or ``backward``; ``first_slice`` and ``last_slice``
   (optional, both or neither): the inclusive slice range to stay within.
+- ``session`` (optional): a session file (prompts on several slices, corrections, propagations; see
+  :mod:`~MedSAM2Lib.inference.session_file`), relative to the table's folder, instead of ``slice`` and the box
+  columns, which then stay empty (and may be absent from the table).
 
 DeepLesion's ``DeepLesion_Dataset_Info.csv`` is read by :func:`read_deeplesion_table` instead.
 
@@ -25,9 +28,13 @@ How a scan is processed:
   first row whose mask covers it; the voxels a row loses this way are counted in the summary
   (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
-  file name when outside it), in the input's format and with its spacing, origin and direction. It is written
-  when at least one of the scan's rows succeeded, through a temporary file renamed into place, so a file that
-  exists is a finished output; existing outputs are skipped unless ``overwrite``.
+  file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
+  e.g. DICOM or ``.mhd``) and with its spacing, origin and direction. It is written when at least one of the
+  scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
+  place), so a file that exists is a finished output and an earlier output survives a failed write; existing
+  outputs are skipped unless ``overwrite``.
+- A scan with NaN or infinite voxels fails (all its rows, with a sentence counting them) unless ``nan_as``
+  gives the value to replace them with.
 - A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
   reported with its table line and skipped; the other rows go on.
 """
@@ -36,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import time
 from collections import OrderedDict
@@ -48,9 +54,13 @@ import numpy as np
 
 from ..inference.predictor import DIRECTIONS, FeatureCache
 from ..inference.preprocessing import Windowing
-from .volume_io import read_volume, write_mask
+from ..inference.session import Session
+from ..inference.session_file import read_session_file, run_steps
+from ..atomic import write_csv_atomically
+from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
 
 TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")
+SESSION_COLUMN = "session"  # a session file: an alternative to a row's box columns
 DEEPLESION_COLUMNS = ("file_name", "key_slice_index", "bounding_boxes", "dicom_windows", "slice_range")
 # DeepLesion volumes are named <patient>_<study>_<series>_<first>-<last>.nii.gz (first and last slice, 1-based).
 DEEPLESION_VOLUME = re.compile(r"^(\d{6}_\d{2}_\d{2})_(\d{3})-(\d{3})\.nii\.gz$")
@@ -68,16 +78,18 @@ class TableError(ValueError):
 
 @dataclass(frozen=True)
 class Prompt:
-    """One row of a prompt table: a box on one slice of one scan, and the label its mask gets."""
+    """One row of a prompt table: a box on one slice of one scan (or a session file), and the label its mask
+    gets."""
 
     row: int  # line of the table file (the header is line 1)
     image: Path  # absolute
-    key_slice: int
-    box: Tuple[float, float, float, float]  # x0, y0, x1, y1 in slice pixels
+    key_slice: Optional[int]  # None for a session row
+    box: Optional[Tuple[float, float, float, float]]  # x0, y0, x1, y1 in slice pixels; None for a session row
     window: Windowing
     label: int
     direction: str = "both"
     slice_range: Optional[Tuple[int, int]] = None
+    session: Optional[Path] = None  # absolute path of a session file, instead of the box
 
 
 @dataclass
@@ -103,13 +115,16 @@ SUMMARY_COLUMNS = [column.name for column in fields(Outcome)]
 # -- reading tables ----------------------------------------------------------------------------------------
 
 
-def _read_rows(path: Path, required: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
-    """(line number, {lower-case column: stripped text}) for each data row of a CSV file."""
+def _read_rows(path: Path, required: Sequence[str], instead: str = "") -> List[Tuple[int, Dict[str, str]]]:
+    """(line number, {lower-case column: stripped text}) for each data row of a CSV file. ``instead``: a column
+    whose presence makes every required column but the first optional."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as stream:
             reader = csv.DictReader(stream)
             columns = [name.strip().lower() for name in reader.fieldnames or []]
             missing = [name for name in required if name not in columns]
+            if instead and instead in columns:
+                missing = [name for name in missing if name == required[0]]
             if missing:
                 raise TableError(
                     f"{path} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'no header'})."
@@ -150,10 +165,24 @@ def _label(text: str, column: str = "label") -> int:
     return label
 
 
-def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window: Windowing, next_label: int) -> Prompt:
+def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window: Windowing, next_label: int,
+                  table_folder: Path) -> Prompt:
     """A prompt from one row of our table; ValueError with a sentence when a cell is unusable."""
-    box = tuple(_decimal(cells[column], column) for column in ("x0", "y0", "x1", "y1"))
     window_text = cells.get("window", "")
+    window = Windowing.parse(window_text) if window_text else default_window
+    label = _label(cells["label"]) if cells.get("label") else next_label
+    if cells.get(SESSION_COLUMN):
+        given = [column for column in TABLE_COLUMNS[1:] + ("direction", "first_slice", "last_slice") if cells.get(column)]
+        if given:
+            raise ValueError(f"a session row takes its slices, boxes and propagation from the session file; "
+                             f"leave {', '.join(given)} empty.")
+        session = (table_folder / cells[SESSION_COLUMN]).resolve()
+        read_session_file(session)  # refused now, before any work, if it cannot be used
+        return Prompt(row=line, image=image, key_slice=None, box=None, window=window, label=label, session=session)
+    missing = [column for column in TABLE_COLUMNS[1:] if column not in cells]
+    if missing:
+        raise ValueError(f"the row has no session file and the table lacks the column(s) {', '.join(missing)}.")
+    box = tuple(_decimal(cells[column], column) for column in ("x0", "y0", "x1", "y1"))
     direction = cells.get("direction", "") or "both"
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}.")
@@ -165,8 +194,8 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
         image=image,
         key_slice=_integer(cells["slice"], "slice"),
         box=box,
-        window=Windowing.parse(window_text) if window_text else default_window,
-        label=_label(cells["label"]) if cells.get("label") else next_label,
+        window=window,
+        label=label,
         direction=direction,
         slice_range=(_integer(first, "first_slice"), _integer(last, "last_slice")) if first else None,
     )
@@ -179,13 +208,14 @@ def read_prompt_table(
     prompts: List[Prompt] = []
     failures: List[Outcome] = []
     highest_label: Dict[Path, int] = {}
-    for line, cells in _read_rows(Path(path), TABLE_COLUMNS):
+    for line, cells in _read_rows(Path(path), TABLE_COLUMNS, instead=SESSION_COLUMN):
         if not cells["image"]:
             failures.append(Outcome(line, "", None, "failed", "the image cell is empty."))
             continue
         image = (Path(images) / cells["image"]).resolve()
         try:
-            prompt = _table_prompt(line, cells, image, default_window, highest_label.get(image, 0) + 1)
+            prompt = _table_prompt(line, cells, image, default_window, highest_label.get(image, 0) + 1,
+                                   Path(path).resolve().parent)
         except ValueError as error:
             failures.append(Outcome(line, cells["image"], None, "failed", str(error)))
             continue
@@ -362,6 +392,7 @@ class BatchRunner:
         cache_slices: Optional[int] = None,
         on_prompt: Optional[Callable[[Prompt], None]] = None,
         on_scan: Optional[Callable[[ScanReport], None]] = None,
+        nan_as: Optional[float] = None,
     ) -> None:
         self._predictor_factory = predictor_factory
         self._predictor = None
@@ -372,11 +403,14 @@ class BatchRunner:
         self.on_prompt = on_prompt or (lambda prompt: None)
         self.on_scan = on_scan or (lambda report: None)
         self.outcomes: List[Outcome] = []
+        self.nan_as = nan_as  # the value of NaN and infinite voxels; None: such scans fail
 
     def output_path(self, image: Path) -> Path:
         relative = Path(display_path(image, self.images))
         if relative.is_absolute() or ".." in relative.parts:
             relative = Path(image.name)
+        if mask_suffix(relative) is None:  # DICOM, .mhd, ...: the name without its extension, as NIfTI
+            relative = relative.with_name(relative.name.split(".")[0] + MASK_SUFFIXES[0])
         return self.output_folder / relative
 
     def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
@@ -411,7 +445,7 @@ class BatchRunner:
 
     def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
         try:
-            volume, geometry = read_volume(image)
+            volume, geometry = read_scan(image, self.nan_as)
         except (ValueError, OSError) as error:
             return self._all(prompts, "failed", str(error))
         regions: Dict[Prompt, Region] = {}
@@ -440,8 +474,13 @@ class BatchRunner:
                 early_stops.append(str(result.stop))
 
         try:
-            mask = self._predictor.segment(windowed, prompt.key_slice, prompt.box, prompt.direction,
-                                           prompt.slice_range, on_slice, cache)
+            if prompt.session is not None:
+                session = Session(self._predictor, windowed, cache, self._predictor.early_stop)
+                run_steps(session, read_session_file(prompt.session))
+                mask = session.mask()
+            else:
+                mask = self._predictor.segment(windowed, prompt.key_slice, prompt.box, prompt.direction,
+                                               prompt.slice_range, on_slice, cache)
         except ROW_ERRORS as error:
             outcome.message = str(error) or type(error).__name__
         else:
@@ -458,7 +497,7 @@ class BatchRunner:
         ordered = sorted(regions, key=lambda prompt: prompt.row)
         label_map, lost = compose_labels(shape, [(prompt.label, regions[prompt]) for prompt in ordered])
         try:
-            write_atomically(output, label_map, geometry)
+            write_mask(output, label_map, geometry)
         except (ValueError, OSError) as error:
             for prompt in ordered:
                 outcomes[prompt].status, outcomes[prompt].message = "failed", str(error)
@@ -474,34 +513,21 @@ class BatchRunner:
 def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Optional[str]:
     """Why ``output`` cannot be ``image``'s output in this run (``owners``: output -> image so far), or None."""
     owner = owners.setdefault(output.resolve(), image)
-    if output.resolve() == image:
-        return f"its output {output} would replace the image itself; choose another output folder."
+    try:
+        check_output(output, inputs=[image])
+    except (VolumeError, OSError) as error:
+        return str(error)
     if owner != image:
         return f"its output {output} is also the output of {owner}."
     return None
 
 
-def write_atomically(output: Path, label_map: np.ndarray, geometry) -> None:
-    """Write to a hidden temporary file beside ``output`` and rename it: ``output`` appears complete or not at all."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".partial-{output.name}")
-    try:
-        write_mask(temporary, label_map, geometry)
-        os.replace(temporary, output)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def write_summary(path: Path, outcomes: Sequence[Outcome]) -> None:
     """The summary CSV: one line per outcome, in table order (rows that are not prompts last)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sorted(outcomes, key=lambda outcome: (outcome.row is None, outcome.row or 0))
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        for outcome in ordered:
-            cells = asdict(outcome)
-            cells["seconds"], cells["scan_seconds"] = f"{outcome.seconds:.3f}", f"{outcome.scan_seconds:.3f}"
-            writer.writerow(cells)
+    rows = []
+    for outcome in ordered:
+        cells = asdict(outcome)
+        cells["seconds"], cells["scan_seconds"] = f"{outcome.seconds:.3f}", f"{outcome.scan_seconds:.3f}"
+        rows.append([cells[column] for column in SUMMARY_COLUMNS])
+    write_csv_atomically(Path(path), SUMMARY_COLUMNS, rows)

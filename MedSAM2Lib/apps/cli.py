@@ -9,19 +9,23 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
+import math
 
+from .. import __version__
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES
 from ..inference.predictor import PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError, default_checkpoint_path
 from ..model.config import ConfigError
 from ..model.precision import PRECISIONS
+from ..inference.session_file import SessionFileError
 from ..weights import DownloadError
-from .volume_io import VolumeError
+from ..atomic import check_writable
+from .volume_io import VolumeError, check_output, mask_formats
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
-USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, VolumeError, ValueError, OSError)
+USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, SessionFileError, VolumeError, ValueError,
+               OSError)
 
 
 class ProgressBar:
@@ -58,12 +62,51 @@ class ProgressBar:
         self.stream.write(f"\r{self._line}")
 
 
+# -- argument types: a bad value is refused by argparse with our sentence (exit status 2) -------------------
+
+
+def finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    value = finite_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give a distance of 0 or more millimetres")
+    return value
+
+
+def whole_number(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give a whole number at least {lowest}")
+    return value
+
+
+def slice_count(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def label_value(text: str) -> int:
+    return whole_number(text, 1)  # 0 is the background
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"MedSAM2 checkpoint (default: {default_checkpoint_path()})")
+                        help=f"MedSAM2 checkpoint (default: {default_checkpoint_path()}; get it with medsam2 download)")
     parser.add_argument("--config", type=Path, default=None,
                         help="official model yaml for another architecture (default: MedSAM2 sam2.1_hiera_t512)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="where the network runs (default: auto, a CUDA or Apple GPU when there is one, else cpu)")
     parser.add_argument("--no-fill-holes", action="store_true",
                         help="do not fill background holes of <= 8 pixels in each slice's low-resolution mask")
     parser.add_argument("--all-components", action="store_true",
@@ -80,13 +123,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     windows = parser.add_mutually_exclusive_group()
-    windows.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
+    windows.add_argument("--window", nargs=2, type=finite_number, metavar=("LO", "HI"),
                          help="clip intensities to [LO, HI] and scale to 0..255 (e.g. CT -160 240)")
     windows.add_argument("--ct-preset", choices=sorted(CT_WINDOW_PRESETS), help="a named CT window")
     windows.add_argument("--mr-percentiles", action="store_true",
                          help="window to the 0.5-99.5 percentiles of the non-zero voxels (MR)")
     windows.add_argument("--no-window", action="store_true",
                          help="use the intensities as they are (they must be whole numbers in 0..255); the default")
+    parser.add_argument("--nan-as", type=finite_number, default=None, metavar="VALUE",
+                        help="replace NaN and infinite voxels with VALUE before windowing (without it, a volume "
+                             "that has any is refused)")
 
 
 def window_choice(args: argparse.Namespace):
@@ -94,14 +140,13 @@ def window_choice(args: argparse.Namespace):
     from ..inference.preprocessing import Windowing
 
     if args.window:
-        return Windowing("window", tuple(args.window))
+        lower, upper = args.window
+        if not lower < upper:
+            raise ValueError(f"--window {lower:g} {upper:g}: LO must be below HI.")
+        return Windowing("window", (lower, upper))
     if args.ct_preset:
         return Windowing(args.ct_preset)
     return Windowing("mr-percentiles" if args.mr_percentiles else "none")
-
-
-def windowed(volume: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    return window_choice(args).apply(volume)
 
 
 def build_predictor(args: argparse.Namespace):
@@ -117,23 +162,50 @@ def build_predictor(args: argparse.Namespace):
                            precision=args.precision, early_stop=None if args.no_early_stop else args.early_stop)
 
 
+def segment_steps(args: argparse.Namespace):
+    """The session steps ``segment`` runs: a session file, or the box (and points) on one slice, propagated."""
+    from ..inference.session_file import read_session_file
+
+    if args.prompts is not None:
+        if args.slice is not None or args.box is not None or args.point:
+            raise PromptError("Give either --prompts or --slice with --box/--point, not both.")
+        return read_session_file(args.prompts)
+    if args.slice is None or (args.box is None and not args.point):
+        raise PromptError("Give --slice K with --box X0 Y0 X1 Y1 (and/or --point X Y LABEL), or --prompts FILE.")
+    step = {"slice": args.slice}
+    if args.box is not None:
+        step["box"] = list(args.box)
+    if args.point:
+        step["points"] = [[x, y] for x, y, _ in args.point]
+        step["labels"] = [int(label) for _, _, label in args.point]
+    return [step, {"propagate": args.direction}]
+
+
 def command_segment(args: argparse.Namespace) -> int:
-    from .volume_io import read_volume, write_mask
+    from ..inference.session import Session
+    from ..inference.session_file import check_steps, run_steps
+    from .volume_io import read_scan, write_mask
 
-    volume, geometry = read_volume(args.image)
-    volume = windowed(volume, args)
+    # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
+    check_output(args.output, inputs=[args.image])
+    steps = segment_steps(args)
+    volume, geometry = read_scan(args.image, args.nan_as)
+    volume = window_choice(args).apply(volume)
+    check_steps(steps, volume, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    total = len(planned_slices(volume.shape[0], args.slice, args.direction, None))
-    progress = ProgressBar(total, "Propagating")
-
-    def on_slice(result) -> None:
-        progress.advance()
-        if result.stop is not None and result.stop.early:
-            progress.note(str(result.stop))
-
-    mask = predictor.segment(volume, args.slice, args.box, args.direction, on_slice=on_slice)
-    if progress.done < progress.total:
-        progress.stream.write("\n")
+    session = Session(predictor, volume, early_stop=predictor.early_stop)
+    if args.prompts is not None:
+        progress = ProgressBar(len(steps), "Session", unit="step")
+        run_steps(session, steps, on_step=progress.advance)
+    else:
+        progress = ProgressBar(len(planned_slices(volume.shape[0], args.slice, args.direction, None)), "Propagating")
+        run_steps(session, steps, on_slice=progress.advance)
+        if progress.done < progress.total:
+            progress.stream.write("\n")
+    for stop in session.stops.values():
+        if stop.early:
+            print(stop, file=sys.stderr)
+    mask = session.mask()
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
     return 0
@@ -141,6 +213,11 @@ def command_segment(args: argparse.Namespace) -> int:
 
 def command_batch(args: argparse.Namespace) -> int:
     from .batch import BatchRunner, read_deeplesion_table, read_prompt_table, write_summary
+
+    if not args.images.is_dir():
+        raise VolumeError(f"The images folder {args.images} does not exist or is not a folder.")
+    if args.out.exists() and not args.out.is_dir():
+        raise VolumeError(f"The output folder {args.out} is a file; name a folder for the label maps.")
 
     if args.format == "deeplesion":
         prompts, outcomes = read_deeplesion_table(args.prompts, args.images)
@@ -150,8 +227,10 @@ def command_batch(args: argparse.Namespace) -> int:
         print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
     progress = ProgressBar(len(prompts), "Prompts", unit="prompt")
     runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
-                         on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress))
+                         on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress),
+                         nan_as=args.nan_as)
     summary = args.summary or args.out / "summary.csv"
+    check_writable(summary)
     try:
         runner.run(prompts)
     except KeyboardInterrupt:
@@ -185,6 +264,7 @@ def _report_scan(report, progress: ProgressBar) -> None:
 def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import format_table, mean_scores, paired_files, score_pair, write_scores_csv
 
+    check_writable(args.csv)
     scores = []
     for case, prediction, reference in paired_files(args.prediction, args.reference):
         scores += score_pair(case, prediction, reference, args.labels, args.tolerance)
@@ -200,11 +280,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_demo(args: argparse.Namespace) -> int:
     from ..model.checkpoint import CheckpointError
-    from .demo import CREDIT, DEMO_PROMPT, missing_weights_message, run_demo
+    from .demo import CREDIT, DEMO_PROMPT, check_demo_outputs, missing_weights_message, run_demo
 
     checkpoint = args.checkpoint or default_checkpoint_path()
     if not checkpoint.is_file():
         raise CheckpointError(missing_weights_message(checkpoint))
+    check_demo_outputs(args.out)
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
     progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
@@ -240,16 +321,26 @@ def command_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam2", description="MedSAM2 3D segmentation from a box on one slice.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment one structure from a box on one slice")
+    segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
+                                                  "file of prompts on several slices)")
     segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W) or a volume file SimpleITK reads")
-    segment.add_argument("--slice", type=int, required=True, help="index K of the box's slice along the first axis")
-    segment.add_argument("--box", nargs=4, type=float, required=True, metavar=("X0", "Y0", "X1", "Y1"),
+    segment.add_argument("--slice", type=int, default=None, help="index K of the prompted slice along the first axis")
+    segment.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                          help="box in pixels of slice K: x = column, y = row")
+    segment.add_argument("--point", nargs=3, type=float, action="append", default=[], metavar=("X", "Y", "LABEL"),
+                         help="a point on slice K (LABEL 1 object, 0 background); repeat for more")
+    segment.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
+                         help="a session file: prompts on any slices, corrections and propagations, run in order")
     segment.add_argument("-o", "--output", type=Path, required=True,
-                         help=".npz (key 'mask') or a volume file, written with the input's geometry")
-    segment.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
+                         help=f"the mask: {mask_formats()} (.npz: key 'mask'), written with the input's geometry; an "
+                              "existing file is replaced only once the new one is complete")
+    segment.add_argument("--direction", choices=["both", "forward", "backward"], default="both",
+                         help="propagate to both ends of the volume (default), or only towards higher (forward) or "
+                              "lower (backward) slice numbers")
     add_window_arguments(segment)
     add_model_arguments(segment)
     segment.set_defaults(run=command_segment)
@@ -263,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="deeplesion: DeepLesion_Dataset_Info.csv and its <case>_<first>-<last>.nii.gz volumes")
     batch.add_argument("--overwrite", action="store_true", help="segment scans whose output exists again")
     batch.add_argument("--summary", type=Path, default=None, help="summary CSV (default: OUT/summary.csv)")
-    batch.add_argument("--cache-slices", type=int, default=None, metavar="N",
+    batch.add_argument("--cache-slices", type=slice_count, default=None, metavar="N",
                        help="keep the features of at most N slices per scan (default: what fits in 512 MiB or a "
                             "quarter of the available memory; about 4 MB a slice in float32, 2 MB in bfloat16)")
     add_window_arguments(batch)
@@ -275,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("reference", type=Path,
                           help="reference label map, or a folder: each file in it is paired with the prediction "
                                "of the same relative path")
-    evaluate.add_argument("--labels", nargs="+", type=int, default=None,
-                          help="labels to score (default: every label in either map)")
-    evaluate.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
+    evaluate.add_argument("--labels", nargs="+", type=label_value, default=None,
+                          help="labels to score, each 1 or more (default: every label in either map)")
+    evaluate.add_argument("--tolerance", type=non_negative_number, default=2.0, metavar="MM",
                           help="surface Dice tolerance in millimetres (default: 2)")
     evaluate.add_argument("--csv", type=Path, default=Path("evaluation.csv"),
                           help="where to write the scores (default: evaluation.csv)")

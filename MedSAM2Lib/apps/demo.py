@@ -22,8 +22,9 @@ from PIL import Image, ImageDraw
 
 from ..inference.preprocessing import mr_percentile_window
 from ..model.checkpoint import CHECKPOINT_URL
+from ..atomic import check_writable, write_atomically
 from .evaluation import surface_voxels
-from .volume_io import read_volume, write_mask
+from .volume_io import check_output, read_volume, write_mask
 
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 DEMO_SCAN = RESOURCES / "mni152_t1_demo.nii.gz"
@@ -67,21 +68,39 @@ def missing_weights_message(checkpoint: Path) -> str:
     )
 
 
+def demo_outputs(output_folder: Path, prompt: DemoPrompt = DEMO_PROMPT) -> Tuple[Path, Path]:
+    """The mask and the picture the demo writes in ``output_folder``."""
+    return Path(output_folder) / f"{prompt.name}.nii.gz", Path(output_folder) / f"{prompt.name}.png"
+
+
+def check_demo_outputs(output_folder: Path, prompt: DemoPrompt = DEMO_PROMPT) -> None:
+    """Refuse, before the model loads, an output folder the demo cannot write its two files in."""
+    mask_path, png_path = demo_outputs(output_folder, prompt)
+    check_output(mask_path)
+    check_writable(png_path)
+
+
 def run_demo(predictor, output_folder: Path, on_slice: Optional[Callable] = None,
              prompt: DemoPrompt = DEMO_PROMPT) -> DemoResult:
-    """Segment the demo prompt with ``predictor`` (a VolumePredictor) and write the mask and the PNG."""
+    """Segment the demo prompt with ``predictor`` (a VolumePredictor) and write the mask and the PNG (each
+    atomically: an earlier run's files are replaced only by complete ones)."""
+    check_demo_outputs(output_folder, prompt)
     intensities, geometry = read_volume(DEMO_SCAN)
     volume = mr_percentile_window(intensities)
     mask = predictor.segment(volume, prompt.key_slice, prompt.box, slice_range=prompt.slice_range, on_slice=on_slice)
-    output_folder = Path(output_folder)
-    mask_path = output_folder / f"{prompt.name}.nii.gz"
-    png_path = output_folder / f"{prompt.name}.png"
+    mask_path, png_path = demo_outputs(output_folder, prompt)
     write_mask(mask_path, mask, geometry)
     occupied = np.flatnonzero(mask.any(axis=(1, 2)))
     extent = (int(occupied[0]), int(occupied[-1])) if occupied.size else (prompt.key_slice, prompt.key_slice)
-    overview(volume, mask, overview_slices(prompt.key_slice, extent), prompt).save(png_path)
+    picture = overview(volume, mask, overview_slices(prompt.key_slice, extent), prompt)
+    write_atomically(png_path, lambda temporary: picture.save(temporary, format="PNG"), check=_check_png)
     voxels = int(mask.sum())
     return DemoResult(mask_path, png_path, voxels, voxels * float(np.prod(geometry.spacing)) / 1000.0, extent)
+
+
+def _check_png(path: Path) -> None:
+    with Image.open(path) as written:
+        written.load()  # decodes (decompresses) every pixel
 
 
 def overview_slices(key_slice: int, extent: Tuple[int, int]) -> List[int]:

@@ -17,7 +17,6 @@ is one padded boolean copy of the volume.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .volume_io import VolumeError, is_npz, read_volume
+from ..atomic import reason, write_csv_atomically
+from .volume_io import NPZ_ERRORS, VolumeError, check_npz, is_npz, read_volume
 
 DEFAULT_TOLERANCE_MM = 2.0
 # Keys of a label map in an .npz: ours (``medsam2 segment`` / ``batch``), then MedSAM2's data sets.
@@ -168,12 +168,18 @@ def read_label_map(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, ...]]]
 def _read_npz_labels(path: Path) -> Tuple[np.ndarray, Optional[Tuple[float, ...]]]:
     if not path.is_file():
         raise VolumeError(f"No label file at {path}.")
-    with np.load(path, allow_pickle=False) as content:
-        key = next((key for key in NPZ_LABEL_KEYS if key in content.files), None)
-        if key is None:
-            raise VolumeError(f"{path} has none of the label keys {', '.join(NPZ_LABEL_KEYS)}.")
-        label_map = content[key]
-        spacing = tuple(float(s) for s in content["spacing"]) if "spacing" in content.files else None
+    check_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            key = next((key for key in NPZ_LABEL_KEYS if key in content.files), None)
+            if key is None:
+                raise VolumeError(f"{path} has none of the label keys {', '.join(NPZ_LABEL_KEYS)}.")
+            label_map = content[key]
+            spacing = tuple(float(s) for s in content["spacing"]) if "spacing" in content.files else None
+    except VolumeError:
+        raise
+    except NPZ_ERRORS as error:
+        raise VolumeError(f"Cannot read {path} as an .npz file of labels: {reason(error)}.") from error
     return label_map, spacing
 
 
@@ -184,10 +190,12 @@ def is_volume_file(path: Path) -> bool:
 def paired_files(prediction: Path, reference: Path) -> List[Tuple[str, Path, Path]]:
     """(case name, prediction file, reference file): the two files, or every volume file under the reference
     folder with the file of the same relative path under the prediction folder (which may be missing)."""
+    for role, path in (("prediction", prediction), ("reference", reference)):
+        if not path.exists():
+            raise VolumeError(f"The {role} {path} does not exist.")
     if prediction.is_dir() != reference.is_dir():
-        raise ValueError(f"Give two files or two folders; got {prediction} and {reference}.")
-    if not reference.exists():
-        raise VolumeError(f"No reference file or folder at {reference}.")
+        kinds = " and ".join(f"{path} is a {'folder' if path.is_dir() else 'file'}" for path in (prediction, reference))
+        raise VolumeError(f"Give two files or two folders: {kinds}.")
     if not reference.is_dir():
         return [(reference.name, prediction, reference)]
     pairs = []
@@ -261,8 +269,5 @@ def format_table(scores: Sequence[LabelScore]) -> str:
 
 
 def write_scores_csv(path: Path, scores: Sequence[LabelScore]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(SCORE_COLUMNS)
-        writer.writerows(_cells(score) for score in scores)
+    """The scores as CSV, written atomically (an earlier file survives a failed write)."""
+    write_csv_atomically(Path(path), SCORE_COLUMNS, [_cells(score) for score in scores])

@@ -6,15 +6,93 @@ Arrays are (D, H, W) = (slices, rows, columns), i.e. SimpleITK's k, j, i order. 
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
+
+from ..atomic import check_writable, reason, write_atomically
+
+# Files a 3D mask can be written to with its geometry, each read and written as one file (so it can be replaced
+# atomically), and the ITK reader/writer of each (ITK matches extensions case-sensitively; we do not).
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".npz")
+ITK_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+          ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # 2D, no geometry
+DETACHED_SUFFIXES = (".mhd", ".nhdr", ".hdr")  # a header file and a separate voxel file
+
+
+# The command line's way out for volumes with NaN or infinite voxels (medsam2 segment and batch).
+NAN_AS_FIX = "give --nan-as VALUE to replace them with VALUE (for example the background's intensity)"
+
+# What np.load raises on a file that is not a readable .npz (truncated, not a zip, a damaged member).
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 class VolumeError(ValueError):
     """A file cannot be read as a scalar 3D volume, or a mask cannot be written."""
+
+
+# ITK prefixes its messages with the class and its address ("ITK ERROR: NiftiImageIO(0x55c6...): ").
+ITK_PREFIX = re.compile(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\):|sitk::ERROR:)\s*")
+
+
+def library_reason(error: BaseException) -> str:
+    """The cause in a SimpleITK/ITK/numpy error, one line without ITK's class-and-address prefix."""
+    return ITK_PREFIX.sub("", reason(error))
+
+
+def _suffix(path: str | Path, suffixes: Iterable[str]) -> Optional[str]:
+    name = Path(path).name.lower()
+    return next((suffix for suffix in suffixes if name.endswith(suffix)), None)
+
+
+def mask_suffix(path: str | Path) -> Optional[str]:
+    """The mask format of ``path`` as its lower-case extension (``.nii.gz``, ``.npz``, ...), or None."""
+    return _suffix(path, MASK_SUFFIXES)
+
+
+def mask_formats() -> str:
+    return ", ".join(MASK_SUFFIXES[:-1]) + " or " + MASK_SUFFIXES[-1]
+
+
+def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse, with a sentence, an output path a mask cannot be written to as named; returns it as a Path.
+
+    Checked before any work: the extension is a 3D mask format (any case), the path is not a folder nor one of
+    ``inputs`` (same resolved path or same file through a link), and its folder exists or can be created and is
+    writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise VolumeError(f"The output {path} is a folder; name a file in it, such as {path / ('mask' + MASK_SUFFIXES[0])}.")
+    if mask_suffix(path) is None:
+        picture = _suffix(path, PICTURE_SUFFIXES)
+        if picture:
+            why = f"a {picture} file holds a 2D picture, not a 3D mask with its spacing and orientation"
+        elif _suffix(path, DETACHED_SUFFIXES):
+            why = "that format keeps its voxels in a second file, which cannot be replaced in one step"
+        else:
+            why = f"{path.suffix or 'a name without an extension'} is not a 3D mask format"
+        raise VolumeError(f"Cannot write the mask to {path}: {why}; name the output {mask_formats()}.")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise VolumeError(f"The output {path} is the input image {source}; the mask would replace the scan, so "
+                              "choose another output name.")
+    return check_writable(path)
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)  # hard links: one inode under two names
+    except OSError:
+        return False  # one of them does not exist
 
 
 @dataclass(frozen=True)
@@ -41,10 +119,11 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
         return _read_npz(path)
     import SimpleITK as sitk
 
+    reader = ITK_IO.get(_suffix(path, ITK_IO) or "", "")  # empty: SimpleITK chooses by the content
     try:
-        image = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path), imageIO=reader)
     except RuntimeError as error:
-        raise VolumeError(f"SimpleITK cannot read {path}: {str(error).strip().splitlines()[-1]}") from error
+        raise VolumeError(f"Cannot read {path} as an image: {library_reason(error)}.") from error
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a colour or vector image); "
@@ -56,12 +135,36 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), geometry
 
 
+def read_scan(path: str | Path, nan_as: Optional[float] = None) -> Tuple[np.ndarray, Geometry]:
+    """:func:`read_volume` for segmenting from the command line: NaN and infinite voxels are replaced by
+    ``nan_as``, or refused with a sentence counting them (:class:`~MedSAM2Lib.inference.preprocessing.NonFiniteError`)."""
+    from ..inference.preprocessing import check_finite, replace_non_finite  # imports torch
+
+    volume, geometry = read_volume(path)
+    if nan_as is not None:
+        return replace_non_finite(volume, nan_as), geometry
+    check_finite(volume, NAN_AS_FIX, name=str(path))
+    return volume, geometry
+
+
+def check_npz(path: Path) -> None:
+    """Refuse a file that is not an .npz archive before numpy tries it as a pickle (and suggests unpickling)."""
+    if not zipfile.is_zipfile(path):
+        raise VolumeError(f"Cannot read {path}: it is not an .npz file (not a zip archive of arrays).")
+
+
 def _read_npz(path: Path) -> Tuple[np.ndarray, Geometry]:
-    with np.load(path, allow_pickle=False) as content:
-        if "imgs" not in content.files:
-            raise VolumeError(f"{path} has no 'imgs' array (found: {', '.join(content.files) or 'nothing'}).")
-        volume = content["imgs"]
-        spacing = content["spacing"] if "spacing" in content.files else None
+    check_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            if "imgs" not in content.files:
+                raise VolumeError(f"{path} has no 'imgs' array (found: {', '.join(content.files) or 'nothing'}).")
+            volume = content["imgs"]
+            spacing = content["spacing"] if "spacing" in content.files else None
+    except VolumeError:
+        raise
+    except NPZ_ERRORS as error:
+        raise VolumeError(f"Cannot read {path} as an .npz file: {library_reason(error)}.") from error
     if volume.ndim != 3:
         raise VolumeError(f"'imgs' in {path} has shape {volume.shape}; MedSAM2 needs (slices, rows, columns).")
     geometry = Geometry()
@@ -70,26 +173,66 @@ def _read_npz(path: Path) -> Tuple[np.ndarray, Geometry]:
     return volume, geometry
 
 
-def write_mask(path: str | Path, mask: np.ndarray, geometry: Optional[Geometry] = None) -> None:
-    """Save a uint8 (D, H, W) mask: ``.npz`` with keys ``mask`` and ``spacing``, or a volume file with the given
-    geometry."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+def write_mask(path: str | Path, mask: np.ndarray, geometry: Optional[Geometry] = None) -> Path:
+    """Save a uint8 (D, H, W) mask atomically at exactly ``path`` (see :mod:`MedSAM2Lib.atomic`): ``.npz`` with
+    keys ``mask`` and ``spacing``, or a volume file with the given geometry. The written file is read back and
+    compared with ``mask`` before it replaces ``path``; WriteError (an OSError) says what failed, and ``path`` is
+    then as it was."""
+    path = check_output(path)
+    suffix = mask_suffix(path)
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    if is_npz(path):
-        # MedSAM2's npz layout keeps the spacing in array order (z, y, x), as read_volume expects it.
-        spacing = np.asarray((geometry or Geometry()).spacing, dtype=np.float64)[::-1]
-        np.savez_compressed(path, mask=mask, spacing=spacing)
-        return
+    geometry = geometry or Geometry()
+    if suffix == ".npz":
+        return write_atomically(path, lambda temporary: _write_npz(temporary, mask, geometry),
+                                lambda temporary: _check_npz(temporary, mask))
+    return write_atomically(path, lambda temporary: _write_itk(temporary, mask, geometry),
+                            lambda temporary: _check_itk(temporary, mask, suffix), suffix=suffix)
+
+
+def _write_npz(path: Path, mask: np.ndarray, geometry: Geometry) -> None:
+    # MedSAM2's npz layout keeps the spacing in array order (z, y, x), as read_volume expects it. An open file,
+    # not a name: numpy would append ".npz" to a name ending in ".NPZ".
+    spacing = np.asarray(geometry.spacing, dtype=np.float64)[::-1]
+    with open(path, "wb") as stream:
+        np.savez_compressed(stream, mask=mask, spacing=spacing)
+
+
+def _check_npz(path: Path, mask: np.ndarray) -> None:
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            written = content["mask"]  # decompresses the whole array
+    except NPZ_ERRORS as error:
+        raise VolumeError(_unreadable_write(path, error)) from error
+    if not np.array_equal(written, mask):
+        raise VolumeError("the written file does not read back as the mask")
+
+
+def _unreadable_write(path: Path, error: BaseException) -> str:
+    # ITK reports no error when the disk fills during a compressed write; the file is just cut short.
+    if shutil.disk_usage(path.parent).free == 0:
+        return "no space left on device (the written file is incomplete)"
+    return f"the written file does not read back ({library_reason(error)})"
+
+
+def _write_itk(path: Path, mask: np.ndarray, geometry: Geometry) -> None:
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(mask)
-    geometry = geometry or Geometry()
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
-        raise VolumeError(f"Cannot write {path}: {str(error).strip().splitlines()[-1]}") from error
+        raise VolumeError(library_reason(error)) from error
+
+
+def _check_itk(path: Path, mask: np.ndarray, suffix: str) -> None:
+    import SimpleITK as sitk
+
+    try:
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO=ITK_IO[suffix]))  # decompresses all
+    except RuntimeError as error:
+        raise VolumeError(_unreadable_write(path, error)) from error
+    if written.shape != mask.shape or not np.array_equal(written, mask):
+        raise VolumeError("the written file does not read back as the mask")

@@ -1,4 +1,6 @@
-"""Volume predictor: a box on one slice of a uint8 (D, H, W) volume -> a mask on every slice it reaches.
+"""Volume predictor: runs the network over a uint8 (D, H, W) volume. A box on one slice -> a mask on every
+slice it reaches is the one-box case of a :class:`~MedSAM2Lib.inference.session.Session`, which holds the
+tracking itself (prompts on any slice, corrections, re-propagation).
 
 It reproduces what the official MedSAM2 CT script does (add the box, propagate forward, reset, add the box
 again, propagate backward) with three differences that do not change the result:
@@ -12,18 +14,19 @@ again, propagate backward) with three differences that do not change the result:
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.medsam2 import ImageFeatures, MedSAM2, SliceOutput, SpatialMemory
-from ..model.precision import autocast, resolve_precision
+from ..model.medsam2 import ImageFeatures, MedSAM2
 from .connected_components import fill_small_holes, largest_component
-from .early_stop import AbsenceWatch, DirectionStop, check_absent_slices
+from ..model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
+from ..model.precision import autocast, resolve_precision
+from .early_stop import DirectionStop, check_absent_slices
 from .preprocessing import model_input
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -122,39 +125,6 @@ def _nbytes(features: ImageFeatures) -> int:
     return sum(tensor.nbytes for tensor in (features.embedding, *features.high_res))
 
 
-class _MemoryBank:
-    """What one propagation direction remembers: the prompted slice and the most recent tracked slices."""
-
-    def __init__(self, key_slice: int, key_memory: SpatialMemory, num_maskmem: int, max_pointers: int):
-        self.key_slice = key_slice
-        self.key_memory = key_memory
-        self.num_maskmem = num_maskmem
-        self.max_pointers = max_pointers
-        self.recent: Deque[Tuple[int, SpatialMemory]] = deque(maxlen=max(num_maskmem - 1, max_pointers - 1, 1))
-
-    def add(self, index: int, memory: SpatialMemory) -> None:
-        self.recent.append((index, memory))
-
-    def memories(self, index: int) -> List[Tuple[int, SpatialMemory]]:
-        """(temporal slot, memory) pairs: the prompted slice in the last slot, then the slices at most
-        num_maskmem-1 away, oldest first, in slot distance-1."""
-        selected = [(self.num_maskmem - 1, self.key_memory)]
-        for previous, memory in self.recent:
-            distance = abs(index - previous)
-            if distance < self.num_maskmem:
-                selected.append((distance - 1, memory))
-        return selected
-
-    def pointers(self, index: int) -> List[Tuple[int, torch.Tensor]]:
-        """(temporal distance, object pointer): the prompted slice, then tracked slices nearest first."""
-        selected = [(abs(index - self.key_slice), self.key_memory.obj_ptr)]
-        for previous, memory in reversed(self.recent):
-            distance = abs(index - previous)
-            if distance < self.max_pointers:
-                selected.append((distance, memory.obj_ptr))
-        return selected
-
-
 class VolumePredictor:
     """Runs a loaded :class:`MedSAM2` over volumes. One instance can serve many volumes and prompts."""
 
@@ -194,51 +164,26 @@ class VolumePredictor:
         0..H); slice_range: inclusive (first, last) slices to stay within; cache: features of this volume
         from earlier calls. Stop iterating to cancel.
         """
+        from .session import Session  # the session builds on this class
+
         validate_prompt(volume, key_slice, box, direction, slice_range)
-        if cache is not None and cache.volume is not volume:
-            raise ValueError("The feature cache belongs to another volume.")
-        num_slices = volume.shape[0]
-        config = self.model.config
-        max_pointers = min(num_slices, config.max_obj_ptrs)
-
-        key_features = self._encode(volume, key_slice, cache)
-        with self._compute():
-            key_output = self.model.segment_with_box(key_features, self._model_box(box, volume.shape[1:]))
-            key_logits = self._filled(key_output.low_res_logits)
-        yield self._result(key_slice, key_logits, key_output, volume.shape[1:])
-        # After the yield: a preview (the key slice only) never runs the memory encoder.
-        with self._compute():
-            key_memory = SpatialMemory(
-                self.model.encode_memory(key_features, key_logits, key_output.object_score_logits, binarize=True),
-                key_output.obj_ptr,
-            )
-
-        order = planned_slices(num_slices, key_slice, direction, slice_range)[1:]
-        forward = [index for index in order if index > key_slice]
-        backward = [index for index in order if index < key_slice]
-        for name, indices in (("forward", forward), ("backward", backward)):
-            bank = _MemoryBank(key_slice, key_memory, config.num_maskmem, max_pointers)
-            watch = AbsenceWatch(name, self.early_stop)
-            for index in indices:
-                features = self._encode(volume, index, cache)
-                with self._compute():
-                    output = self.model.track(features, bank.memories(index), bank.pointers(index), num_slices)
-                    memory = self.model.encode_memory(
-                        features, output.low_res_logits, output.object_score_logits, binarize=False
-                    )
-                    bank.add(index, SpatialMemory(memory, output.obj_ptr))
-                    logits = self._filled(output.low_res_logits)
-                result = self._result(index, logits, output, volume.shape[1:])
-                result.stop = watch.update(index, result.object_score, last=index == indices[-1])
-                yield result
-                if result.stop is not None:
-                    break
+        # Without a cache, keep only the last slice's features: the box's slice is needed again when the
+        # propagation puts it into the memory bank.
+        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1),
+                          early_stop=self.early_stop)
+        session.add_prompt(key_slice, box=box)
+        yield from session.propagate(direction, slice_range)
 
     def segment_slice(
         self, volume: np.ndarray, key_slice: int, box: Sequence[float], cache: Optional[FeatureCache] = None
     ) -> SliceResult:
-        """Preview: the box's slice only."""
-        return next(self.propagate(volume, key_slice, box, cache=cache))
+        """Preview: the box's slice only (no memory encoding)."""
+        from .session import Session
+
+        validate_prompt(volume, key_slice, box)
+        return Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1)).add_prompt(
+            key_slice, box=box
+        )
 
     def segment(
         self,
@@ -259,63 +204,92 @@ class VolumePredictor:
                 on_slice(result)
         return largest_component(mask) if self.keep_largest_component else mask
 
-    # -- internals ------------------------------------------------------------------------------------
+    # -- per-slice steps the session uses -------------------------------------------------------------
 
-    def _compute(self):
+    def compute(self):
         """Inference mode (and autocast in bfloat16 mode) around each step, never across a ``yield``."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         stack.enter_context(autocast(self.device, self.dtype))
         return stack
 
-    def _encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:
+    def encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:
+        """A slice's image features, from the cache when it holds them."""
         features = cache.get(index) if cache is not None else None
         if features is None:
             image = model_input(volume[index], self.model.config.image_size).to(self.device)
-            with self._compute():
+            with self.compute():
                 features = self.model.encode_image(image.unsqueeze(0))
             self.encoder_calls += 1
             if cache is not None:
                 cache.put(index, features)
         return features
 
-    def _model_box(self, box: Sequence[float], slice_shape: Tuple[int, int]) -> torch.Tensor:
-        """Slice pixels -> model-input pixels: each axis scaled to image_size (anisotropic, as the reference)."""
+    def model_points(
+        self,
+        box: Optional[Sequence[float]],
+        points: Sequence[Sequence[float]],
+        labels: Sequence[int],
+        slice_shape: Tuple[int, int],
+    ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """A box and points in slice pixels -> (1, N, 2) model-input pixels and (1, N) labels, the box's corners
+        first (labels 2, 3); each axis scaled to image_size (anisotropic, as the reference). None if empty."""
         height, width = slice_shape
-        corners = torch.tensor(box, dtype=torch.float32).reshape(2, 2) / torch.tensor([width, height])
-        return (corners * self.model.config.image_size).reshape(1, 4).to(self.device)
+        coords = [list(box[:2]), list(box[2:])] if box is not None else []
+        coords += [list(point) for point in points]
+        if not coords:
+            return None
+        point_labels = ([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT] if box is not None else []) + list(labels)
+        scaled = torch.tensor(coords, dtype=torch.float32) / torch.tensor([width, height])
+        return (
+            (scaled * self.model.config.image_size).unsqueeze(0).to(self.device),
+            torch.tensor(point_labels, dtype=torch.int32, device=self.device).unsqueeze(0),
+        )
 
-    def _filled(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+    def model_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """A binary (H, W) mask prompt -> (1, 1, S, S) at model-input size (antialiased resize, >= 0.5)."""
+        size = self.model.config.image_size
+        tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None].to(self.device)
+        if tensor.shape[-2:] != (size, size):
+            tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            tensor = (tensor >= 0.5).float()
+        return tensor
+
+    def filled(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits with small background holes filled (the reference's fill_hole_area)."""
         if not self.fill_holes:
             return low_res_logits
         filled = fill_small_holes(low_res_logits[0, 0].float().cpu().numpy(), self.model.config.fill_hole_area)
         return torch.from_numpy(filled).to(low_res_logits.device)[None, None]
 
-    def _result(self, index: int, low_res_logits: torch.Tensor, output: SliceOutput, slice_shape) -> SliceResult:
-        with self._compute():
+    def slice_result(self, index: int, low_res_logits: torch.Tensor, object_score: float, slice_shape) -> SliceResult:
+        """Low-res logits -> a :class:`SliceResult` at slice resolution (bilinear, align_corners=False)."""
+        with self.compute():
             logits = F.interpolate(low_res_logits.float(), size=tuple(slice_shape), mode="bilinear", align_corners=False)
-        return SliceResult(index, logits[0, 0].cpu().numpy(), float(output.object_score_logits.float()[0, 0]))
+        return SliceResult(index, logits[0, 0].cpu().numpy(), object_score)
 
 
-def validate_prompt(
-    volume: np.ndarray,
-    key_slice: int,
-    box: Sequence[float],
-    direction: str = "both",
-    slice_range: Optional[Tuple[int, int]] = None,
-) -> None:
-    """Raise :class:`PromptError` with a sentence saying what is wrong with a predictor call."""
+def check_volume(volume: np.ndarray) -> None:
+    """Raise :class:`PromptError` unless the volume is a non-empty uint8 (D, H, W) array."""
     if not isinstance(volume, np.ndarray) or volume.ndim != 3:
         shape = getattr(volume, "shape", None)
         raise PromptError(f"MedSAM2 needs a 3D volume (slices, rows, columns); got an array of shape {shape}.")
     if volume.dtype != np.uint8:
         raise PromptError(f"The volume must be windowed to uint8 first; got {volume.dtype}.")
-    num_slices, height, width = volume.shape
     if min(volume.shape) < 1:
         raise PromptError(f"The volume is empty (shape {volume.shape}).")
-    if not 0 <= key_slice < num_slices:
-        raise PromptError(f"Slice {key_slice} is outside the volume, which has slices 0..{num_slices - 1}.")
-    values = np.asarray(box, dtype=np.float64).ravel()
+    if volume.shape[0] < 2:  # the same answer as the Slicer logic's check_source_volume
+        raise PromptError(f"The volume is a single slice of {volume.shape[1]} x {volume.shape[2]} pixels; MedSAM2 "
+                          "propagates through a 3D volume with at least two slices.")
+
+
+def check_box(box: Sequence[float], slice_shape: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The box as four floats, or :class:`PromptError` saying what is wrong with it."""
+    height, width = slice_shape
+    try:
+        values = np.asarray(box, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([])
     if values.size != 4 or not np.all(np.isfinite(values)):
         raise PromptError(f"The box must be four numbers x0 y0 x1 y1; got {box!r}.")
     x0, y0, x1, y1 = values
@@ -328,6 +302,22 @@ def validate_prompt(
             f"The box ({x0:g}, {y0:g}) - ({x1:g}, {y1:g}) reaches outside the slice, whose pixels span "
             f"x 0..{width} and y 0..{height}."
         )
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def validate_prompt(
+    volume: np.ndarray,
+    key_slice: int,
+    box: Sequence[float],
+    direction: str = "both",
+    slice_range: Optional[Tuple[int, int]] = None,
+) -> None:
+    """Raise :class:`PromptError` with a sentence saying what is wrong with a predictor call."""
+    check_volume(volume)
+    num_slices = volume.shape[0]
+    if not 0 <= key_slice < num_slices:
+        raise PromptError(f"Slice {key_slice} is outside the volume, which has slices 0..{num_slices - 1}.")
+    check_box(box, volume.shape[1:])
     if direction not in DIRECTIONS:
         raise PromptError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
     if slice_range is not None:

@@ -19,8 +19,6 @@ from PIL import Image
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], dtype=np.float32).astype(np.float64)
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], dtype=np.float32).astype(np.float64)
 
-_SLICES_PER_BLOCK = 8  # windowing works on this many slices at a time
-
 # CT display windows as (lower, upper) Hounsfield units.
 CT_WINDOW_PRESETS: Dict[str, Tuple[float, float]] = {
     "soft-tissue": (-160.0, 240.0),  # W400 L40
@@ -33,22 +31,81 @@ CT_WINDOW_PRESETS: Dict[str, Tuple[float, float]] = {
 }
 
 
+# How to get rid of NaN/infinite voxels, said to users of the Python API (the command line and Slicer say
+# their own way).
+NON_FINITE_FIX = "replace them first with replace_non_finite(volume, VALUE)"
+
+
+class NonFiniteError(ValueError):
+    """The volume holds NaN or infinite voxels, which no window maps to an intensity."""
+
+
+def _parts(volume: np.ndarray):
+    """(index, view) pairs covering ``volume``: its slices along the first axis, or the whole of a 0D/1D array, so
+    that float64 work needs memory for one slice, not for the volume."""
+    if volume.ndim < 2:
+        return [(Ellipsis, volume)]
+    return enumerate(volume)
+
+
+def count_non_finite(volume: np.ndarray) -> Tuple[int, int]:
+    """(NaN voxels, infinite voxels) of ``volume``; (0, 0) for integer volumes. Slice by slice."""
+    volume = np.asarray(volume)
+    if not np.issubdtype(volume.dtype, np.inexact):
+        return 0, 0
+    nan = infinite = 0
+    for _, part in _parts(volume):
+        nan += int(np.count_nonzero(np.isnan(part)))
+        infinite += int(np.count_nonzero(np.isinf(part)))
+    return nan, infinite
+
+
+def check_finite(volume: np.ndarray, fix: str = NON_FINITE_FIX, name: str = "The volume") -> None:
+    """Raise :class:`NonFiniteError` counting the NaN and infinite voxels, and saying ``fix``, if there are any."""
+    nan, infinite = count_non_finite(volume)
+    if nan or infinite:
+        counts = " and ".join(f"{count:,} {kind}" for count, kind in ((nan, "NaN"), (infinite, "infinite")) if count)
+        raise NonFiniteError(
+            f"{name} has {counts} voxels (of {np.size(volume):,}), which no window can map to an intensity; {fix}."
+        )
+
+
+def replace_non_finite(volume: np.ndarray, value: float) -> np.ndarray:
+    """``volume`` with its NaN and infinite voxels set to ``value`` (a copy when there are any; integer volumes,
+    which have none, are returned as they are)."""
+    if not math.isfinite(value):
+        raise ValueError(f"The replacement for NaN and infinite voxels must be a finite number, not {value}.")
+    volume = np.asarray(volume)
+    if count_non_finite(volume) == (0, 0):
+        return volume
+    return np.nan_to_num(volume, copy=True, nan=value, posinf=value, neginf=value)
+
+
 def window(volume: np.ndarray, lower: float, upper: float) -> np.ndarray:
     """Clip to [lower, upper], stretch the clipped range to 0..255 and truncate to uint8 (the CT script).
 
-    The script's float64 arithmetic, a few slices at a time: never a float copy of the whole volume.
-    """
+    The script's float64 arithmetic, one slice at a time: the result is the script's, and the memory is the
+    uint8 output plus one float64 slice. NaN or infinite voxels are refused (:class:`NonFiniteError`)."""
     if not lower < upper:
         raise ValueError(f"The window's lower bound ({lower}) must be below its upper bound ({upper}).")
     volume = np.asarray(volume)
-    # Clipping is monotone: the clipped volume's extremes are the clipped extremes of the volume.
-    low, high = (np.clip(np.float64(extreme), lower, upper) for extreme in (volume.min(), volume.max()))
+    check_finite(volume)
+    return _window(volume, lower, upper)
+
+
+def _window(volume: np.ndarray, lower: float, upper: float) -> np.ndarray:
     windowed = np.zeros(volume.shape, dtype=np.uint8)
+    if volume.size == 0:
+        return windowed
+    low, high = math.inf, -math.inf
+    for _, part in _parts(volume):
+        clipped = np.clip(part.astype(np.float64), lower, upper)
+        low, high = min(low, float(clipped.min())), max(high, float(clipped.max()))
     if high == low:
         return windowed
-    for start in range(0, len(windowed), _SLICES_PER_BLOCK):
-        clipped = np.clip(volume[start : start + _SLICES_PER_BLOCK].astype(np.float64), lower, upper)
-        windowed[start : start + _SLICES_PER_BLOCK] = np.uint8((clipped - low) / (high - low) * 255.0)
+    for index, part in _parts(volume):
+        clipped = np.clip(part.astype(np.float64), lower, upper)
+        windowed[index] = np.uint8((clipped - low) / (high - low) * 255.0)
     return windowed
 
 
@@ -60,16 +117,27 @@ def ct_preset_window(volume: np.ndarray, preset: str) -> np.ndarray:
     return window(volume, lower, upper)
 
 
+def _exact_dtype(dtype: np.dtype) -> np.dtype:
+    """A dtype in which np.percentile gives the float64 result of the script: int32 for integers of up to 16 bits
+    (their differences cannot overflow it, and numpy interpolates in float64), float64 otherwise."""
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        return np.dtype(np.int32)
+    return np.dtype(np.float64)
+
+
 def mr_percentile_window(volume: np.ndarray, lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> np.ndarray:
     """MedSAM's MR convention: percentiles of the non-zero voxels, and zero (background) stays zero."""
     volume = np.asarray(volume)
-    foreground = volume[volume != 0]
+    check_finite(volume)
+    background = volume == 0
+    foreground = volume[~background].astype(_exact_dtype(volume.dtype), copy=False)
     if foreground.size == 0:
         return np.zeros(volume.shape, dtype=np.uint8)
     lower, upper = np.percentile(foreground, [lower_percentile, upper_percentile])
+    del foreground
     upper = max(upper, lower + 1.0)  # a constant foreground still maps to a valid window
-    windowed = window(volume, float(lower), float(upper))
-    windowed[volume == 0] = 0
+    windowed = _window(volume, float(lower), float(upper))
+    windowed[background] = 0
     return windowed
 
 
@@ -78,7 +146,10 @@ def as_uint8(volume: np.ndarray) -> np.ndarray:
     volume = np.asarray(volume)
     if volume.dtype == np.uint8:
         return volume
-    if volume.size and (volume.min() < 0 or volume.max() > 255 or not np.array_equal(volume, np.round(volume))):
+    check_finite(volume)
+    whole = np.issubdtype(volume.dtype, np.integer) or all(
+        np.array_equal(part, np.round(part)) for _, part in _parts(volume))
+    if volume.size and (volume.min() < 0 or volume.max() > 255 or not whole):
         raise ValueError(
             f"The volume's values ({volume.min()}..{volume.max()}) are not whole numbers in 0..255; "
             "give a display window (or a CT preset, or MR percentile windowing) instead of no windowing."

@@ -1,5 +1,5 @@
 """The MedSAM2 network in plain torch, one module per part."""
 
-from .medsam2 import ImageFeatures, MedSAM2, SliceOutput, SpatialMemory
+from .medsam2 import ImageFeatures, MedSAM2, MemoryContext, SliceOutput, SpatialMemory
 
-__all__ = ["ImageFeatures", "MedSAM2", "SliceOutput", "SpatialMemory"]
+__all__ = ["ImageFeatures", "MedSAM2", "MemoryContext", "SliceOutput", "SpatialMemory"]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import sys
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -46,8 +48,9 @@ def default_checkpoint_path() -> Path:
 
 def missing_checkpoint_message(path: Path) -> str:
     return (
-        f"No MedSAM2 checkpoint at {path}. Download {CHECKPOINT_FILENAME} from {CHECKPOINT_URL} "
-        f"and save it there, or pass the path of a checkpoint you already have (--checkpoint PATH)."
+        f"No MedSAM2 checkpoint at {path}. Get it with `medsam2 download -o \"{path}\"` (or download "
+        f"{CHECKPOINT_FILENAME} from {CHECKPOINT_URL} and save it there), or pass the path of a checkpoint you "
+        "already have (--checkpoint PATH)."
     )
 
 
@@ -57,14 +60,18 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(missing_checkpoint_message(path))
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols are not for users
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # The weights-only unpickler names the class or function it refused ("... GLOBAL os.system ...");
-        # other failures are plain corruption.
-        if re.search(r"\bglobal\b", str(error), re.IGNORECASE):
+        # The weights-only unpickler names the class or function it refused ("... GLOBAL os.system ..."), but
+        # not for every kind of file (a plain pickle gets a generic message): look at the pickle ourselves.
+        code = re.search(r"\bglobal\s+([\w.]+)", str(error), re.IGNORECASE)
+        unsafe = code.group(1) if code else _code_in_pickle(path)
+        if unsafe:
             raise CheckpointError(
-                f"Refused to load {path}: besides weights it contains Python objects that would run code "
-                f"when unpickled. Nothing from it was executed. Use the official {CHECKPOINT_FILENAME}."
+                f"Refused to load {path} because it is unsafe: besides weights it holds Python code ({unsafe}) that "
+                f"would run when loaded; nothing from it was executed, so use the official {CHECKPOINT_FILENAME}."
             ) from error
         raise CheckpointError(_damaged_message(path, error)) from error
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
@@ -80,11 +87,50 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
+# Modules whose functions a weights-only checkpoint may name: the tensors' own rebuilding functions.
+SAFE_PICKLE_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
+def _code_in_pickle(path: Path) -> Optional[str]:
+    """The first function or class outside SAFE_PICKLE_MODULES that the pickle in ``path`` (a torch zip file's
+    data.pkl, or the file itself) would import when loaded, found by reading its opcodes (nothing is executed);
+    None when it names none or is not a pickle at all."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((item for item in archive.namelist() if item.endswith("data.pkl")), None)
+            data = archive.read(name) if name else b""
+    except (zipfile.BadZipFile, OSError):
+        data = path.read_bytes()
+    strings: List[str] = []
+    memo: Dict[object, object] = {}
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                named = str(argument).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                named = f"{strings[-2]}.{strings[-1]}"
+            else:
+                if isinstance(argument, str) and ("UNICODE" in opcode.name or "STRING" in opcode.name):
+                    strings.append(str(argument))
+                elif opcode.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT") and strings:
+                    memo[len(memo) if opcode.name == "MEMOIZE" else argument] = strings[-1]
+                elif opcode.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(argument), str):
+                    strings.append(memo[argument])
+                continue
+            if named.split(".")[0] not in SAFE_PICKLE_MODULES:
+                return named
+    except (ValueError, EOFError, UnicodeDecodeError):
+        pass  # not (or no longer) a pickle: damaged, not unsafe
+    return None
+
+
 def _damaged_message(path: Path, error: BaseException) -> str:
+    # torch's own words are left out: its unpickling errors advise turning weights_only off, which would run
+    # whatever code the file holds.
     size = path.stat().st_size
     return (
-        f"The checkpoint {path} ({size:,} bytes) is damaged or not a PyTorch file ({error.__class__.__name__}: "
-        f"{str(error).splitlines()[0] if str(error) else 'no details'}). Download it again."
+        f"The checkpoint {path} ({size:,} bytes) is damaged or not a PyTorch file ({error.__class__.__name__}). "
+        "Download it again."
     )
 
 

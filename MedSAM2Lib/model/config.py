@@ -111,56 +111,96 @@ def load_config(path: str | Path) -> MedSAM2Config:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"Cannot read the config file {path}: {error.strerror or error}.") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"The config file {path} is not UTF-8 text (byte {error.start + 1} is not UTF-8); save it as "
+                          "UTF-8.") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"The config file {path} is not valid YAML: {error}") from error
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"The config file {path} is not valid YAML{where}: {problem}.") from error
     if not isinstance(document, Mapping) or not isinstance(document.get("model"), Mapping):
         raise ConfigError(f"The config file {path} has no 'model:' section; expected the official SAM2 yaml layout.")
     try:
         return config_from_model_section(document["model"])
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"The config file {path} lacks an expected entry: {error}.") from error
+    except ConfigError as error:
+        raise ConfigError(f"The config file {path}: {error}") from error
 
 
 def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
-    """Build a config from the ``model:`` mapping of an official yaml."""
+    """Build a config from the ``model:`` mapping of an official yaml; ConfigError names a missing or mistyped
+    entry by its path (``model.image_encoder.trunk.embed_dim``)."""
+    entries = _Entries(model)
     for flag, expected in _REQUIRED_FLAGS.items():
         if model.get(flag, expected) != expected:
             raise ConfigError(f"Unsupported setting {flag}={model[flag]!r}: this implementation needs {expected!r}.")
-    image_encoder = model["image_encoder"]
-    trunk = image_encoder["trunk"]
-    neck = image_encoder["neck"]
-    if image_encoder.get("scalp", 1) != 1 or neck.get("fpn_interp_model", "nearest") != "nearest":
+    if entries.get("image_encoder.scalp", 1) != 1 or entries.get("image_encoder.neck.fpn_interp_model", "nearest") != "nearest":
         raise ConfigError("Only the SAM 2.1 image encoder (scalp 1, nearest top-down FPN) is supported.")
-    attention = model["memory_attention"]
-    layer = attention["layer"]
-    memory_encoder = model["memory_encoder"]
-    default_trunk = HieraConfig()
+    trunk, default_trunk = "image_encoder.trunk.", HieraConfig()
     hiera = HieraConfig(
-        embed_dim=int(trunk["embed_dim"]),
-        num_heads=int(trunk["num_heads"]),
-        stages=tuple(int(n) for n in trunk["stages"]),
-        global_attention_blocks=tuple(int(n) for n in trunk["global_att_blocks"]),
-        window_spec=tuple(int(n) for n in trunk.get("window_spec", default_trunk.window_spec)),
-        background_pos_embed_size=tuple(int(n) for n in trunk["window_pos_embed_bkg_spatial_size"]),
+        embed_dim=entries.integer(trunk + "embed_dim"),
+        num_heads=entries.integer(trunk + "num_heads"),
+        stages=entries.integers(trunk + "stages"),
+        global_attention_blocks=entries.integers(trunk + "global_att_blocks"),
+        window_spec=entries.integers(trunk + "window_spec", default_trunk.window_spec),
+        background_pos_embed_size=entries.integers(trunk + "window_pos_embed_bkg_spatial_size"),
     )
-    if list(hiera.stage_dims[::-1]) != [int(n) for n in neck["backbone_channel_list"]]:
+    if list(hiera.stage_dims[::-1]) != list(entries.integers("image_encoder.neck.backbone_channel_list")):
         raise ConfigError("neck.backbone_channel_list does not match the Hiera stage widths.")
-    d_model = int(neck["d_model"])
-    if int(attention["d_model"]) != d_model:
+    d_model = entries.integer("image_encoder.neck.d_model")
+    if entries.integer("memory_attention.d_model") != d_model:
         raise ConfigError("memory_attention.d_model must equal the neck's d_model.")
-    cross = layer["cross_attention"]
+    cross = "memory_attention.layer.cross_attention."
     return MedSAM2Config(
-        image_size=int(model["image_size"]),
+        image_size=entries.integer("image_size"),
         trunk=hiera,
         d_model=d_model,
-        fpn_top_down_levels=tuple(int(n) for n in neck["fpn_top_down_levels"]),
-        memory_attention_layers=int(attention["num_layers"]),
-        memory_attention_heads=int(cross["num_heads"]),
-        memory_attention_ffn_dim=int(layer["dim_feedforward"]),
-        rope_theta=float(cross.get("rope_theta", 10000.0)),
-        mem_dim=int(memory_encoder["out_dim"]),
-        memory_fuser_layers=int(memory_encoder["fuser"]["num_layers"]),
-        num_maskmem=int(model["num_maskmem"]),
-        sigmoid_scale_for_mem_enc=float(model["sigmoid_scale_for_mem_enc"]),
-        sigmoid_bias_for_mem_enc=float(model["sigmoid_bias_for_mem_enc"]),
+        fpn_top_down_levels=entries.integers("image_encoder.neck.fpn_top_down_levels"),
+        memory_attention_layers=entries.integer("memory_attention.num_layers"),
+        memory_attention_heads=entries.integer(cross + "num_heads"),
+        memory_attention_ffn_dim=entries.integer("memory_attention.layer.dim_feedforward"),
+        rope_theta=entries.number(cross + "rope_theta", 10000.0),
+        mem_dim=entries.integer("memory_encoder.out_dim"),
+        memory_fuser_layers=entries.integer("memory_encoder.fuser.num_layers"),
+        num_maskmem=entries.integer("num_maskmem"),
+        sigmoid_scale_for_mem_enc=entries.number("sigmoid_scale_for_mem_enc"),
+        sigmoid_bias_for_mem_enc=entries.number("sigmoid_bias_for_mem_enc"),
     )
+
+
+_MISSING = object()
+
+
+class _Entries:
+    """Typed entries of the ``model:`` mapping by dotted path; ConfigError names the path of a bad one."""
+
+    def __init__(self, model: Mapping[str, Any]) -> None:
+        self.model = model
+
+    def get(self, path: str, default: Any = _MISSING) -> Any:
+        value: Any = self.model
+        for key in path.split("."):
+            if not isinstance(value, Mapping) or key not in value:
+                if default is not _MISSING:
+                    return default
+                raise ConfigError(f"model.{path} is missing.")
+            value = value[key]
+        return value
+
+    def integer(self, path: str, default: Any = _MISSING) -> int:
+        value = self.get(path, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"model.{path} is {value!r}, not a whole number.")
+        return value
+
+    def integers(self, path: str, default: Any = _MISSING) -> Tuple[int, ...]:
+        values = self.get(path, default)
+        if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise ConfigError(f"model.{path} is {values!r}, not a list of whole numbers.")
+        return tuple(values)
+
+    def number(self, path: str, default: Any = _MISSING) -> float:
+        value = self.get(path, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"model.{path} is {value!r}, not a number.")
+        return float(value)

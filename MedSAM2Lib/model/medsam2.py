@@ -7,7 +7,7 @@ Shapes: B batch (always 1 in the predictor), C = config.d_model, M = config.mem_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,16 @@ class SpatialMemory:
     obj_ptr: torch.Tensor  # (B, C)
 
 
+@dataclass
+class MemoryContext:
+    """What a tracked slice attends to."""
+
+    memories: Sequence[Tuple[int, SpatialMemory]]  # (slot in maskmem_tpos_enc, entry): num_maskmem-1 for
+    # conditioning slices, k-1 for the slice k back in the tracking direction
+    pointers: Sequence[Tuple[int, torch.Tensor]]  # (signed temporal distance, (B, C) object pointer)
+    num_frames: int  # slices in the volume (bounds the pointer-distance normalisation)
+
+
 class MedSAM2(nn.Module):
     def __init__(self, config: MedSAM2Config) -> None:
         super().__init__()
@@ -78,9 +88,9 @@ class MedSAM2(nn.Module):
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, dim))
         self.no_obj_ptr = nn.Parameter(torch.zeros(1, dim))
         self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
-        # Present in official checkpoints, unused by box propagation: the no-memory position token (unused
-        # when no_mem_embed is added directly) and the mask-prompt downsampler.
+        # In official checkpoints but unused here: the no-memory position token (no_mem_embed is added directly).
         self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, dim))
+        # A mask prompt at S x S -> the 4s x 4s mask input from which its object pointer is decoded.
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
 
         # Constant position encodings of the stride-16 grid (not in the checkpoint).
@@ -98,49 +108,63 @@ class MedSAM2(nn.Module):
         stride4, stride8, stride16 = self.image_encoder(image)
         return ImageFeatures(stride16, self.sam_mask_decoder.project_high_res_features(stride4, stride8))
 
-    def segment_with_box(self, features: ImageFeatures, box: torch.Tensor) -> SliceOutput:
-        """Prompted slice: no memory; box (B, 4) x0, y0, x1, y1 in model-input pixels (0..S)."""
-        pix_feat = features.embedding + self.no_mem_embed.reshape(1, -1, 1, 1)
-        sparse = self.sam_prompt_encoder.embed_box(box)
-        decoded = self._decode(pix_feat, features, sparse)
-        # A box counts as two points: single-mask output, falling back to the best multimask token when the
-        # single mask is unstable. The pointer always comes from the single-mask token.
-        logits, iou = decoded.mask_logits, decoded.iou_scores
-        best_multi = 1 + iou[:, 1:].argmax(dim=1)
-        batch = torch.arange(logits.shape[0], device=logits.device)
-        stable = self._stability(logits[:, 0]) >= self.config.stability_threshold
-        chosen = torch.where(stable, torch.zeros_like(best_multi), best_multi)
-        return self._slice_output(
-            logits[batch, chosen], iou[batch, chosen].unsqueeze(1), decoded.mask_tokens[:, 0],
-            decoded.object_score_logits,
-        )
-
-    def track(
+    def segment(
         self,
         features: ImageFeatures,
-        memories: Sequence[Tuple[int, SpatialMemory]],
-        pointers: Sequence[Tuple[int, torch.Tensor]],
-        num_frames: int,
+        points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        mask_logits: Optional[torch.Tensor] = None,
+        memory: Optional[MemoryContext] = None,
     ) -> SliceOutput:
-        """Unprompted slice conditioned on the memory bank.
+        """Decode one slice.
 
-        memories: (slot, entry) with slot an index into ``maskmem_tpos_enc``; pointers: (temporal distance,
-        (B, C) pointer); num_frames: slices in the volume (it bounds the pointer distance normalisation).
+        points: (B, N, 2) x, y in model-input pixels (0..S) and (B, N) labels (0 background, 1 object, 2 and 3
+        a box's corners, placed first); mask_logits: (B, 1, 4s, 4s) a previous output fed back as mask input;
+        memory: the memory bank for a tracked slice, None for a conditioning slice (decoded as SAM would).
+
+        At most one point (a box counts as two) gives the best of the three multimask outputs, its own token
+        giving the pointer. More give the single-mask output, falling back to the best multimask output when
+        that mask is unstable; the pointer then still comes from the single-mask token.
         """
-        memory, memory_pos, num_ptr_tokens = self._memory_tokens(memories, pointers, num_frames)
-        embedding = features.embedding
-        conditioned = self.memory_attention(
-            embedding.flatten(2).transpose(1, 2), self.vision_pos, memory, memory_pos, num_ptr_tokens
+        if memory is None:
+            pix_feat = features.embedding + self.no_mem_embed.reshape(1, -1, 1, 1)
+        else:
+            pix_feat = self._condition_on_memory(features.embedding, memory)
+        batch = pix_feat.shape[0]
+        prompt = self.sam_prompt_encoder
+        sparse = prompt.embed_no_prompt(batch) if points is None else prompt.embed_points(*points)
+        dense = prompt.dense_no_mask(batch) if mask_logits is None else prompt.dense_mask(mask_logits)
+        decoded = self.sam_mask_decoder(pix_feat, prompt.dense_positional_encoding(), sparse, dense, features.high_res)
+        num_points = 0 if points is None else points[1].shape[1]
+        logits, iou, tokens = decoded.mask_logits, decoded.iou_scores, decoded.mask_tokens
+        index = torch.arange(batch, device=logits.device)
+        best_multi = 1 + iou[:, 1:].argmax(dim=1)
+        if num_points <= 1:
+            return self._slice_output(logits[index, best_multi], iou[:, 1:], tokens[index, best_multi],
+                                      decoded.object_score_logits)
+        stable = self._stability(logits[:, 0]) >= self.config.stability_threshold
+        chosen = torch.where(stable, torch.zeros_like(best_multi), best_multi)
+        return self._slice_output(logits[index, chosen], iou[index, chosen].unsqueeze(1), tokens[:, 0],
+                                  decoded.object_score_logits)
+
+    def mask_as_output(self, features: ImageFeatures, mask: torch.Tensor) -> SliceOutput:
+        """A binary (B, 1, S, S) mask given as the slice's answer (SAM 2's mask prompt): logits +-10 at 4s x 4s,
+        object present iff the mask is not empty; the pointer comes from decoding the image features, without
+        memory, with the mask (downsampled by ``mask_downsample``) as mask input."""
+        mask = mask.float()
+        high_res = mask * 20.0 - 10.0
+        low_res = F.interpolate(high_res, size=(self.config.low_res_mask_size,) * 2, mode="bilinear",
+                                align_corners=False, antialias=True)
+        prompt = self.sam_prompt_encoder
+        batch = mask.shape[0]
+        decoded = self.sam_mask_decoder(
+            features.embedding, prompt.dense_positional_encoding(), prompt.embed_no_prompt(batch),
+            prompt.dense_mask(self.mask_downsample(mask)), features.high_res,
         )
-        pix_feat = conditioned.transpose(1, 2).reshape(embedding.shape)
-        decoded = self._decode(pix_feat, features, self.sam_prompt_encoder.embed_no_prompt(embedding.shape[0]))
-        # Tracking: best of the three multimask outputs; its own token gives the pointer.
-        iou = decoded.iou_scores[:, 1:]
-        chosen = 1 + iou.argmax(dim=1)
-        batch = torch.arange(iou.shape[0], device=iou.device)
-        return self._slice_output(
-            decoded.mask_logits[batch, chosen], iou, decoded.mask_tokens[batch, chosen], decoded.object_score_logits
-        )
+        present = mask.flatten(1).gt(0).any(dim=1, keepdim=True)
+        decoder_present = decoded.object_score_logits > 0
+        obj_ptr = torch.where(present & decoder_present, self.obj_ptr_proj(decoded.mask_tokens[:, 0]), self.no_obj_ptr)
+        object_score_logits = torch.where(present, 10.0, -10.0)
+        return SliceOutput(low_res, obj_ptr, object_score_logits, mask.new_ones(batch, 1))
 
     def encode_memory(
         self, features: ImageFeatures, low_res_logits: torch.Tensor, object_score_logits: torch.Tensor, binarize: bool
@@ -160,12 +184,13 @@ class MedSAM2(nn.Module):
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _decode(self, pix_feat: torch.Tensor, features: ImageFeatures, sparse: torch.Tensor):
-        prompt = self.sam_prompt_encoder
-        return self.sam_mask_decoder(
-            pix_feat, prompt.dense_positional_encoding(), sparse, prompt.dense_no_mask(pix_feat.shape[0]),
-            features.high_res,
+    def _condition_on_memory(self, embedding: torch.Tensor, memory: MemoryContext) -> torch.Tensor:
+        """(B, C, s, s) slice features attended to the memory bank -> same shape."""
+        tokens, positions, num_ptr_tokens = self._memory_tokens(memory.memories, memory.pointers, memory.num_frames)
+        conditioned = self.memory_attention(
+            embedding.flatten(2).transpose(1, 2), self.vision_pos, tokens, positions, num_ptr_tokens
         )
+        return conditioned.transpose(1, 2).reshape(embedding.shape)
 
     def _stability(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, h, w) -> (B,) IoU between the masks thresholded at +delta and -delta (1 when both empty)."""

@@ -1,4 +1,5 @@
-"""Prompt encoder: a box (or no prompt) -> sparse tokens; the dense "no mask" embedding; the dense grid encoding."""
+"""Prompt encoder: points and box corners (or no prompt) -> sparse tokens; a mask (or none) -> dense embedding;
+the dense grid encoding."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from torch import nn
 
 from .common import LayerNorm2d
 
-# Point labels of the official prompt format.
-NOT_A_POINT, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 2, 3
+# Point labels of the official prompt format: a box is two points labelled 2 and 3, given before any others.
+NOT_A_POINT, BACKGROUND, OBJECT, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 
 
 class RandomFourierPositions(nn.Module):
@@ -35,8 +36,7 @@ class RandomFourierPositions(nn.Module):
 
 
 class PromptEncoder(nn.Module):
-    """Sparse tokens for box corners; ``mask_downscaling`` is kept only so official checkpoints load
-    (the mask-prompt path it serves is not part of box propagation)."""
+    """Sparse tokens for points and box corners; a dense embedding for a low-resolution mask input."""
 
     def __init__(self, embed_dim: int, image_size: int, mask_in_chans: int = 16) -> None:
         super().__init__()
@@ -57,15 +57,18 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
-    def embed_box(self, box: torch.Tensor) -> torch.Tensor:
-        """(B, 4) box x0, y0, x1, y1 in model-input pixels -> (B, 3, C) tokens: two corners and padding."""
-        corners = (box.reshape(-1, 2, 2) + 0.5) / self.image_size  # +0.5: pixel centres
-        tokens = self.pe_layer.encode(corners)
-        tokens = tokens + torch.stack(
-            [self.point_embeddings[BOX_TOP_LEFT].weight[0], self.point_embeddings[BOX_BOTTOM_RIGHT].weight[0]]
-        )
-        padding = self.not_a_point_embed.weight.expand(tokens.shape[0], 1, -1)
-        return torch.cat([tokens, padding], dim=1)
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, N, 2) x, y in model-input pixels and (B, N) labels -> (B, N + 1, C) tokens, the last one padding.
+
+        Labels: 0 background point, 1 object point, 2 and 3 the box's corners (placed first)."""
+        batch = coords.shape[0]
+        coords = torch.cat([coords, coords.new_zeros(batch, 1, 2)], dim=1)
+        labels = torch.cat([labels, labels.new_full((batch, 1), NOT_A_POINT)], dim=1).unsqueeze(-1)
+        tokens = self.pe_layer.encode((coords + 0.5) / self.image_size)  # +0.5: pixel centres
+        tokens = torch.where(labels == NOT_A_POINT, torch.zeros_like(tokens) + self.not_a_point_embed.weight, tokens)
+        for label, embedding in enumerate(self.point_embeddings):
+            tokens = torch.where(labels == label, tokens + embedding.weight, tokens)
+        return tokens
 
     def embed_no_prompt(self, batch: int) -> torch.Tensor:
         """Tokens for a slice without prompt (tracking): an empty point plus padding, (B, 2, C)."""
@@ -75,6 +78,10 @@ class PromptEncoder(nn.Module):
         """(B, C, s, s): the learned embedding that says "no mask prompt"."""
         size = self.embedding_size
         return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, size, size)
+
+    def dense_mask(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 4s, 4s) mask input (logits, or a mask at that size) -> (B, C, s, s) dense embedding."""
+        return self.mask_downscaling(mask_logits)
 
     def dense_positional_encoding(self) -> torch.Tensor:
         """(1, C, s, s) encoding of the image-embedding grid, for the mask decoder."""

@@ -22,7 +22,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
-from ..inference.preprocessing import Windowing
+from ..inference.preprocessing import Windowing, check_finite
 from .geometry import StackPrompt, box_prompt, stack_geometry, transform_points
 
 
@@ -35,6 +35,10 @@ class EditorStateError(ValueError):
 
 def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+# NaN/infinite voxels: what a Slicer user can do about them (the command line says --nan-as instead).
+SLICER_NAN_FIX = "replace them first (for example with the Simple Filters module's ThresholdImageFilter) or choose another volume"
 
 
 def array_from_image(image: vtk.vtkImageData) -> np.ndarray:
@@ -363,7 +367,9 @@ class MedSAM2Logic:
         windowing = windowing or display_windowing(prompt.source.volume_node)
         key = (id(self.predictor), id(image), image.GetMTime(), windowing, prompt.stack.geometry)
         if key != self._cache_key:
-            stack = prompt.stack.geometry.to_stack(windowing.apply(prompt.source.array()))
+            intensities = prompt.source.array()
+            check_finite(intensities, SLICER_NAN_FIX, name=f"The source volume '{prompt.source.volume_node.GetName()}'")
+            stack = prompt.stack.geometry.to_stack(windowing.apply(intensities))
             self._cache_key, self._cache = key, FeatureCache(stack, self.max_cached_slices)
         return self._cache.volume, self._cache
 

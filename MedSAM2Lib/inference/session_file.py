@@ -1,0 +1,177 @@
+"""Session files: the prompts and propagations that produced a segment, as JSON, for the command line, batch
+and for saving with a segment.
+
+    {"steps": [{"slice": 12, "box": [x0, y0, x1, y1], "points": [[x, y], ...], "labels": [1, 0]},
+               {"propagate": "both"},
+               {"slice": 17, "points": [[x, y]], "labels": [0], "add": true},
+               {"slice": 30, "mask": "mask30.png"},
+               {"propagate": "both", "range": [0, 60]},
+               {"slice": 17, "remove": true}]}
+
+Coordinates are slice pixels (x = column, y = row), as ``--box``; a mask is a PNG or ``.npy`` file (non-zero =
+object) relative to the JSON file. Steps run in order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..atomic import write_atomically, write_text_atomically
+from .predictor import DIRECTIONS, PromptError, check_volume
+from .session import Session, check_prompt
+
+PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
+PROPAGATE_KEYS = {"propagate", "range"}
+REMOVE_KEYS = {"slice", "remove"}
+
+
+class SessionFileError(ValueError):
+    """A session file cannot be read or one of its steps cannot be used."""
+
+
+def read_session_file(path) -> List[Dict[str, Any]]:
+    """The steps of a session file, checked, with masks loaded as (H, W) bool arrays."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SessionFileError(f"Cannot read the session file {path}: {error.strerror or error}.") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SessionFileError(f"The session file {path} is not valid JSON: {error}.") from error
+    if not isinstance(document, dict) or not isinstance(document.get("steps"), list) or not document["steps"]:
+        raise SessionFileError(f'The session file {path} must hold {{"steps": [...]}} with at least one step.')
+    return [_checked_step(number, step, path.parent) for number, step in enumerate(document["steps"], start=1)]
+
+
+def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps: bool = True) -> None:
+    """Refuse, before any work, steps that cannot apply to a volume: a prompt outside it or not fitting its
+    slices, a range outside it. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step
+    (``name_steps``: steps of a file, not of command-line options)."""
+    check_volume(volume)
+    num_slices = volume.shape[0]
+    for number, step in enumerate(steps, start=1):
+        try:
+            if "propagate" in step:
+                first, last = step.get("range", (0, num_slices - 1))
+                if not 0 <= first <= last < num_slices:
+                    raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1}.")
+            elif not step.get("remove"):
+                check_prompt(volume.shape, step["slice"], step.get("box"), step.get("points"), step.get("labels"),
+                             step.get("mask"))
+        except PromptError as error:
+            if not name_steps:
+                raise
+            raise SessionFileError(f"Step {number}: {error}") from error
+
+
+def run_steps(
+    session: Session,
+    steps: Sequence[Dict[str, Any]],
+    on_slice: Optional[Callable[[object], None]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
+) -> None:
+    """Run steps in order on a session. ``on_slice`` sees each slice a propagation yields and ``on_step`` each
+    finished step's number; either may raise to cancel. A step the session refuses raises
+    :class:`SessionFileError` naming the step."""
+    for number, step in enumerate(steps, start=1):
+        try:
+            if "propagate" in step:
+                for result in session.propagate(step["propagate"], tuple(step["range"]) if "range" in step else None):
+                    if on_slice is not None:
+                        on_slice(result)
+            elif step.get("remove"):
+                session.remove_prompt(step["slice"])
+            else:
+                session.add_prompt(step["slice"], box=step.get("box"), points=step.get("points"),
+                                   labels=step.get("labels"), mask=step.get("mask"), add=step.get("add", False))
+        except PromptError as error:
+            raise SessionFileError(f"Step {number}: {error}") from error
+        if on_step is not None:
+            on_step(number)
+
+
+def session_document(steps: Sequence[Dict[str, Any]], mask_name: Callable[[int, int], str]) -> Dict[str, Any]:
+    """Steps as a JSON-ready document; each mask is replaced by mask_name(step_number, slice), the file the
+    caller saves it to."""
+    document = []
+    for number, step in enumerate(steps, start=1):
+        step = dict(step)
+        if isinstance(step.get("mask"), np.ndarray):
+            step["mask"] = mask_name(number, step["slice"])
+        document.append(step)
+    return {"steps": document}
+
+
+def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
+    """Write steps (as :attr:`Session.steps` gives them) to a JSON file; masks go to ``.npy`` files beside it,
+    named after the JSON file, the step and the slice."""
+    path = Path(path)
+
+    def mask_name(number: int, index: int) -> str:
+        return f"{path.stem}.step{number}.slice{index}.npy"
+
+    for number, step in enumerate(steps, start=1):
+        if isinstance(step.get("mask"), np.ndarray):
+            write_atomically(path.parent / mask_name(number, step["slice"]),
+                             lambda target, mask=step["mask"]: np.save(target, mask.astype(bool)), suffix=".npy")
+    write_text_atomically(path, json.dumps(session_document(steps, mask_name), indent=1) + "\n")
+
+
+def _checked_step(number: int, step: Any, folder: Path) -> Dict[str, Any]:
+    where = f"Step {number} of the session file"
+    if not isinstance(step, dict):
+        raise SessionFileError(f"{where} must be an object such as {{\"slice\": 12, \"box\": [...]}}; got {step!r}.")
+    if "propagate" in step:
+        unknown = set(step) - PROPAGATE_KEYS
+        if unknown:
+            raise SessionFileError(f"{where} propagates and cannot also have {', '.join(sorted(unknown))}.")
+        if step["propagate"] not in DIRECTIONS:
+            raise SessionFileError(f"{where}: propagate must be one of {', '.join(DIRECTIONS)}; got {step['propagate']!r}.")
+        if "range" in step and not _is_int_pair(step["range"]):
+            raise SessionFileError(f"{where}: range must be two slice numbers [first, last]; got {step['range']!r}.")
+        return dict(step)
+    if not isinstance(step.get("slice"), int) or isinstance(step.get("slice"), bool):
+        raise SessionFileError(f"{where} needs a slice number (or \"propagate\"); got {step.get('slice')!r}.")
+    if step.get("remove"):
+        unknown = set(step) - REMOVE_KEYS
+        if unknown:
+            raise SessionFileError(f"{where} removes a prompt and cannot also have {', '.join(sorted(unknown))}.")
+        return dict(step)
+    unknown = set(step) - PROMPT_KEYS
+    if unknown:
+        raise SessionFileError(f"{where} has unknown keys: {', '.join(sorted(unknown))}.")
+    if not any(key in step for key in ("box", "points", "mask")):
+        raise SessionFileError(f"{where} gives no box, points or mask for slice {step['slice']}.")
+    checked = dict(step)
+    if "mask" in step:
+        checked["mask"] = _read_mask(where, folder, step["mask"])
+    return checked
+
+
+def _read_mask(where: str, folder: Path, name: Any) -> np.ndarray:
+    if not isinstance(name, str):
+        raise SessionFileError(f"{where}: mask must be a file name (PNG or .npy); got {name!r}.")
+    path = folder / name
+    try:
+        if path.suffix.lower() == ".npy":
+            mask = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                mask = np.asarray(image.convert("L"))
+        else:
+            raise SessionFileError(f"{where}: the mask {name} must be a .png or .npy file.")
+    except (OSError, ValueError) as error:
+        raise SessionFileError(f"{where}: cannot read the mask {path}: {error}.") from error
+    if mask.ndim != 2:
+        raise SessionFileError(f"{where}: the mask {name} must be one 2D slice; it has shape {mask.shape}.")
+    return mask != 0
+
+
+def _is_int_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
