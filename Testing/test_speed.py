@@ -192,3 +192,12 @@ def test_session_early_stop_is_on_by_default_and_a_preview_is_not_encoded_again(
     assert results[5].stop == session.stops["forward"] and results[-1].stop == session.stops["backward"]
     assert list(session.propagate()) == [] and predictor.encoder_calls == 11  # again: same stop, no new work
     assert session.tracked_by(20) is None  # beyond the stop: untracked, a prompt there is a new keyframe
+
+
+def test_slicer_status_line_reports_early_stops():
+    from MedSAM2Lib.slicer_glue.logic import SegmentationResult
+
+    stop = DirectionStop("forward", 5, 2)
+    result = SegmentationResult(np.zeros((6, 2, 2), np.uint8), [3, 4, 5], 0, [str(stop)])
+    assert result.status == ("Segmented 3 slice(s). Forward propagation stopped at slice 5: the model saw no object "
+                             "on slices 4-5 (2 in a row). Undo (Ctrl+Z) reverts it.")
