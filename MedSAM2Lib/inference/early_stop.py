@@ -50,9 +50,10 @@ class AbsenceWatch:
         self.absent_slices = absent_slices
         self._run = 0
 
-    def update(self, index: int, object_score: float, last: bool) -> Optional[DirectionStop]:
-        """Record the score of slice ``index`` (``last``: the direction's final planned slice); a stop or None."""
-        self._run = self._run + 1 if object_score <= 0 else 0
+    def update(self, index: int, object_score: float, last: bool, prompted: bool = False) -> Optional[DirectionStop]:
+        """Record the score of slice ``index`` (``last``: the direction's final planned slice); a stop or None.
+        A prompted slice (conditioning or corrected) never counts as absent: the user put the object there."""
+        self._run = self._run + 1 if object_score <= 0 and not prompted else 0
         if self.absent_slices is not None and self._run >= self.absent_slices:
             return DirectionStop(self.direction, index, self._run)
         return DirectionStop(self.direction, index) if last else None

@@ -283,6 +283,7 @@ class Session:
         indices = direction.order(start, first, last)
         for index in indices:
             result = None
+            prompted = index in direction.conditioning or index in direction.corrections
             if index in direction.conditioning:
                 self._reached.add(index)
                 output = direction.conditioning[index]
@@ -298,7 +299,7 @@ class Session:
                 output = direction.outputs[index] = self._tracked(direction, index)
                 direction.valid.add(index)  # later slices are already invalid: invalidation always cuts a suffix
                 result = self._publish(index, output)
-            stop = watch.update(index, float(output.object_score.float()[0, 0]), last=index == indices[-1])
+            stop = watch.update(index, float(output.object_score.float()[0, 0]), index == indices[-1], prompted)
             if stop is not None:
                 self.stops[direction.name] = stop
             if result is not None:
