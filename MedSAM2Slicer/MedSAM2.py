@@ -244,11 +244,14 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
             choice = ModelChoice(realWeights)
         else:
             choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml")
+        # Exact mode, every slice: the scenario compares voxel for voxel with the official pipeline.
+        predictor = ModelCache().predictor(choice, precision="float32", early_stop=None)
+
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
         editorWidget.setMRMLSegmentEditorNode(editorNode)
-        return (ModelCache().predictor(choice), realWeights.is_file(), editorWidget, editorNode,
+        return (predictor, realWeights.is_file(), editorWidget, editorNode,
                 slicer.app.layoutManager().sliceWidget("Red"))
 
     def activateEffect(self, editorWidget, scenario, predictor):

@@ -28,7 +28,9 @@ OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)
 
 @pytest.fixture
 def model_arguments(checkpoints):
-    return ["--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")]
+    """The tiny model in exact mode: the expected masks are the official pipeline's."""
+    return ["--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml"),
+            "--precision", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,21 @@ def test_segment_npz_to_npz(tmp_path, model_arguments, expected_mask, capsys):
     captured = capsys.readouterr()
     assert "24/24" in captured.err and "s/slice" in captured.err
     assert f"Wrote {output}" in captured.out
+
+
+@pytest.mark.parametrize("stop_arguments, computed", [(["--early-stop", "2"], 5), (["--no-early-stop"], 24)])
+def test_segment_reports_early_stop(stop_arguments, computed, tmp_path, checkpoints, capsys):
+    """The tiny_absent checkpoint sees no object on any tracked slice."""
+    output = tmp_path / "mask.npz"
+    code = main(["segment", str(DATA / "input_volume.npz"), "--slice", "12", "--box", "104", "70", "183", "131",
+                 "-o", str(output), "--checkpoint", str(checkpoints["tiny_absent"]),
+                 "--config", str(DATA / "medsam2_tiny_test.yaml")] + stop_arguments)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"{computed}/24" in err
+    stopped = ["Forward propagation stopped at slice 14: the model saw no object on slices 13-14 (2 in a row).",
+               "Backward propagation stopped at slice 10: the model saw no object on slices 11-10 (2 in a row)."]
+    assert all((line in err) == (computed == 5) for line in stopped)
 
 
 def test_segment_nifti_keeps_geometry(tmp_path, model_arguments, expected_mask):

@@ -1,4 +1,4 @@
-"""Our numpy connected components against scipy's (scipy is a test-only dependency)."""
+"""Our connected components (SimpleITK) against scipy's (scipy is a test-only dependency)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,16 @@ def test_largest_component_is_26_connected():
     mask = np.zeros((3, 3, 3), np.uint8)
     mask[0, 0, 0] = mask[1, 1, 1] = mask[2, 2, 2] = 1  # corner-to-corner chain
     assert largest_component(mask).sum() == 3
+
+
+@pytest.mark.parametrize("shape, density", [((20, 40, 50), 0.3), ((30, 32, 32), 0.08), ((7, 64, 48), 0.05)])
+def test_largest_component_equals_scipy_on_random_masks(shape, density):
+    rng = np.random.default_rng(shape[0])
+    mask = rng.random(shape) < density
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    expected = labels == 1 + int(np.argmax(sizes))  # argmax: first of equal sizes in raster order
+    kept = largest_component(mask.astype(np.uint8))
+    assert kept.dtype == np.uint8
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(largest_component(mask), expected)

@@ -76,3 +76,4 @@ def test_normalise_uses_imagenet_statistics_in_float64():
     expected = ((image / 255.0)[None] - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
     assert result.dtype.is_floating_point and tuple(result.shape) == (3, 2, 2)
     np.testing.assert_array_equal(result.numpy(), expected.astype(np.float32))
+

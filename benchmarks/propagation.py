@@ -1,93 +1,221 @@
 """Propagation speed and memory of the real-size model (t512) with random weights.
 
-    python benchmarks/propagation.py [--slices 64] [--size 512] [--device cpu] [--threads N]
+    python benchmarks/propagation.py [--slices 64] [--size 512] [--precision auto|float32|bfloat16]
+                                     [--early-stop N | --no-early-stop] [--object-slices K] [--threads N] [--json]
 
-A synthetic (slices, size, size) uint8 volume, a box on the middle slice, both directions. Prints seconds
-per tracked slice, image-encoder calls and time, total time and peak resident memory. Random weights give
-the same amount of work as the real ones.
+A synthetic (slices, size, size) uint8 volume with a bright ellipsoid (the object) centred on the middle slice,
+a box on the middle slice, both directions. Random weights give the same amount of work as the real ones.
+
+Measured, all in one run so that ratios hold on a shared machine:
+- preview: box -> mask on the key slice with the model loaded and the slice not yet encoded; then again with
+  its features cached (that preview must not run the memory encoder: ``preview_cached_memory_encoder_calls``);
+- a full propagation reusing the preview's cache: seconds per tracked slice, image-encoder calls, total;
+- in bfloat16 mode without early stop, the same in float32 (exact mode), the speed-up per tracked slice and
+  the masks' agreement (Dice and differing voxels of the union of all slices);
+- with early stop: the same propagation with early stop, against the full one. Random weights see no object,
+  so both runs use :class:`ExtentObjectScoreDouble`, a TEST DOUBLE of the model whose object score follows
+  the synthetic object's true extent; the saving is mechanical, and that is what it shows.
+- peak RSS of the process.
 
 For comparison, the official code on a 2-core machine in float32: 0.80-0.84 s per tracked slice (encoder
-0.42 s), 53.9 s in all, 66 encoder calls, 1.42 GiB peak RSS.
+0.42 s), 53.9 s in all for 64 slices, 66 encoder calls, 1.42 GiB peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from MedSAM2Lib.model.config import MEDSAM2_T512  # noqa: E402
+from MedSAM2Lib.inference.early_stop import DEFAULT_ABSENT_SLICES  # noqa: E402
+from MedSAM2Lib.inference.predictor import FeatureCache, VolumePredictor, select_device  # noqa: E402
+from MedSAM2Lib.inference.preprocessing import normalise  # noqa: E402
 from MedSAM2Lib.model import MedSAM2  # noqa: E402
-from MedSAM2Lib.inference.predictor import VolumePredictor, select_device  # noqa: E402
+from MedSAM2Lib.model.config import MEDSAM2_T512  # noqa: E402
+from MedSAM2Lib.model.medsam2 import NO_OBJECT_LOGIT, ImageFeatures, SliceOutput  # noqa: E402
+from MedSAM2Lib.model.precision import PRECISIONS, resolve_precision  # noqa: E402
+from benchmarks.memory import peak_rss_gib  # noqa: E402
+
+BACKGROUND, OBJECT = 60, 150  # grey values at the volume's centre without and with the object
 
 
-def synthetic_volume(slices: int, size: int) -> np.ndarray:
-    """Smooth background, noise and a bright ellipsoid in the middle."""
+def synthetic_volume(slices: int, size: int, object_slices: Optional[int]) -> np.ndarray:
+    """Smooth background, noise and a bright ellipsoid in the middle spanning ``object_slices`` slices (default
+    60% of the depth). Built slice by slice: no float copy of the volume."""
     rng = np.random.default_rng(0)
-    z, y, x = np.meshgrid(np.linspace(-1, 1, slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size),
-                          indexing="ij")
-    volume = 60 + 40 * (x + y) + rng.normal(0, 8, z.shape)
-    volume[(x / 0.3) ** 2 + (y / 0.25) ** 2 + (z / 0.6) ** 2 < 1] += 90
-    return np.clip(volume, 0, 255).astype(np.uint8)
+    y, x = np.ogrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    half_depth = (object_slices if object_slices else 0.6 * slices) / 2
+    volume = np.empty((slices, size, size), dtype=np.uint8)
+    for z in range(slices):
+        depth = (z - (slices - 1) / 2) / half_depth
+        image = BACKGROUND + 40 * (x + y) + rng.normal(0, 8, (size, size))
+        image[(x / 0.3) ** 2 + (y / 0.25) ** 2 + depth**2 < 1] += OBJECT - BACKGROUND
+        volume[z] = np.clip(image, 0, 255)
+    return volume
 
 
-def peak_rss_gib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
+class ExtentObjectScoreDouble(MedSAM2):
+    """TEST DOUBLE for MedSAM2's object-score head (benchmark only): the whole real network runs, so the cost
+    per slice is real, but a tracked slice's object score is +10 where the slice's centre shows the synthetic
+    object and -10 elsewhere, with the output made consistent with it (no mask and the no-object pointer where
+    absent). Random weights see no object; this stand-in follows the object's true extent."""
+
+    _threshold = float(normalise(np.full((1, 1), (BACKGROUND + OBJECT) // 2, np.uint8))[0, 0, 0])
+
+    def encode_image(self, image: torch.Tensor) -> ImageFeatures:
+        features = super().encode_image(image)
+        side = image.shape[-1]
+        centre = image[0, 0, side // 2 - 8 : side // 2 + 8, side // 2 - 8 : side // 2 + 8]
+        features.object_present = bool(centre.mean() > self._threshold)  # remembered with the features
+        return features
+
+    def segment(self, features, points=None, mask_logits=None, memory=None) -> SliceOutput:
+        output = super().segment(features, points, mask_logits, memory)
+        if points is not None or memory is None:  # a prompted slice keeps the model's own score
+            return output
+        present = features.object_present
+        return SliceOutput(
+            output.low_res_logits if present else torch.full_like(output.low_res_logits, NO_OBJECT_LOGIT),
+            output.obj_ptr if present else self.no_obj_ptr.expand_as(output.obj_ptr),
+            torch.full_like(output.object_score_logits, 10.0 if present else -10.0),
+            output.iou_scores,
+        )
+
+
+class Counter:
+    """Counts forward calls of a module."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        module.register_forward_hook(self._count)
+
+    def _count(self, *_) -> None:
+        self.calls += 1
+
+
+def measure(model: MedSAM2, volume: np.ndarray, precision: str, early_stop: Optional[int]) -> Dict:
+    """Preview, cached preview, then a propagation through the same cache."""
+    key = volume.shape[0] // 2
+    size = volume.shape[1]
+    box = [0.35 * size, 0.38 * size, 0.65 * size, 0.62 * size]
+    predictor = VolumePredictor(model, precision=precision, early_stop=early_stop)
+    memory_encoder = Counter(model.memory_encoder)
+    cache = FeatureCache(volume)
+
+    started = time.perf_counter()
+    predictor.segment_slice(volume, key, box, cache=cache)
+    preview = time.perf_counter() - started
+    memory_encoder.calls = 0
+    started = time.perf_counter()
+    predictor.segment_slice(volume, key, box, cache=cache)
+    preview_cached = time.perf_counter() - started
+    preview_memory_encoder_calls = memory_encoder.calls
+
+    mask = np.zeros(volume.shape, dtype=bool)
+    computed, stops = [], []
+    started, started_cpu = time.perf_counter(), time.process_time()
+    key_done = key_done_cpu = None
+    for result in predictor.propagate(volume, key, box, "both", cache=cache):
+        if key_done is None:
+            key_done, key_done_cpu = time.perf_counter(), time.process_time()
+        mask[result.index] = result.mask
+        computed.append(result.index)
+        if result.stop is not None:
+            stops.append(str(result.stop))
+    total, total_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    tracked = predictor.encoder_calls - 1  # the preview encoded the key slice; each other slice once
+    return {
+        "precision": str(predictor.dtype).replace("torch.", ""),
+        "preview_s": round(preview, 3),
+        "preview_cached_s": round(preview_cached, 3),
+        "preview_cached_memory_encoder_calls": preview_memory_encoder_calls,
+        "tracked_slices": tracked,
+        "per_tracked_slice_s": round((total - (key_done - started)) / max(tracked, 1), 3),
+        # CPU seconds of all threads: less disturbed than wall time when other processes share the cores.
+        "per_tracked_slice_cpu_s": round((total_cpu - (key_done_cpu - started_cpu)) / max(tracked, 1), 3),
+        "encoder_calls": predictor.encoder_calls,
+        "total_s": round(total, 1),
+        "stops": stops,
+        "_mask": mask,
+        "_computed": computed,
+    }
+
+
+def agreement(fast: np.ndarray, exact: np.ndarray) -> Dict:
+    both = np.count_nonzero(fast & exact)
+    total = np.count_nonzero(fast) + np.count_nonzero(exact)
+    return {
+        "dice_fast_vs_exact": round(2 * both / total, 5) if total else 1.0,
+        "differing_voxels": int(np.count_nonzero(fast ^ exact)),
+        "exact_voxels": int(np.count_nonzero(exact)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--object-slices", type=int, default=None, help="object extent in slices (default 60%%)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--early-stop", type=int, default=None, metavar="N",
+                      help=f"also measure early stop after N slices without the object (default {DEFAULT_ABSENT_SLICES})")
+    stop.add_argument("--no-early-stop", action="store_true", help="measure full propagation only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    early_stop = None if args.no_early_stop else (args.early_stop or DEFAULT_ABSENT_SLICES)
 
-    torch.manual_seed(0)
     device = select_device(args.device)
-    model = MedSAM2(MEDSAM2_T512).to(device).eval()
-    volume = synthetic_volume(args.slices, args.size)
-    key = args.slices // 2
-    box = [0.35 * args.size, 0.38 * args.size, 0.65 * args.size, 0.62 * args.size]
-    predictor = VolumePredictor(model)
-
-    encoder_seconds = 0.0
-    encode = predictor._encode
-
-    def timed_encode(*encode_args):
-        nonlocal encoder_seconds
-        started = time.perf_counter()
-        features = encode(*encode_args)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        encoder_seconds += time.perf_counter() - started
-        return features
-
-    predictor._encode = timed_encode
-    started = time.perf_counter()
-    first_slice_done = None
-    for result in predictor.propagate(volume, key, box, "both"):
-        if first_slice_done is None:
-            first_slice_done = time.perf_counter()
-    total = time.perf_counter() - started
-    tracked = args.slices - 1
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"volume {volume.shape}, box on slice {key}, both directions")
-    print(f"prompted slice:          {first_slice_done - started:.2f} s")
-    print(f"per tracked slice:       {(total - (first_slice_done - started)) / tracked:.3f} s ({tracked} slices)")
-    print(f"image encoder calls:     {predictor.encoder_calls} ({encoder_seconds / predictor.encoder_calls:.3f} s each)")
-    print(f"total:                   {total:.1f} s")
-    print(f"peak RSS:                {peak_rss_gib():.2f} GiB")
+    torch.manual_seed(0)
+    # The double differs from the real model only in the object score; without early stop it is not needed.
+    model = (ExtentObjectScoreDouble if early_stop else MedSAM2)(MEDSAM2_T512).to(device).eval()
+    volume = synthetic_volume(args.slices, args.size, args.object_slices)
+    report = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "volume": list(volume.shape),
+        "object_slices": args.object_slices or round(0.6 * args.slices),
+        "object_score": "test double following the object's extent" if early_stop else "model",
+    }
+    runs = {"full": measure(model, volume, args.precision, None)}
+    # Fast against exact mode on the real model's masks: measured without early stop (its double alters them).
+    if resolve_precision(args.precision, device) != torch.float32 and not early_stop:
+        runs["exact"] = measure(model, volume, "float32", None)
+        for clock in ("", "_cpu"):
+            report[f"fast_speedup_per_tracked_slice{clock}"] = round(
+                runs["exact"][f"per_tracked_slice{clock}_s"] / runs["full"][f"per_tracked_slice{clock}_s"], 2
+            )
+        report.update(agreement(runs["full"]["_mask"], runs["exact"]["_mask"]))
+    if early_stop:
+        runs["early_stop"] = measure(model, volume, args.precision, early_stop)
+        report["early_stop_slices"] = early_stop
+        report["early_stop_time_saving"] = round(runs["full"]["total_s"] / runs["early_stop"]["total_s"], 2)
+        computed = runs["early_stop"]["_computed"]
+        report["early_stop_masks_equal_full_on_computed_slices"] = bool(
+            np.array_equal(runs["full"]["_mask"][computed], runs["early_stop"]["_mask"][computed])
+        )
+    for run in runs.values():
+        del run["_mask"], run["_computed"]
+    report["runs"] = runs
+    report["peak_rss_gib"] = round(peak_rss_gib(), 3)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, value in report.items():
+            print(f"{name:40s} {value}")
 
 
 if __name__ == "__main__":

@@ -503,19 +503,26 @@ class BatchRunner:
     def _segment_prompt(self, prompt: Prompt, windowed: np.ndarray, cache: FeatureCache,
                         regions: Dict[Prompt, Region], outcome: Outcome) -> None:
         started = time.perf_counter()
+        early_stops = []
+
+        def on_slice(result) -> None:
+            if result.stop is not None and result.stop.early:
+                early_stops.append(str(result.stop))
+
         try:
             if prompt.session is not None:
-                session = Session(self._predictor, windowed, cache)
+                session = Session(self._predictor, windowed, cache, self._predictor.early_stop)
                 run_steps(session, read_session_file(prompt.session))
                 mask = session.mask()
             else:
                 mask = self._predictor.segment(windowed, prompt.key_slice, prompt.box, prompt.direction,
-                                               prompt.slice_range, cache=cache)
+                                               prompt.slice_range, on_slice, cache)
         except ROW_ERRORS as error:
             outcome.message = str(error) or type(error).__name__
         else:
             regions[prompt] = Region.of(mask)
             outcome.status = "ok"
+            outcome.message = " ".join(early_stops)
         outcome.seconds = time.perf_counter() - started
         self.on_prompt(prompt)
 

@@ -14,10 +14,12 @@ from typing import Optional, Sequence
 import math
 
 from .. import __version__
+from ..inference.early_stop import DEFAULT_ABSENT_SLICES
 from ..inference.predictor import PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
+from ..model.precision import PRECISIONS
 from ..inference.session_file import SessionFileError
 from ..weights import DownloadError, default_checkpoint_path
 from ..atomic import check_writable
@@ -122,6 +124,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not fill background holes of <= 8 pixels in each slice's low-resolution mask")
     parser.add_argument("--all-components", action="store_true",
                         help="keep every connected component instead of the largest one")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="float32: exact; bfloat16: about 1.6x faster where the hardware has it, masks nearly "
+                             "identical; auto (default): bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX")
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--early-stop", type=int, default=DEFAULT_ABSENT_SLICES, metavar="N",
+                      help="end each direction after N slices in a row on which the model sees no object "
+                           f"(default {DEFAULT_ABSENT_SLICES})")
+    stop.add_argument("--no-early-stop", action="store_true", help="track every slice to the end")
 
 
 def add_mirror_argument(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +176,8 @@ def build_predictor(args: argparse.Namespace):
     config = load_config(args.config) if args.config else MEDSAM2_T512
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
-    return VolumePredictor(model, fill_holes=not args.no_fill_holes, keep_largest_component=not args.all_components)
+    return VolumePredictor(model, fill_holes=not args.no_fill_holes, keep_largest_component=not args.all_components,
+                           precision=args.precision, early_stop=None if args.no_early_stop else args.early_stop)
 
 
 def segment_steps(args: argparse.Namespace):
@@ -200,13 +211,18 @@ def command_segment(args: argparse.Namespace) -> int:
     volume = window_choice(args).apply(volume)
     check_steps(steps, volume, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    session = Session(predictor, volume)
+    session = Session(predictor, volume, early_stop=predictor.early_stop)
     if args.prompts is not None:
         progress = ProgressBar(len(steps), "Session", unit="step")
         run_steps(session, steps, on_step=progress.advance)
     else:
         progress = ProgressBar(len(planned_slices(volume.shape[0], args.slice, args.direction, None)), "Propagating")
         run_steps(session, steps, on_slice=progress.advance)
+        if progress.done < progress.total:
+            progress.stream.write("\n")
+    for stop in session.stops.values():
+        if stop.early:
+            print(stop, file=sys.stderr)
     mask = session.mask()
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
@@ -393,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true", help="segment scans whose output exists again")
     batch.add_argument("--summary", type=Path, default=None, help="summary CSV (default: OUT/summary.csv)")
     batch.add_argument("--cache-slices", type=slice_count, default=None, metavar="N",
-                       help="keep the features of at most N slices per scan (default: all; about 4 MB each)")
+                       help="keep the features of at most N slices per scan (default: what fits in 512 MiB or a "
+                            "quarter of the available memory; about 4 MB a slice in float32, 2 MB in bfloat16)")
     cluster = batch.add_argument_group("Ray (pip install 'medsam2-slicer[ray]')")
     cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                          help="segment the scans on Ray workers: alone (or 'local'), a Ray started on this machine, "

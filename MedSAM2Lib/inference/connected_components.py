@@ -1,69 +1,40 @@
-"""Connected components in numpy (full connectivity: 8 in 2D, 26 in 3D), without scipy or a CUDA kernel.
+"""Connected components with full connectivity (8 in 2D, 26 in 3D), computed by SimpleITK in C++.
 
 Used for MedSAM2's two post-processing steps: filling small background holes in each slice's low-resolution
-logits, and keeping the largest 3D component of the final mask.
+logits, and keeping the largest 3D component of the final mask. SimpleITK ships with 3D Slicer and needs no
+scipy or CUDA kernel; its ``ConnectedComponent`` numbers components in the raster order of their first voxel,
+as ``scipy.ndimage.label`` and scikit-image do (the tests check this), so ties resolve the same way.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Tuple
 
 import numpy as np
+import SimpleITK as sitk
+
+# Label counts are summed over blocks of this many slices: np.bincount would otherwise cast the whole uint32
+# label image to int64 (8 bytes a voxel) at once.
+_SLICES_PER_BLOCK = 8
 
 
-def _forward_offsets(ndim: int):
-    """Half of the full neighbourhood: each undirected neighbour pair is visited once."""
-    for offset in itertools.product((-1, 0, 1), repeat=ndim):
-        if offset > (0,) * ndim:
-            yield offset
-
-
-def _shifted_pairs(index: np.ndarray, offset) -> Tuple[np.ndarray, np.ndarray]:
-    """Indices (into the foreground list) of foreground voxels p and p + offset, both in the array."""
-    source, target = [], []
-    for step, size in zip(offset, index.shape):
-        source.append(slice(max(0, -step), size - max(0, step)))
-        target.append(slice(max(0, step), size - max(0, -step)))
-    a, b = index[tuple(source)], index[tuple(target)]
-    both = (a >= 0) & (b >= 0)
-    return a[both], b[both]
+def _label_image(mask: np.ndarray) -> sitk.Image:
+    """Fully connected components of an array's nonzero voxels as a uint32 SimpleITK image (0 = background)."""
+    mask = np.asarray(mask)
+    if mask.dtype == np.bool_:
+        mask = mask.view(np.uint8)
+    return sitk.ConnectedComponent(sitk.GetImageFromArray(mask), True)
 
 
 def label(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Label the fully connected components of a boolean N-D array.
+    """Label the fully connected components of the nonzero voxels of a 2D or 3D array.
 
-    Returns (labels, sizes): labels int32 with 0 for background and components numbered 1.. in the raster
-    order of their first voxel (as scikit-image numbers them); sizes[k] is the voxel count of component k
-    (sizes[0] = 0).
+    Returns (labels, sizes): labels uint32 with 0 for background and components numbered 1.. in the raster
+    order of their first voxel; sizes[k] is the voxel count of component k (sizes[0] = 0).
     """
-    mask = np.asarray(mask, dtype=bool)
-    foreground = np.flatnonzero(mask)
-    count = foreground.size
-    dtype = np.int32 if count < 2**31 - 1 else np.int64
-    index = np.full(mask.shape, -1, dtype=dtype)
-    index.flat[foreground] = np.arange(count, dtype=dtype)
-    # Union-find over foreground voxels; a root is always the smallest index of its tree, hence the voxel
-    # first in raster order. Each offset's neighbour pairs are merged before the next offset's are built.
-    parent = np.arange(count, dtype=dtype)
-    for offset in _forward_offsets(mask.ndim):
-        a, b = _shifted_pairs(index, offset)
-        while a.size:
-            root_a, root_b = parent[a], parent[b]
-            apart = root_a != root_b
-            if not apart.any():
-                break
-            a, b, root_a, root_b = a[apart], b[apart], root_a[apart], root_b[apart]
-            np.minimum.at(parent, np.maximum(root_a, root_b), np.minimum(root_a, root_b))
-            while True:  # pointer jumping until every voxel points at its root
-                grandparent = parent[parent]
-                if np.array_equal(grandparent, parent):
-                    break
-                parent = grandparent
-    roots, component = np.unique(parent, return_inverse=True)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    labels.flat[foreground] = component + 1
-    sizes = np.concatenate([[0], np.bincount(component, minlength=roots.size)])
+    labels = sitk.GetArrayFromImage(_label_image(mask))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
     return labels, sizes
 
 
@@ -78,18 +49,36 @@ def fill_small_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1)
     return np.where(small, np.float32(fill_value), logits).astype(logits.dtype, copy=False)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected (in 3D) component of a mask; ties go to the first in raster order."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.astype(np.uint8)
-    # Label only the bounding box of the foreground: masks are usually small against the volume.
+def _bounding_box(mask: np.ndarray) -> Tuple[slice, ...]:
     box = []
     for axis in range(mask.ndim):
         occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
         box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    box = tuple(box)
-    labels, sizes = label(mask[box])
+    return tuple(box)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected (in 3D) component of a mask; ties go to the first in raster order.
+
+    Memory beyond the result: a uint8 copy, then a uint32 label image, of the foreground's bounding box.
+    """
+    mask = np.asarray(mask)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.uint8)
+    # Label only the bounding box of the foreground: masks are usually small against the volume.
+    box = _bounding_box(mask)
+    label_image = _label_image(mask[box])
+    labels = sitk.GetArrayViewFromImage(label_image)  # a view: valid while label_image lives
+    sizes = np.zeros(1, dtype=np.int64)
+    for start in range(0, labels.shape[0], _SLICES_PER_BLOCK):
+        counts = np.bincount(labels[start : start + _SLICES_PER_BLOCK].ravel())
+        if counts.size > sizes.size:
+            counts[: sizes.size] += sizes
+            sizes = counts
+        else:
+            sizes[: counts.size] += counts
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))  # first of equal sizes: the lowest label, first in raster order
     result = np.zeros(mask.shape, dtype=np.uint8)
-    result[box] = labels == int(np.argmax(sizes))
+    np.equal(labels, largest, out=result[box].view(np.bool_))
     return result

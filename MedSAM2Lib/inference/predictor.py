@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from ..model.medsam2 import ImageFeatures, MedSAM2
 from .connected_components import fill_small_holes, largest_component
 from ..model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
+from ..model.precision import autocast, resolve_precision
+from .early_stop import DirectionStop, check_absent_slices
 from .preprocessing import model_input
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -43,6 +45,7 @@ class SliceResult:
     index: int  # slice index along the volume's first axis
     logits: np.ndarray  # (H, W) float32 mask logits at slice resolution
     object_score: float  # > 0: the model sees the object on this slice
+    stop: Optional[DirectionStop] = None  # set on the last slice a propagation direction computes
 
     @property
     def mask(self) -> np.ndarray:
@@ -73,14 +76,34 @@ def planned_slices(num_slices: int, key_slice: int, direction: str, slice_range:
     return order
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class FeatureCache:
     """Image features of one volume's slices, kept across propagations: several prompts on one scan, or a
-    preview followed by a propagation, encode each slice once. About 4 MB per slice for the t512 model;
-    ``max_slices`` bounds it (least recently used slices are dropped)."""
+    preview followed by a propagation, encode each slice once. Least recently used slices are dropped beyond
+    ``max_slices`` or, when that is None, beyond ``max_bytes`` (default: a quarter of the available memory, at
+    most 512 MiB: 128 slices of the t512 model in float32, 256 in bfloat16)."""
 
-    def __init__(self, volume: np.ndarray, max_slices: Optional[int] = None) -> None:
+    DEFAULT_MAX_BYTES = 512 * 2**20
+
+    def __init__(self, volume: np.ndarray, max_slices: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
         self.volume = volume
         self.max_slices = max_slices
+        if max_bytes is None:
+            available = available_memory()
+            max_bytes = min(self.DEFAULT_MAX_BYTES, available // 4) if available else self.DEFAULT_MAX_BYTES
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._features: "OrderedDict[int, ImageFeatures]" = OrderedDict()
 
     def get(self, index: int) -> Optional[ImageFeatures]:
@@ -91,8 +114,15 @@ class FeatureCache:
 
     def put(self, index: int, features: ImageFeatures) -> None:
         self._features[index] = features
-        if self.max_slices is not None and len(self._features) > self.max_slices:
-            self._features.popitem(last=False)
+        self._bytes += _nbytes(features)
+        while len(self._features) > 1 and (
+            len(self._features) > self.max_slices if self.max_slices is not None else self._bytes > self.max_bytes
+        ):
+            self._bytes -= _nbytes(self._features.popitem(last=False)[1])
+
+
+def _nbytes(features: ImageFeatures) -> int:
+    return sum(tensor.nbytes for tensor in (features.embedding, *features.high_res))
 
 
 class VolumePredictor:
@@ -103,14 +133,18 @@ class VolumePredictor:
         model: MedSAM2,
         fill_holes: bool = True,
         keep_largest_component: bool = True,
-        bfloat16_on_cuda: bool = True,
+        precision: str = "float32",
+        early_stop: Optional[int] = None,
     ) -> None:
+        """precision: ``float32`` (exact), ``bfloat16`` (fast) or ``auto`` (see :mod:`..model.precision`);
+        early_stop: end each direction after this many slices in a row without the object (None: never)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fill_holes = fill_holes
         self.keep_largest_component = keep_largest_component
-        # CPU and MPS compute in float32; CUDA may use bfloat16 autocast like the official script.
-        self.autocast_bfloat16 = bfloat16_on_cuda and self.device.type == "cuda"
+        self.dtype = resolve_precision(precision, self.device)
+        check_absent_slices(early_stop)
+        self.early_stop = early_stop
         self.encoder_calls = 0
 
     # -- public API -----------------------------------------------------------------------------------
@@ -135,7 +169,8 @@ class VolumePredictor:
         validate_prompt(volume, key_slice, box, direction, slice_range)
         # Without a cache, keep only the last slice's features: the box's slice is needed again when the
         # propagation puts it into the memory bank.
-        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1))
+        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1),
+                          early_stop=self.early_stop)
         session.add_prompt(key_slice, box=box)
         yield from session.propagate(direction, slice_range)
 
@@ -172,11 +207,10 @@ class VolumePredictor:
     # -- per-slice steps the session uses -------------------------------------------------------------
 
     def compute(self):
-        """Inference mode (and bfloat16 autocast on CUDA) around each step, never across a ``yield``."""
+        """Inference mode (and autocast in bfloat16 mode) around each step, never across a ``yield``."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        if self.autocast_bfloat16:
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(autocast(self.device, self.dtype))
         return stack
 
     def encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:

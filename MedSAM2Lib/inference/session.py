@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..model.medsam2 import ImageFeatures, MemoryContext, SpatialMemory
 from .connected_components import largest_component
+from .early_stop import DEFAULT_ABSENT_SLICES, AbsenceWatch, DirectionStop, check_absent_slices
 from .predictor import DIRECTIONS, FeatureCache, PromptError, SliceResult, VolumePredictor, check_box, check_volume
 
 FORWARD, BACKWARD = "forward", "backward"
@@ -97,8 +98,14 @@ class _Direction:
 class Session:
     """One object in one uint8 (D, H, W) volume. See the module docstring for the semantics."""
 
-    def __init__(self, predictor: VolumePredictor, volume: np.ndarray, cache: Optional[FeatureCache] = None) -> None:
+    def __init__(self, predictor: VolumePredictor, volume: np.ndarray, cache: Optional[FeatureCache] = None,
+                 early_stop: Optional[int] = DEFAULT_ABSENT_SLICES) -> None:
+        """early_stop: a direction ends after this many slices in a row on which the model sees no object
+        (None: track to the end of the volume or range)."""
         check_volume(volume)
+        check_absent_slices(early_stop)
+        self.early_stop = early_stop
+        self.stops: Dict[str, DirectionStop] = {}  # direction -> where and why its last propagation ended
         if cache is not None and cache.volume is not volume:
             raise ValueError("The feature cache belongs to another volume.")
         self.predictor = predictor
@@ -269,31 +276,48 @@ class Session:
     # -- internals: tracking ---------------------------------------------------------------------------
 
     def _track(self, direction: _Direction, start: int, first: int, last: int) -> Iterator[SliceResult]:
+        """Yield the slices of one direction whose output is new; every slice's object score (new or not)
+        feeds the early stop, so a repeated propagation stops where a full recomputation would."""
         new = self._commit(direction)
-        for index in direction.order(start, first, last):
+        watch = AbsenceWatch(direction.name, self.early_stop)
+        indices = direction.order(start, first, last)
+        for index in indices:
+            result = None
+            prompted = index in direction.conditioning or index in direction.corrections
             if index in direction.conditioning:
                 self._reached.add(index)
+                output = direction.conditioning[index]
                 if index in new:
-                    yield self._publish(index, direction.conditioning[index])
-                continue
-            if index in direction.corrections:
+                    result = self._publish(index, output)
+            elif index in direction.corrections:
+                output = direction.outputs[index]
                 if index in new:
-                    yield self._publish(index, direction.outputs[index])
-                continue
-            if index in direction.valid:
-                continue
-            features = self._features(index)
-            predictor = self.predictor
-            with predictor.compute():
-                output = predictor.model.segment(features, memory=self._memory(direction, index))
-                memory = predictor.model.encode_memory(
-                    features, output.low_res_logits, output.object_score_logits, binarize=False
-                )
-            direction.outputs[index] = _Output(
-                predictor.filled(output.low_res_logits), output.obj_ptr, output.object_score_logits, memory
+                    result = self._publish(index, output)
+            elif index in direction.valid:
+                output = direction.outputs[index]
+            else:
+                output = direction.outputs[index] = self._tracked(direction, index)
+                direction.valid.add(index)  # later slices are already invalid: invalidation always cuts a suffix
+                result = self._publish(index, output)
+            stop = watch.update(index, float(output.object_score.float()[0, 0]), index == indices[-1], prompted)
+            if stop is not None:
+                self.stops[direction.name] = stop
+            if result is not None:
+                result.stop = stop
+                yield result
+            if stop is not None:
+                return
+
+    def _tracked(self, direction: _Direction, index: int) -> _Output:
+        """Track one slice with the direction's memory bank."""
+        features = self._features(index)
+        predictor = self.predictor
+        with predictor.compute():
+            output = predictor.model.segment(features, memory=self._memory(direction, index))
+            memory = predictor.model.encode_memory(
+                features, output.low_res_logits, output.object_score_logits, binarize=False
             )
-            direction.valid.add(index)  # later slices are already invalid: invalidation always cuts a suffix
-            yield self._publish(index, direction.outputs[index])
+        return _Output(predictor.filled(output.low_res_logits), output.obj_ptr, output.object_score_logits, memory)
 
     def _commit(self, direction: _Direction) -> Set[int]:
         """Put prompts given since this direction's last propagation into its memory bank (as the reference's
@@ -359,6 +383,7 @@ class Session:
                                            self.volume.shape[1:])
 
     def _clear(self) -> None:
+        self.stops.clear()
         self._conditioning.clear()
         self._conditioning_prompts.clear()
         self._reached.clear()

@@ -6,7 +6,10 @@ import math
 from typing import Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .precision import cpu_bfloat16_autocast
 
 
 class MLP(nn.Module):
@@ -48,6 +51,22 @@ class LayerNorm2d(nn.Module):
         variance = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(variance + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention: q (B, heads, Nq, D), k and v (B, heads, Nk, D) -> (B, heads, Nq, D).
+
+    In CPU bfloat16 autocast the two products run as bfloat16 matrix products with the softmax in float32:
+    PyTorch's CPU SDPA kernel gains little in bfloat16 (a memory cross-attention 1024 x 7232 x 256: 47.9 ->
+    42.5 ms) while bfloat16 matrix products of that size are 2.6x faster. Otherwise PyTorch's SDPA, exactly.
+    """
+    if q.device.type != "cpu" or not cpu_bfloat16_autocast():
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    # The CPU softmax kernel computes bfloat16 input in float32 and rounds once at the end: the same values as
+    # converting to float32 first (a test checks this), without two passes over the score matrix.
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, v)
 
 
 def _sine_frequencies(num_feats: int, temperature: float, device: torch.device) -> torch.Tensor:

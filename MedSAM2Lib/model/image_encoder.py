@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP
+from .common import MLP, attention
 from .config import HieraConfig
 
 
@@ -68,7 +68,7 @@ class MultiScaleAttention(nn.Module):
             q = _max_pool_hw(q.reshape(batch, height, width, -1), self.q_pool)
             height, width = q.shape[1:3]
             q = q.reshape(batch, height * width, self.num_heads, -1)
-        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(x.transpose(1, 2).reshape(batch, height, width, -1))
 
 

@@ -355,7 +355,8 @@ class InteractiveSegmenter:
         baseline = None
         if key is not None:  # the segment's content before the session, for Add
             baseline = np.packbits(segment_mask_on(editor.segmentation_node(), key[1], source.image).astype(bool))
-        return SegmentSession(Session(self.logic.predictor, stack, cache), geometry, baseline=baseline)
+        session = Session(self.logic.predictor, stack, cache, early_stop=self.logic.predictor.early_stop)
+        return SegmentSession(session, geometry, baseline=baseline)
 
     def _session_for(self, editor, source, slice_node, options, action: str) -> SegmentSession:
         """The selected segment's session, checked against the view's axis and the current context."""

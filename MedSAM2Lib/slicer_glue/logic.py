@@ -249,6 +249,12 @@ class SegmentationResult:
     mask: np.ndarray  # uint8 (K, J, I) like the aligned source volume
     slices: List[int]  # slices that were segmented (indices along the slice axis)
     slice_axis: int  # 0, 1, 2 for I, J, K
+    early_stops: List[str] = field(default_factory=list)  # where and why a direction stopped early
+
+    @property
+    def status(self) -> str:
+        """One line for the status label."""
+        return " ".join([f"Segmented {len(self.slices)} slice(s).", *self.early_stops, "Undo (Ctrl+Z) reverts it."])
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -320,13 +326,15 @@ class MedSAM2Logic:
         key = prompt.stack.slice_index
         slices = planned_slices(stack.shape[0], key, direction, slice_range) if propagate else [key]
 
-        done = 0
+        computed: List[int] = []
+        early_stops: List[str] = []
 
-        def on_slice(_result: SliceResult) -> None:
-            nonlocal done
-            done += 1
+        def on_slice(result: SliceResult) -> None:
+            computed.append(result.index)
+            if result.stop is not None and result.stop.early:
+                early_stops.append(str(result.stop))
             if progress is not None:
-                progress(done, len(slices))
+                progress(len(computed), len(slices))
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
 
@@ -339,7 +347,7 @@ class MedSAM2Logic:
             stack_mask = np.zeros(stack.shape, dtype=np.uint8)
             stack_mask[key] = result.mask
         mask = prompt.stack.geometry.from_stack(stack_mask)
-        return SegmentationResult(mask, sorted(slices), prompt.slice_axis)
+        return SegmentationResult(mask, sorted(computed), prompt.slice_axis, early_stops)
 
     def write(
         self, editor: EditorAccess, prompt: ViewPrompt, result: SegmentationResult, target: Optional[WriteTarget] = None

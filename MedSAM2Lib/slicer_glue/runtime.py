@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ..inference.early_stop import DEFAULT_ABSENT_SLICES
+
 MINIMUM_TORCH_VERSION = (2, 5)
 # PyYAML reads model config files; Slicer's Python does not always ship it.
 EXTRA_PACKAGES = {"yaml": "PyYAML"}
@@ -123,10 +125,14 @@ class ModelCache:
             self._key = key
         return self._model
 
-    def predictor(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True):
+    def predictor(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True,
+                  precision: str = "auto", early_stop: Optional[int] = DEFAULT_ABSENT_SLICES):
+        """precision: auto, float32 or bfloat16; early_stop: slices without the object that end a direction
+        (None: track to the end)."""
         from ..inference.predictor import VolumePredictor
 
-        return VolumePredictor(self.model(choice), fill_holes=fill_holes, keep_largest_component=keep_largest_component)
+        return VolumePredictor(self.model(choice), fill_holes=fill_holes, keep_largest_component=keep_largest_component,
+                               precision=precision, early_stop=early_stop)
 
     def logic(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True):
         """The MedSAM2Logic on this model, the same one while the model stays: its image-feature cache then
