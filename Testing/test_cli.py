@@ -157,8 +157,9 @@ class BoxMaskSession:
     """Test double for Session: the mask is the prompt's box on its slice (for tests about files and inputs, not
     the model). Keeps the volume it was given."""
 
-    def __init__(self, predictor, volume, cache=None):
+    def __init__(self, predictor, volume, cache=None, early_stop=None):
         self.volume = volume
+        self.stops = {}  # no propagation, so no direction stopped
         self._mask = np.zeros(volume.shape, np.uint8)
 
     def add_prompt(self, slice_index, box=None, points=None, labels=None, mask=None, add=False):
@@ -177,7 +178,7 @@ def box_sessions(monkeypatch):
     """``segment`` without the model: BoxMaskSession instead of Session; returns the sessions made."""
     made = []
 
-    def make(predictor, volume, cache=None):
+    def make(predictor, volume, cache=None, early_stop=None):
         made.append(BoxMaskSession(predictor, volume, cache))
         return made[-1]
 

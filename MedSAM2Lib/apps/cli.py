@@ -167,6 +167,11 @@ def window_choice(args: argparse.Namespace):
     return Windowing("mr-percentiles" if args.mr_percentiles else "none")
 
 
+def early_stop_choice(args: argparse.Namespace) -> Optional[int]:
+    """Slices without the object that end a direction, or None to track to the end."""
+    return None if args.no_early_stop else args.early_stop
+
+
 def build_predictor(args: argparse.Namespace):
     """Load the model named by the command's arguments into a VolumePredictor."""
     from ..model.checkpoint import load_model
@@ -177,7 +182,7 @@ def build_predictor(args: argparse.Namespace):
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
     return VolumePredictor(model, fill_holes=not args.no_fill_holes, keep_largest_component=not args.all_components,
-                           precision=args.precision, early_stop=None if args.no_early_stop else args.early_stop)
+                           precision=args.precision, early_stop=early_stop_choice(args))
 
 
 def segment_steps(args: argparse.Namespace):
@@ -211,14 +216,14 @@ def command_segment(args: argparse.Namespace) -> int:
     volume = window_choice(args).apply(volume)
     check_steps(steps, volume, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    session = Session(predictor, volume, early_stop=predictor.early_stop)
+    session = Session(predictor, volume, early_stop=early_stop_choice(args))
     if args.prompts is not None:
         progress = ProgressBar(len(steps), "Session", unit="step")
         run_steps(session, steps, on_step=progress.advance)
     else:
         progress = ProgressBar(len(planned_slices(volume.shape[0], args.slice, args.direction, None)), "Propagating")
         run_steps(session, steps, on_slice=progress.advance)
-        if progress.done < progress.total:
+        if 0 < progress.done < progress.total:  # an early stop: end the bar's line
             progress.stream.write("\n")
     for stop in session.stops.values():
         if stop.early:
