@@ -181,6 +181,7 @@ def test_ray_gives_the_label_maps_of_one_process_and_a_second_run_skips_everythi
         local_ray, scans, checkpoints, tmp_path, capsys):
     out = tmp_path / "out"
     arguments = ["batch", str(scans.table), "--images", str(scans.images), "--out", str(out),
+                 "--precision", "float32", "--no-early-stop",  # as the one-process reference maps
                  "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")]
     assert cli.main(arguments + ["--ray", "--workers", "2"]) == 0
     assert_outputs_are_the_expected_ones(out, scans)

@@ -17,6 +17,7 @@ from MedSAM2Lib.inference.session_file import SessionFileError, read_session_fil
 from conftest import DATA, relative_error
 
 TOLERANCE = 1e-4
+EXACT = ["--precision", "float32", "--no-early-stop"]  # the command line's defaults are the fast modes
 BOX = [104, 70, 183, 131]
 KEYFRAME_BOX = [108, 73, 179, 128]
 
@@ -231,7 +232,8 @@ def test_cli_prompts_file_gives_the_official_mask(name, tmp_path, checkpoints, i
     prompts = write_scenario_file(tmp_path, name)
     out = tmp_path / "mask.npz"
     status = main(["segment", str(tmp_path / "volume.npz"), "--prompts", str(prompts), "-o", str(out),
-                   "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")])
+                   *EXACT, "--checkpoint", str(checkpoints["tiny"]),
+                   "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
     np.testing.assert_array_equal(np.load(out)["mask"], reference(name)["seg_final"])
 
@@ -242,7 +244,8 @@ def test_cli_points_with_a_box(tmp_path, checkpoints, input_volume):
     out = tmp_path / "mask.npz"
     status = main(["segment", str(tmp_path / "volume.npz"), "--slice", "12", "--box", *map(str, BOX),
                    "--point", "143", "100", "1", "--point", "60", "40", "0", "-o", str(out),
-                   "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")])
+                   *EXACT, "--checkpoint", str(checkpoints["tiny"]),
+                   "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
     np.testing.assert_array_equal(np.load(out)["mask"], reference("box_and_points")["seg_final"])
 
@@ -300,7 +303,8 @@ def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volu
                      f"case.npz,,,,,,sessions/{session_file.name},1\n"
                      "case.npz,3,0,0,20,20,,2\n")
     status = main(["batch", str(table), "--images", str(images), "--out", str(tmp_path / "out"),
-                   "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml")])
+                   *EXACT, "--checkpoint", str(checkpoints["tiny"]),
+                   "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
     labels = np.load(tmp_path / "out" / "case.npz")["mask"]
     np.testing.assert_array_equal(labels == 1, reference("two_boxes")["seg_final"] == 1)
