@@ -164,26 +164,16 @@ class VolumePredictor:
         0..H); slice_range: inclusive (first, last) slices to stay within; cache: features of this volume
         from earlier calls. Stop iterating to cancel.
         """
-        from .session import Session  # the session builds on this class
-
         validate_prompt(volume, key_slice, box, direction, slice_range)
-        # Without a cache, keep only the last slice's features: the box's slice is needed again when the
-        # propagation puts it into the memory bank.
-        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1),
-                          early_stop=self.early_stop)
-        session.add_prompt(key_slice, box=box)
+        session, _ = self._box_session(volume, key_slice, box, cache)
         yield from session.propagate(direction, slice_range)
 
     def segment_slice(
         self, volume: np.ndarray, key_slice: int, box: Sequence[float], cache: Optional[FeatureCache] = None
     ) -> SliceResult:
         """Preview: the box's slice only (no memory encoding)."""
-        from .session import Session
-
         validate_prompt(volume, key_slice, box)
-        return Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1)).add_prompt(
-            key_slice, box=box
-        )
+        return self._box_session(volume, key_slice, box, cache)[1]
 
     def segment(
         self,
@@ -203,6 +193,17 @@ class VolumePredictor:
             if on_slice is not None:
                 on_slice(result)
         return largest_component(mask) if self.keep_largest_component else mask
+
+    def _box_session(self, volume: np.ndarray, key_slice: int, box: Sequence[float],
+                     cache: Optional[FeatureCache]) -> Tuple["Session", SliceResult]:
+        """The one-box case: a session holding the box, and the box slice's result."""
+        from .session import Session  # the session builds on this class
+
+        # Without a cache, keep only the last slice's features: the box's slice is needed again when a
+        # propagation puts it into the memory bank.
+        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1),
+                          early_stop=self.early_stop)
+        return session, session.add_prompt(key_slice, box=box)
 
     # -- per-slice steps the session uses -------------------------------------------------------------
 

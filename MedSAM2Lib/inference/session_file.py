@@ -94,18 +94,6 @@ def run_steps(
             on_step(number)
 
 
-def session_document(steps: Sequence[Dict[str, Any]], mask_name: Callable[[int, int], str]) -> Dict[str, Any]:
-    """Steps as a JSON-ready document; each mask is replaced by mask_name(step_number, slice), the file the
-    caller saves it to."""
-    document = []
-    for number, step in enumerate(steps, start=1):
-        step = dict(step)
-        if isinstance(step.get("mask"), np.ndarray):
-            step["mask"] = mask_name(number, step["slice"])
-        document.append(step)
-    return {"steps": document}
-
-
 def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
     """Write steps (as :attr:`Session.steps` gives them) to a JSON file; masks go to ``.npy`` files beside it,
     named after the JSON file, the step and the slice."""
@@ -118,7 +106,9 @@ def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
         if isinstance(step.get("mask"), np.ndarray):
             write_atomically(path.parent / mask_name(number, step["slice"]),
                              lambda target, mask=step["mask"]: np.save(target, mask.astype(bool)), suffix=".npy")
-    write_text_atomically(path, json.dumps(session_document(steps, mask_name), indent=1) + "\n")
+    document = [dict(step, mask=mask_name(number, step["slice"])) if isinstance(step.get("mask"), np.ndarray)
+                else dict(step) for number, step in enumerate(steps, start=1)]
+    write_text_atomically(path, json.dumps({"steps": document}, indent=1) + "\n")
 
 
 def _checked_step(number: int, step: Any, folder: Path) -> Dict[str, Any]:
