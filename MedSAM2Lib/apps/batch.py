@@ -13,7 +13,10 @@ Prompt table (CSV; header names in any case and order):
   (optional, both or neither): the inclusive slice range to stay within.
 - ``session`` (optional): a session file (prompts on several slices, corrections, propagations; see
   :mod:`~MedSAM2Lib.inference.session_file`), relative to the table's folder, instead of ``slice`` and the box
-  columns, which then stay empty (and may be absent from the table).
+  columns, which then stay empty (and may be absent from the table). The session runs on the stack of slices the
+  file names (a file saved from a Slicer segment may slice the scan along any axis) and its mask is mapped back
+  to the scan's grid; the file's window, if it names one, replaces the command line's (a different ``window``
+  cell is refused).
 
 DeepLesion's ``DeepLesion_Dataset_Info.csv`` is read by :func:`read_deeplesion_table` instead.
 
@@ -55,7 +58,8 @@ import numpy as np
 from ..inference.predictor import DIRECTIONS, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
-from ..inference.session_file import read_session_file, run_steps
+from ..inference.session_file import read_session, run_steps
+from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry
 from ..atomic import write_csv_atomically
 from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
 
@@ -90,6 +94,7 @@ class Prompt:
     direction: str = "both"
     slice_range: Optional[Tuple[int, int]] = None
     session: Optional[Path] = None  # absolute path of a session file, instead of the box
+    stack: StackGeometry = ARRAY_ORDER  # a session file's stack: how the scan's array becomes its slices
 
 
 @dataclass
@@ -169,7 +174,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
                   table_folder: Path) -> Prompt:
     """A prompt from one row of our table; ValueError with a sentence when a cell is unusable."""
     window_text = cells.get("window", "")
-    window = Windowing.parse(window_text) if window_text else default_window
+    window = Windowing.parse(window_text) if window_text else None
     label = _label(cells["label"]) if cells.get("label") else next_label
     if cells.get(SESSION_COLUMN):
         given = [column for column in TABLE_COLUMNS[1:] + ("direction", "first_slice", "last_slice") if cells.get(column)]
@@ -177,8 +182,9 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
             raise ValueError(f"a session row takes its slices, boxes and propagation from the session file; "
                              f"leave {', '.join(given)} empty.")
         session = (table_folder / cells[SESSION_COLUMN]).resolve()
-        read_session_file(session)  # refused now, before any work, if it cannot be used
-        return Prompt(row=line, image=image, key_slice=None, box=None, window=window, label=label, session=session)
+        document = read_session(session)  # refused now, before any work, if it cannot be used
+        return Prompt(row=line, image=image, key_slice=None, box=None, label=label, session=session,
+                      window=document.windowing(window, "the row's window", default_window), stack=document.stack)
     missing = [column for column in TABLE_COLUMNS[1:] if column not in cells]
     if missing:
         raise ValueError(f"the row has no session file and the table lacks the column(s) {', '.join(missing)}.")
@@ -194,7 +200,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
         image=image,
         key_slice=_integer(cells["slice"], "slice"),
         box=box,
-        window=window,
+        window=window or default_window,
         label=label,
         direction=direction,
         slice_range=(_integer(first, "first_slice"), _integer(last, "last_slice")) if first else None,
@@ -494,14 +500,17 @@ class BatchRunner:
                     outcomes[prompt].message = f"window {window_choice}: {error}"
                     self.on_prompt(prompt)
                 continue
-            cache = FeatureCache(windowed, self.cache_slices)
-            for prompt in group:
-                self._segment_prompt(prompt, windowed, cache, regions, outcomes[prompt])
+            for stack, stack_group in group_in_order(group, lambda prompt: prompt.stack).items():
+                stacked = stack.to_stack(windowed)  # the scan's array itself for boxes (slices along K)
+                cache = FeatureCache(stacked, self.cache_slices)
+                for prompt in stack_group:
+                    self._segment_prompt(prompt, stacked, volume.shape, cache, regions, outcomes[prompt])
         self._compose_and_write(volume.shape, regions, outcomes, geometry, output)
         return list(outcomes.values())
 
-    def _segment_prompt(self, prompt: Prompt, windowed: np.ndarray, cache: FeatureCache,
-                        regions: Dict[Prompt, Region], outcome: Outcome) -> None:
+    def _segment_prompt(self, prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int],
+                        cache: FeatureCache, regions: Dict[Prompt, Region], outcome: Outcome) -> None:
+        """One row on the scan's windowed stack of slices (``prompt.stack``); its mask on the scan's grid."""
         started = time.perf_counter()
         early_stops = []
 
@@ -511,11 +520,13 @@ class BatchRunner:
 
         try:
             if prompt.session is not None:
-                session = Session(self._predictor, windowed, cache, self._predictor.early_stop)
-                run_steps(session, read_session_file(prompt.session))
-                mask = session.mask()
+                document = read_session(prompt.session)
+                document.check_size(scan_shape)
+                session = Session(self._predictor, stacked, cache, self._predictor.early_stop)
+                run_steps(session, document.steps)
+                mask = prompt.stack.from_stack(session.mask())
             else:
-                mask = self._predictor.segment(windowed, prompt.key_slice, prompt.box, prompt.direction,
+                mask = self._predictor.segment(stacked, prompt.key_slice, prompt.box, prompt.direction,
                                                prompt.slice_range, on_slice, cache)
         except ROW_ERRORS as error:
             outcome.message = str(error) or type(error).__name__

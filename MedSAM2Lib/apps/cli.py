@@ -157,6 +157,13 @@ def window_choice(args: argparse.Namespace):
     """The windowing the command's arguments ask for, as a :class:`~MedSAM2Lib.inference.preprocessing.Windowing`."""
     from ..inference.preprocessing import Windowing
 
+    return given_window(args) or Windowing("none")
+
+
+def given_window(args: argparse.Namespace):
+    """The windowing a window option names, or None when the command has none."""
+    from ..inference.preprocessing import Windowing
+
     if args.window:
         lower, upper = args.window
         if not lower < upper:
@@ -164,7 +171,9 @@ def window_choice(args: argparse.Namespace):
         return Windowing("window", (lower, upper))
     if args.ct_preset:
         return Windowing(args.ct_preset)
-    return Windowing("mr-percentiles" if args.mr_percentiles else "none")
+    if args.mr_percentiles or args.no_window:
+        return Windowing("mr-percentiles" if args.mr_percentiles else "none")
+    return None
 
 
 def early_stop_choice(args: argparse.Namespace) -> Optional[int]:
@@ -185,14 +194,15 @@ def build_predictor(args: argparse.Namespace):
                            precision=args.precision, early_stop=early_stop_choice(args))
 
 
-def segment_steps(args: argparse.Namespace):
-    """The session steps ``segment`` runs: a session file, or the box (and points) on one slice, propagated."""
-    from ..inference.session_file import read_session_file
+def segment_session(args: argparse.Namespace):
+    """What ``segment`` runs, as a session file's content: the file of ``--prompts``, or the box (and points)
+    on one slice, propagated, in the array's own order."""
+    from ..inference.session_file import SessionDocument, read_session
 
     if args.prompts is not None:
         if args.slice is not None or args.box is not None or args.point:
             raise PromptError("Give either --prompts or --slice with --box/--point, not both.")
-        return read_session_file(args.prompts)
+        return read_session(args.prompts)
     if args.slice is None or (args.box is None and not args.point):
         raise PromptError("Give --slice K with --box X0 Y0 X1 Y1 (and/or --point X Y LABEL), or --prompts FILE.")
     step = {"slice": args.slice}
@@ -201,34 +211,36 @@ def segment_steps(args: argparse.Namespace):
     if args.point:
         step["points"] = [[x, y] for x, y, _ in args.point]
         step["labels"] = [int(label) for _, _, label in args.point]
-    return [step, {"propagate": args.direction}]
+    return SessionDocument(args.image, [step, {"propagate": args.direction}])
 
 
 def command_segment(args: argparse.Namespace) -> int:
+    from ..inference.preprocessing import Windowing
     from ..inference.session import Session
     from ..inference.session_file import check_steps, run_steps
     from .volume_io import read_scan, write_mask
 
     # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
     check_output(args.output, inputs=[args.image])
-    steps = segment_steps(args)
+    document = segment_session(args)
+    windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
     volume, geometry = read_scan(args.image, args.nan_as)
-    volume = window_choice(args).apply(volume)
-    check_steps(steps, volume, name_steps=args.prompts is not None)
+    stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
+    check_steps(document.steps, stack, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    session = Session(predictor, volume, early_stop=early_stop_choice(args))
+    session = Session(predictor, stack, early_stop=early_stop_choice(args))
     if args.prompts is not None:
-        progress = ProgressBar(len(steps), "Session", unit="step")
-        run_steps(session, steps, on_step=progress.advance)
+        progress = ProgressBar(len(document.steps), "Session", unit="step")
+        run_steps(session, document.steps, on_step=progress.advance)
     else:
-        progress = ProgressBar(len(planned_slices(volume.shape[0], args.slice, args.direction, None)), "Propagating")
-        run_steps(session, steps, on_slice=progress.advance)
+        progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
+        run_steps(session, document.steps, on_slice=progress.advance)
         if 0 < progress.done < progress.total:  # an early stop: end the bar's line
             progress.stream.write("\n")
     for stop in session.stops.values():
         if stop.early:
             print(stop, file=sys.stderr)
-    mask = session.mask()
+    mask = document.stack.from_stack(session.mask())  # back to the image's voxel grid
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
     return 0
@@ -393,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--point", nargs=3, type=float, action="append", default=[], metavar=("X", "Y", "LABEL"),
                          help="a point on slice K (LABEL 1 object, 0 background); repeat for more")
     segment.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
-                         help="a session file: prompts on any slices, corrections and propagations, run in order")
+                         help="a session file: prompts on any slices, corrections and propagations, run in order "
+                              "(on the stack of slices and with the window it names, as a file saved from a "
+                              "Slicer segment does)")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help=f"the mask: {mask_formats()} (.npz: key 'mask'), written with the input's geometry; an "
                               "existing file is replaced only once the new one is complete")

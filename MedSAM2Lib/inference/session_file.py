@@ -10,31 +10,87 @@ and for saving with a segment.
 
 Coordinates are slice pixels (x = column, y = row), as ``--box``; a mask is a PNG or ``.npy`` file (non-zero =
 object) relative to the JSON file. Steps run in order.
+
+Optional entries say which images the steps were given on (a file written from a Slicer segment has them all):
+
+- ``"stack"``: how the volume's voxel array becomes the stack of slices the steps refer to, e.g.
+  ``{"slice_axis": "J", "row_axis": "K", "column_axis": "I", "flip_rows": true, "flip_columns": false}``: slices
+  along the volume's J axis, row 0 at the highest K, columns along I (I, J, K: the file's voxel axes, I fastest;
+  see :class:`~MedSAM2Lib.slicer_glue.geometry.StackGeometry`). Absent: slices along K, the array's first axis.
+  The mask is mapped back to the volume's voxel grid.
+- ``"window"``: the windowing of the intensities (``LO HI``, ``none``, ``mr-percentiles`` or a CT preset), used
+  unless the command line or the batch row names one; a different one there is refused (other images than
+  the prompts were given on).
+- ``"size_ijk"``: the volume's size in voxels along I, J, K; a volume of another size is refused.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..atomic import write_atomically, write_text_atomically
+from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry  # numpy only
 from .predictor import DIRECTIONS, PromptError, check_volume
+from .preprocessing import Windowing
 from .session import Session, check_prompt
 
 PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
 REMOVE_KEYS = {"slice", "remove"}
+DOCUMENT_KEYS = {"steps", "stack", "window", "size_ijk"}
 
 
 class SessionFileError(ValueError):
     """A session file cannot be read or one of its steps cannot be used."""
 
 
-def read_session_file(path) -> List[Dict[str, Any]]:
-    """The steps of a session file, checked, with masks loaded as (H, W) bool arrays."""
+@dataclass(frozen=True)
+class SessionDocument:
+    """A session file's content: its steps and the images they were given on."""
+
+    path: Path
+    steps: List[Dict[str, Any]]
+    stack: StackGeometry = ARRAY_ORDER
+    window: Optional[str] = None  # as Windowing.parse reads it
+    size_ijk: Optional[Tuple[int, int, int]] = None
+
+    def check_size(self, shape_kji: Sequence[int]) -> None:
+        """Refuse a (K, J, I) volume shape other than the one the file was made on."""
+        if self.size_ijk is not None and tuple(shape_kji[::-1]) != self.size_ijk:
+            size = " x ".join(map(str, self.size_ijk))
+            raise SessionFileError(f"The session file {self.path} was made on a {size} volume (I x J x K); this one "
+                                   f"is {' x '.join(map(str, shape_kji[::-1]))}.")
+
+    def stack_of(self, volume_kji: np.ndarray) -> np.ndarray:
+        """The (slices, rows, columns) stack the steps refer to, from a (K, J, I) volume of the right size."""
+        self.check_size(volume_kji.shape)
+        return self.stack.to_stack(volume_kji)
+
+    def windowing(self, given: Optional[Windowing], given_as: str, default: Windowing) -> Windowing:
+        """The windowing to run the steps with: ``given`` (an explicit choice, named ``given_as`` in a refusal),
+        else the file's, else ``default``. A given window that differs from the file's is refused: the model
+        would see other images than the prompts were given on."""
+        if self.window is None:
+            return given or default
+        try:
+            saved = Windowing.parse(self.window)
+        except ValueError as error:
+            raise SessionFileError(f"The session file {self.path}: {error}") from error
+        if given is not None and given != saved:
+            raise SessionFileError(
+                f"The session file {self.path} was made on intensities windowed with {self.window}, but {given_as} "
+                f"asks for {given}; leave {given_as} out or give the same window."
+            )
+        return saved
+
+
+def read_session(path) -> SessionDocument:
+    """A session file, checked, with masks loaded as (H, W) bool arrays."""
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -44,7 +100,27 @@ def read_session_file(path) -> List[Dict[str, Any]]:
         raise SessionFileError(f"The session file {path} is not valid JSON: {error}.") from error
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list) or not document["steps"]:
         raise SessionFileError(f'The session file {path} must hold {{"steps": [...]}} with at least one step.')
-    return [_checked_step(number, step, path.parent) for number, step in enumerate(document["steps"], start=1)]
+    unknown = set(document) - DOCUMENT_KEYS
+    if unknown:
+        raise SessionFileError(f"The session file {path} has unknown entries: {', '.join(sorted(unknown))}.")
+    steps = [_checked_step(number, step, path.parent) for number, step in enumerate(document["steps"], start=1)]
+    try:
+        stack = StackGeometry.from_json(document["stack"]) if "stack" in document else ARRAY_ORDER
+    except ValueError as error:
+        raise SessionFileError(f"The session file {path}: {error}.") from error
+    window = document.get("window")
+    if window is not None and not isinstance(window, str):
+        raise SessionFileError(f'The session file {path}: window must be text such as "-160 240"; got {window!r}.')
+    size = document.get("size_ijk")
+    if size is not None and not (isinstance(size, list) and len(size) == 3 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):
+        raise SessionFileError(f"The session file {path}: size_ijk must be three voxel counts; got {size!r}.")
+    return SessionDocument(path, steps, stack, window, tuple(size) if size is not None else None)
+
+
+def read_session_file(path) -> List[Dict[str, Any]]:
+    """The steps of a session file (:func:`read_session`)."""
+    return read_session(path).steps
 
 
 def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps: bool = True) -> None:
@@ -94,9 +170,11 @@ def run_steps(
             on_step(number)
 
 
-def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
+def write_session_file(path, steps: Sequence[Dict[str, Any]], stack: Optional[StackGeometry] = None,
+                       window: Optional[str] = None, size_ijk: Optional[Sequence[int]] = None) -> None:
     """Write steps (as :attr:`Session.steps` gives them) to a JSON file; masks go to ``.npy`` files beside it,
-    named after the JSON file, the step and the slice."""
+    named after the JSON file, the step and the slice. ``stack``, ``window`` and ``size_ijk``: the optional
+    entries of the module docstring."""
     path = Path(path)
 
     def mask_name(number: int, index: int) -> str:
@@ -108,7 +186,10 @@ def write_session_file(path, steps: Sequence[Dict[str, Any]]) -> None:
                              lambda target, mask=step["mask"]: np.save(target, mask.astype(bool)), suffix=".npy")
     document = [dict(step, mask=mask_name(number, step["slice"])) if isinstance(step.get("mask"), np.ndarray)
                 else dict(step) for number, step in enumerate(steps, start=1)]
-    write_text_atomically(path, json.dumps({"steps": document}, indent=1) + "\n")
+    entries = {"stack": stack.as_json() if stack is not None else None, "window": window,
+               "size_ijk": [int(n) for n in size_ijk] if size_ijk is not None else None}
+    content = {**{key: value for key, value in entries.items() if value is not None}, "steps": document}
+    write_text_atomically(path, json.dumps(content, indent=1) + "\n")
 
 
 def _checked_step(number: int, step: Any, folder: Path) -> Dict[str, Any]:

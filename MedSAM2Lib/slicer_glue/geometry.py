@@ -13,7 +13,7 @@ All matrices are 4x4 numpy arrays; IJK coordinates are continuous voxel indices 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -81,6 +81,30 @@ class StackGeometry:
     @property
     def description(self) -> str:
         return f"slices along {AXIS_NAMES[self.slice_axis]}"
+
+    def as_json(self) -> Dict[str, Any]:
+        """The orientation as session files and segment tags store it (axes named I, J, K)."""
+        return {"slice_axis": AXIS_NAMES[self.slice_axis], "row_axis": AXIS_NAMES[self.row_axis],
+                "column_axis": AXIS_NAMES[self.column_axis], "flip_rows": self.flip_rows,
+                "flip_columns": self.flip_columns}
+
+    @classmethod
+    def from_json(cls, entry: Any) -> "StackGeometry":
+        """Inverse of :meth:`as_json`; ValueError with a sentence when the entry is not an orientation."""
+        keys = ("slice_axis", "row_axis", "column_axis", "flip_rows", "flip_columns")
+        if not isinstance(entry, dict) or set(entry) != set(keys):
+            raise ValueError(f"the stack must be an object with exactly the keys {', '.join(keys)}; got {entry!r}")
+        axes = [entry[key] for key in keys[:3]]
+        if sorted(map(str, axes)) != sorted(AXIS_NAMES):
+            raise ValueError(f"the stack's slice, row and column axes must be I, J and K in some order; got {axes}")
+        flips = [entry[key] for key in keys[3:]]
+        if not all(isinstance(flip, bool) for flip in flips):
+            raise ValueError(f"flip_rows and flip_columns must be true or false; got {flips}")
+        return cls(*(AXIS_NAMES.index(axis) for axis in axes), *flips)
+
+
+# The array's own order: slices along K (the first axis of a (K, J, I) array), rows along J, columns along I.
+ARRAY_ORDER = StackGeometry(slice_axis=2, row_axis=1, column_axis=0, flip_rows=False, flip_columns=False)
 
 
 def _nearest_axis(direction: np.ndarray) -> Tuple[int, float]:
