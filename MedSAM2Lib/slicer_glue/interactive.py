@@ -15,7 +15,17 @@ Every action writes the session's whole mask, through the segment editor's undoa
 segment captured when the action started: the slices the session has computed get the session's mask (Replace)
 or the segment's content from before the session plus the mask (Add); other slices keep their content. Undo
 reverts the segment; the session's prompts stay, so the next action recomputes from them. The prompts are
-stored with the segment in the tag :data:`SESSION_TAG`, saved in ``.seg.nrrd`` files.
+stored with the segment in the tag :data:`SESSION_TAG`, saved in ``.seg.nrrd`` files and scenes.
+
+**Restore**: an action on a segment that has a saved session but no live one (after the scene was saved and
+loaded again, the module reloaded, or the session ended when the axis or window changed) first rebuilds the
+session by replaying its saved steps (with progress and cancel; nothing is written by the replay itself), then
+applies: a correction after a reload does exactly what it would have done before saving. The saved session
+must fit: a view along its axis, and the same images (the source volume's voxels under the same window, on
+the same stack, checked by a digest); otherwise the action is refused with a sentence, and the saved session
+is dropped only by Reset (the next box then starts a new one). With Add, a restored session adds to the
+segment as it is when restored. A box that ends live sessions by changing the axis starts a new session on its
+segment, as before.
 
 Sessions live while the source volume, the stack axis and the intensity windowing stay the same: one session
 per segment, kept when another segment is selected. Reset (:meth:`InteractiveSegmenter.end_session`) ends the
@@ -26,6 +36,7 @@ ends them all. A point or a mask prompt in a view along another axis is refused 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field, replace
@@ -33,19 +44,22 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import vtk
 from PIL import Image
 
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
-from ..inference.session_file import write_session_file
+from ..inference.session_file import SessionFileError, run_steps, write_session_file
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
                     view_geometry, view_to_index)
 from .run_controller import NEW_SEGMENT_NAME, RunController, RunOutcome, WriteTarget
 
 SESSION_TAG = "MedSAM2.Session"
-VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # usual view of slices along I, J, K (LPS/RAS volumes)
+VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+# How a saved session that does not fit is dropped: only by the user's choice.
+RESET_ADVICE = "Click Reset to drop it and start a new session on this segment (its content is kept)."  # usual view of slices along I, J, K (LPS/RAS volumes)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -84,6 +98,7 @@ class SegmentSession:
     point_order: List[int] = field(default_factory=list)  # slice of each point, in the order they were added
     baseline: Optional[np.ndarray] = None  # packed bits of the segment before the session's first write (Add)
     propagated: bool = False
+    restored: bool = False  # rebuilt from the segment's tag, not yet said in a result
 
 
 @dataclass
@@ -122,6 +137,8 @@ class InteractiveSegmenter:
         # replaces when the volume or the windowing changes).
         self._geometry: Optional[StackGeometry] = None
         self._cache: Optional[FeatureCache] = None
+        self._digest: Optional[Tuple[FeatureCache, str]] = None  # the digest of that cache's stack
+        self._discarded: Dict[Tuple[str, str], str] = {}  # segment -> the saved tag its Reset dropped
 
     # -- running and writing ------------------------------------------------------------------------
 
@@ -166,9 +183,14 @@ class InteractiveSegmenter:
             editor.backend.editor_node().SetSelectedSegmentID(segment_id)
         self.sessions[(target.segmentation_node.GetID(), segment_id)] = state
         segment = target.segmentation_node.GetSegmentation().GetSegment(segment_id)
-        segment.SetTag(SESSION_TAG, session_tag(state, computed.options.windowing or display_windowing(
-            source.volume_node)))
-        return ActionResult(computed.sentence, computed.slice_index, computed.recomputed, segment_id)
+        windowing = computed.options.windowing or display_windowing(source.volume_node)
+        digest = self._stack_digest(state.session.volume, state.session.cache)
+        segment.SetTag(SESSION_TAG, session_tag(state, windowing, source, digest))
+        sentence = computed.sentence
+        if state.restored:
+            state.restored = False
+            sentence = f"Restored the segment's saved MedSAM2 session ({len(state.session.steps)} steps). {sentence}"
+        return ActionResult(sentence, computed.slice_index, computed.recomputed, segment_id)
 
     # -- the actions --------------------------------------------------------------------------------
 
@@ -196,12 +218,15 @@ class InteractiveSegmenter:
         at once. A box along another axis than the sessions', or after the volume or windowing changed, ends
         them all."""
         source = editor.source()
-        geometry = self._shared_geometry(source, view_geometry(source, slice_node), options)
+        view = view_geometry(source, slice_node)
+        key = None if options.new_segment_per_box else self._selected_key(editor)
+        if key is not None and key not in self.sessions:  # a saved session is restored first (or refused)
+            self._restored(editor, source, key, options, view.slice_axis, progress, should_cancel)
+        geometry = self._shared_geometry(source, view, options)
         prompt = self.logic.prompt_from_view(source, slice_node, xy_corners, geometry)
-        key = self._selected_key(editor)
-        state = None if options.new_segment_per_box or key is None else self.sessions.get(key)
+        state = self.sessions.get(key) if key is not None else None
         if state is None:
-            state = self._start(editor, source, None if options.new_segment_per_box else key, geometry, options)
+            state = self._start(editor, source, key, geometry, options)
         index = prompt.stack.slice_index
         kind = self._kind(state, index, replacing=True)
         recomputed = [state.session.add_prompt(index, box=list(prompt.stack.box)).index]
@@ -215,7 +240,7 @@ class InteractiveSegmenter:
         """Points clicked in a view, each ((x, y) view XY, label 1 object / 0 background), added to the
         prompt of the slice they are on (a click is one point; the slice is re-segmented at once)."""
         source = editor.source()
-        state = self._session_for(editor, source, slice_node, options, "a point")
+        state = self._session_for(editor, source, slice_node, options, "a point", progress, should_cancel)
         located = [self._locate(source, slice_node, state, xy) for xy, _ in clicks]
         index = located[0][0]
         if any(slice_index != index for slice_index, _ in located):
@@ -236,7 +261,8 @@ class InteractiveSegmenter:
                                      should_cancel=None) -> Computed:
         """The segment's content on the viewed slice becomes that slice's (mask) prompt; then re-propagate."""
         source = editor.source()
-        state = self._session_for(editor, source, slice_node, options, "Use the segment on this slice")
+        state = self._session_for(editor, source, slice_node, options, "Use the segment on this slice", progress,
+                                  should_cancel)
         index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
         segmentation_node, segment_id = editor.segmentation_node(), editor.selected_segment_id()
         content = state.geometry.to_stack(segment_mask_on(segmentation_node, segment_id, source.image))
@@ -254,7 +280,7 @@ class InteractiveSegmenter:
                           progress=None, should_cancel=None) -> Computed:
         """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
         source = editor.source()
-        state = self._session_for(editor, source, None, options, "Propagate")
+        state = self._session_for(editor, source, None, options, "Propagate", progress, should_cancel)
         recomputed = self._propagate(source, state, options, progress, should_cancel)
         sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed" if recomputed
                     else "Nothing to update: every slice is up to date")
@@ -275,7 +301,7 @@ class InteractiveSegmenter:
         """Remove a point (from :meth:`point_near`): the slice is prompted again with what remains on it, or
         loses its prompt when nothing remains."""
         source = editor.source()
-        state = self._session_for(editor, source, None, options, "removing a point")
+        state = self._session_for(editor, source, None, options, "removing a point", progress, should_cancel)
         slice_prompts = state.prompts[index]
         points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
         labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
@@ -296,7 +322,8 @@ class InteractiveSegmenter:
     def compute_remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
                                   progress=None, should_cancel=None) -> Computed:
         """Remove the point added last to the selected segment's session (Backspace)."""
-        state = self._session_for(editor, editor.source(), None, options, "removing a point")
+        state = self._session_for(editor, editor.source(), None, options, "removing a point", progress,
+                                  should_cancel)
         if not state.point_order:
             raise InteractionError("The selected segment's MedSAM2 session has no points to remove.")
         index = state.point_order[-1]
@@ -314,10 +341,14 @@ class InteractiveSegmenter:
         return self.sessions.get(key) if key is not None else None
 
     def end_session(self, editor: EditorAccess) -> None:
-        """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept)."""
+        """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept), and the
+        session saved in its tag is not restored: the next box starts a new one, whose write replaces the tag."""
         key = self._selected_key(editor)
         if key is not None:
             self.sessions.pop(key, None)
+            tag = saved_tag(editor.segmentation_node(), key[1])
+            if tag is not None:
+                self._discarded[key] = tag
 
     def end_sessions(self) -> None:
         """Every session ends (another volume, axis or windowing; scene closed)."""
@@ -358,10 +389,88 @@ class InteractiveSegmenter:
         session = Session(self.logic.predictor, stack, cache, early_stop=self.logic.predictor.early_stop)
         return SegmentSession(session, geometry, baseline=baseline)
 
-    def _session_for(self, editor, source, slice_node, options, action: str) -> SegmentSession:
-        """The selected segment's session, checked against the view's axis and the current context."""
+    def _restored(self, editor, source: SourceImage, key, options: InteractiveOptions, view_axis: Optional[int],
+                  progress, should_cancel) -> Optional[SegmentSession]:
+        """The session saved in the segment's tag, rebuilt by replaying its steps on the images it was made on;
+        None if the segment has none (or its Reset dropped it). InteractionError says why a saved session does
+        not fit (nothing is restored, nothing written); Cancelled stops the replay (nothing kept)."""
+        tag = saved_tag(editor.segmentation_node(), key[1])
+        if tag is None or self._discarded.get(key) == tag:
+            return None
+        keep = RESET_ADVICE
+        try:
+            saved = SavedSession.from_tag(tag)
+        except ValueError as error:
+            raise InteractionError(f"The segment's saved MedSAM2 session cannot be read ({error}). {keep}") from error
+        axis = saved.geometry.slice_axis
+        if view_axis is not None and view_axis != axis:
+            raise InteractionError(
+                f"The segment's saved MedSAM2 session runs on slices along {AXIS_NAMES[axis]} (the {VIEW_NAMES[axis]} "
+                f"view of a volume stored axially); this view shows slices along {AXIS_NAMES[view_axis]}. Use a view "
+                f"along {AXIS_NAMES[axis]} to go on with it. {keep}")
+        if saved.size_ijk != source.shape_ijk:
+            raise InteractionError(
+                f"The segment's saved MedSAM2 session was made on a volume of {_size(saved.size_ijk)} voxels; the "
+                f"source volume here has {_size(source.shape_ijk)}. Select the volume it was made on. {keep}")
+        windowing = options.windowing or display_windowing(source.volume_node)
+        if self._geometry in (None, saved.geometry):
+            digest = self._stack_digest(*self.logic.stack_for(source, saved.geometry, options.windowing))
+        else:  # checked without replacing the live sessions' stack (the logic keeps one)
+            digest = stack_digest(saved.geometry.to_stack(windowing.apply(source.array())))
+        if digest != saved.digest:
+            now = window_text(windowing)
+            raise InteractionError(
+                f"The segment's saved MedSAM2 session was made with the intensity window {saved.window}, and the "
+                f"current window is {now}: set it back to go on with the session. {keep}" if now != saved.window else
+                f"The segment's saved MedSAM2 session was made on other images: the source volume's voxels differ "
+                f"from those it was made on. Select the volume it was made on. {keep}")
+        if self._geometry is not None and not (self._geometry == saved.geometry and self._same_context(
+                source, saved.geometry, options)):
+            self.end_sessions()  # the sessions of another context end (their segments keep their tags)
+        state = self._start(editor, source, key, saved.geometry, options)
+        self._replay(state, saved.steps, progress, should_cancel)
+        state.prompts, state.point_order = prompts_of(saved.steps)
+        state.propagated = any("propagate" in step for step in saved.steps)
+        state.restored = True
+        self.sessions[key] = state
+        return state
+
+    def _replay(self, state: SegmentSession, steps: List[dict], progress, should_cancel) -> None:
+        """Run saved steps on a new session, reporting each slice a propagation computes."""
+        num_slices = state.session.volume.shape[0]
+        total = sum(last - first + 1 for first, last in
+                    (step.get("range", (0, num_slices - 1)) for step in steps if "propagate" in step))
+        done = 0
+
+        def on_slice(_result) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, max(total, done))
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+
+        try:
+            run_steps(state.session, steps, on_slice=on_slice)
+        except (SessionFileError, KeyError, TypeError) as error:
+            raise InteractionError(f"The segment's saved MedSAM2 session cannot be replayed ({error}). {RESET_ADVICE}"
+                                   ) from error
+
+    def _stack_digest(self, stack: np.ndarray, cache: FeatureCache) -> str:
+        """The digest of a stack, computed once per stack (its feature cache)."""
+        if self._digest is None or self._digest[0] is not cache:
+            self._digest = (cache, stack_digest(stack))
+        return self._digest[1]
+
+    def _session_for(self, editor, source, slice_node, options, action: str, progress=None,
+                     should_cancel=None) -> SegmentSession:
+        """The selected segment's session (restored from its tag if it has none), checked against the view's
+        axis and the current context."""
         key = self._selected_key(editor)
         state = self.sessions.get(key) if key is not None else None
+        if state is None and key is not None:
+            view_axis = view_geometry(source, slice_node).slice_axis if slice_node is not None else None
+            state = self._restored(editor, source, key, options, view_axis, progress, should_cancel)
         if state is None:
             raise InteractionError(
                 f"The selected segment has no MedSAM2 session: draw a box around the structure first ({action} "
@@ -459,24 +568,113 @@ class InteractiveSegmenter:
         return Computed(state, source, options, index, recomputed, sentence + ".", new_segment)
 
 
-def session_tag(state: SegmentSession, windowing: Windowing) -> str:
+def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage, digest: str) -> str:
     """The session as the JSON stored in the segment's tag: its steps (mask prompts as base64 PNG), the stack
-    orientation they refer to and the window. No '|' in it: that character separates tags in .seg.nrrd."""
-    geometry = state.geometry
+    orientation they refer to, the window (full precision), the size of the grid, whether that grid is the
+    source volume's own (``volume_grid``; else a session file cannot address the volume's voxels) and the
+    digest of the stack (:func:`stack_digest`). No '|' in it: that character separates tags in .seg.nrrd."""
     document = {
         "steps": [_encoded_step(step) for step in state.session.steps],
-        "stack": {"slice_axis": AXIS_NAMES[geometry.slice_axis], "row_axis": AXIS_NAMES[geometry.row_axis],
-                  "column_axis": AXIS_NAMES[geometry.column_axis], "flip_rows": geometry.flip_rows,
-                  "flip_columns": geometry.flip_columns},
-        "window": str(windowing),
+        "stack": state.geometry.as_json(),
+        "window": window_text(windowing),
+        "size_ijk": [int(n) for n in source.shape_ijk],
+        "volume_grid": source.on_volume_grid(),
+        "digest": digest,
     }
     return json.dumps(document).replace("|", "\\u007c")
 
 
+@dataclass(frozen=True)
+class SavedSession:
+    """A session as a segment's tag holds it (:func:`session_tag`), masks decoded."""
+
+    steps: List[dict]
+    geometry: StackGeometry
+    window: str
+    size_ijk: Tuple[int, int, int]
+    volume_grid: bool
+    digest: str
+
+    @classmethod
+    def from_tag(cls, tag: str) -> "SavedSession":
+        """ValueError with the reason when the tag is not a session this version wrote."""
+        try:
+            document = json.loads(tag)
+            saved = cls([_decoded_step(step) for step in document["steps"]], StackGeometry.from_json(document["stack"]),
+                        document["window"], tuple(int(n) for n in document["size_ijk"]), document["volume_grid"],
+                        document["digest"])
+            Windowing.parse(saved.window)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # json, PNG errors included
+            raise ValueError(f"{type(error).__name__}: {error}") from error
+        return saved
+
+
+def saved_tag(segmentation_node, segment_id: str) -> Optional[str]:
+    """A segment's :data:`SESSION_TAG`, or None."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    tag = vtk.reference("")
+    return str(tag) if segment is not None and segment.GetTag(SESSION_TAG, tag) and str(tag) else None
+
+
 def write_session_from_tag(tag: str, path: Path) -> None:
-    """A segment's ``MedSAM2.Session`` tag as a session file (JSON, masks in ``.npy`` files beside it), for
-    ``medsam2 segment IMAGE --prompts PATH`` on the stack the tag's ``stack`` entry describes."""
-    write_session_file(path, [_decoded_step(step) for step in json.loads(tag)["steps"]])
+    """A segment's ``MedSAM2.Session`` tag as a session file (JSON, masks in ``.npy`` files beside it) for
+    ``medsam2 segment VOLUME --prompts PATH`` on the source volume's file: it names the stack orientation, the
+    window and the size. Refused (SessionFileError) when the session ran on a grid other than the volume's."""
+    try:
+        saved = SavedSession.from_tag(tag)
+    except ValueError as error:
+        raise SessionFileError(f"The segment's MedSAM2 session cannot be read ({error}).") from error
+    if not saved.volume_grid:
+        raise SessionFileError(
+            "The segment's MedSAM2 session ran on the segmentation's own grid, which is not the source volume's "
+            "voxel grid, so a session file would prompt other voxels of the volume's file; to save one, give the "
+            "segmentation the source volume's geometry (Segment Editor: Specify geometry) and segment again."
+        )
+    write_session_file(path, saved.steps, saved.geometry, saved.window, saved.size_ijk)
+
+
+def stack_digest(stack: np.ndarray) -> str:
+    """A digest of a uint8 (slices, rows, columns) stack: the same exactly when the model sees the same images."""
+    digest = hashlib.blake2b(str(stack.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(stack).data)
+    return digest.hexdigest()
+
+
+def window_text(windowing: Windowing) -> str:
+    """The windowing as ``Windowing.parse`` reads it, bounds at full precision."""
+    return " ".join(repr(float(bound)) for bound in windowing.bounds) if windowing.bounds else windowing.name
+
+
+def prompts_of(steps: Sequence[dict]) -> Tuple[Dict[int, "SlicePrompts"], List[int]]:
+    """What each slice was given (for display and removal) and the slice of each point in the order they were
+    added, from the steps that gave them (the order of points a step removed from a slice is not recorded:
+    its last ones are taken as removed)."""
+    prompts: Dict[int, SlicePrompts] = {}
+    order: List[int] = []
+    for step in steps:
+        if "propagate" in step:
+            continue
+        index = step["slice"]
+        if step.get("remove"):
+            prompts.pop(index, None)
+            order = [s for s in order if s != index]
+            continue
+        points = [tuple(point) for point in step.get("points", [])]
+        labels = [int(label) for label in step.get("labels", [])]
+        if step.get("add") and index in prompts:
+            prompts[index].points += points
+            prompts[index].labels += labels
+            order += [index] * len(points)
+            continue
+        box = tuple(step["box"]) if "box" in step else None
+        prompts[index] = SlicePrompts(box=box, points=points, labels=labels, mask=step.get("mask"))
+        kept = [i for i, s in enumerate(order) if s == index][:len(points)]
+        order = [s for i, s in enumerate(order) if s != index or i in kept] + [index] * (len(points) - len(kept))
+    return prompts, order
+
+
+def _size(size_ijk: Sequence[int]) -> str:
+    return " x ".join(map(str, size_ijk))
 
 
 def _encoded_step(step: dict) -> dict:

@@ -75,6 +75,18 @@ class SourceImage:
     def array(self) -> np.ndarray:
         return array_from_image(self.image)
 
+    def on_volume_grid(self) -> bool:
+        """True if the aligned image is the source volume's own voxel grid (same size, each voxel at the same
+        place), as when the segmentation's geometry was taken from that volume: then index coordinates on it
+        are index coordinates in the volume's file."""
+        if self.shape_ijk != tuple(self.volume_node.GetImageData().GetDimensions()):
+            return False
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        self.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+        world_to_volume_index = np.linalg.inv(matrix_to_array(ijk_to_ras)) @ world_to_node_matrix(self.volume_node)
+        return bool(np.allclose(world_to_volume_index @ np.linalg.inv(self.ras_to_array_index()), np.eye(4),
+                                atol=1e-4))
+
 
 def check_source_volume(volume_node) -> None:
     """Refuse volumes MedSAM2 cannot propagate through: none, vector/4D, single-slice."""
