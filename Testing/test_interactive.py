@@ -8,14 +8,17 @@ import json
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
+from MedSAM2Lib.apps.cli import main
+from MedSAM2Lib.inference.session_file import SessionFileError
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
-                                                InteractiveSegmenter, write_session_from_tag)
+                                                InteractiveSegmenter, saved_tag, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
@@ -102,6 +105,38 @@ def test_repainted_slice_as_mask_prompt_equals_the_official_session(app, predict
     slicer_scenario.run_correction(app.scene, app.slice_logic(), DATA, "Sagittal", "mask", actions,
                                    app.editor_logic.Undo, editor_node=app.editor_node)
     assert "slice 7 is its prompt: a correction of the backward tracking" in actions.messages[-1]
+
+
+def write_volume(volume_node, path):
+    """The volume as Slicer saves it (its voxels, spacing, origin and directions)."""
+    storage = volume_node.GetScene().AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.WriteData(volume_node)
+    volume_node.GetScene().RemoveNode(storage)
+
+
+@pytest.mark.parametrize("orientation", ["Coronal", "Sagittal"])
+def test_the_session_file_of_a_segment_reproduces_it_from_the_volume_file(app, predictor, orientation, tmp_path,
+                                                                           checkpoints):
+    """Box, propagate, correction points, update in a coronal or sagittal view of the oblique anisotropic volume;
+    the segment's tag as a session file; ``medsam2 segment VOLUME --prompts FILE`` gives the segment voxel by
+    voxel on the volume's grid."""
+    actions = HeadlessActions(app, predictor)
+    scenario = slicer_scenario.run_correction(app.scene, app.slice_logic(), DATA, orientation, "points", actions,
+                                              app.editor_logic.Undo, editor_node=app.editor_node)
+    actions.propagate()  # Update again: run_correction ends by undoing it
+    segment_id = app.editor_node.GetSelectedSegmentID()
+    expected = segment_array(scenario.segmentation_node, segment_id, scenario.volume_node)
+    np.testing.assert_array_equal(expected, scenario.storage.from_stack(scenario.expected))
+    write_volume(scenario.volume_node, tmp_path / "volume.nrrd")
+    write_session_from_tag(saved_tag(scenario.segmentation_node, segment_id), tmp_path / "session.json")
+    document = json.loads((tmp_path / "session.json").read_text())
+    assert document["stack"] == scenario.storage.as_json() and document["window"] == "none"
+    output = tmp_path / "mask.nrrd"
+    assert main(["segment", str(tmp_path / "volume.nrrd"), "--prompts", str(tmp_path / "session.json"), "-o",
+                 str(output), "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml"),
+                 "--precision", "float32", "--no-early-stop"]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), expected)
 
 
 # -- a small volume for the rest -------------------------------------------------------------------------
@@ -287,6 +322,14 @@ def test_a_box_along_another_axis_or_a_new_window_ends_the_sessions(app, volume_
     assert segmenter.session_of(app.editor).geometry.slice_axis == 0 and len(segmenter.sessions) == 1
 
 
+def load_segmentation(app, path):
+    reloaded = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(reloaded)
+    return reloaded
+
+
 def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, predictor, tmp_path):
     from MedSAM2Lib.inference.session import Session
     from MedSAM2Lib.inference.session_file import read_session_file, run_steps
@@ -297,10 +340,7 @@ def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, 
     segmenter.propagate(app.editor, LESION)
     expected = selected(app, volume_node)
     save_segmentation(segmentation, tmp_path / "result.seg.nrrd")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    reloaded = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
-    assert storage.ReadData(reloaded)
+    reloaded = load_segmentation(app, tmp_path / "result.seg.nrrd")
     tag = vtk.reference("")
     assert reloaded.GetSegmentation().GetNthSegment(0).GetTag(SESSION_TAG, tag)
     document = json.loads(str(tag))
@@ -345,3 +385,88 @@ def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
     assert not perform("backspace", (0, 0)).box_event.consumed
     assert perform("press", inside, running=True).action is None
     assert actions == ["box", "points", "points", "remove_point", "remove_last_point"]
+
+
+def edit_saved_segmentation(app, path):
+    """Load a .seg.nrrd file as a new node and edit its segment: what a saved scene gives back."""
+    reloaded = load_segmentation(app, path)
+    app.editor_node.SetAndObserveSegmentationNode(reloaded)
+    app.editor_node.SetSelectedSegmentID(reloaded.GetSegmentation().GetNthSegmentID(0))
+    return reloaded
+
+
+def test_a_correction_after_reloading_restores_the_saved_session(app, volume_node, predictor, tmp_path):
+    """Box, propagate, a correction; saved and reloaded; a new segmenter (no live session): a further
+    correction and Update give what the uninterrupted session gives, voxel by voxel; Undo reverts the write."""
+    segmentation, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    save_segmentation(segmentation, tmp_path / "saved.seg.nrrd")
+    view1 = app.view(volume_node, "Axial", (40.3, 20.4, 1.0))
+    click = [(xy_of(view1, volume_node, (44.0, 22.0, 1.0)), 1)]
+    segmenter.points(app.editor, view1, click, LESION)
+    segmenter.propagate(app.editor, LESION)
+    uninterrupted = selected(app, volume_node)
+
+    edit_saved_segmentation(app, tmp_path / "saved.seg.nrrd")
+    saved = selected(app, volume_node)
+    assert np.count_nonzero(saved != uninterrupted)
+    restored = InteractiveSegmenter(MedSAM2Logic(predictor))
+    progress = []
+    result = restored.points(app.editor, view1, click, LESION, progress=lambda done, total: progress.append(done))
+    assert result.message.startswith("Restored the segment's saved MedSAM2 session (4 steps). Point on slice 1: a "
+                                     "correction of the backward tracking")
+    assert progress == list(range(1, 8))  # the replayed propagation
+    state = restored.session_of(app.editor)
+    assert state.prompts[5].labels == [0] and state.prompts[1].labels == [1] and state.point_order == [5, 1]
+    assert [label for _, _, label in restored.points_in_view(app.editor, view5)] == [0]
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(selected(app, volume_node), saved)
+    restored.propagate(app.editor, LESION)  # Update: the prompts stay after Undo
+    np.testing.assert_array_equal(selected(app, volume_node), uninterrupted)
+
+
+def test_a_saved_session_that_does_not_fit_is_refused_until_reset(app, volume_node, predictor):
+    segmentation, _, _ = boxed_and_propagated(app, volume_node, predictor)
+    before = selected(app, volume_node)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))  # as after a reload: no live session
+    coronal = app.view(volume_node, "Coronal", CENTRE)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    click = [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)]
+    other_window = InteractiveOptions(windowing=Windowing("window", (-50.0, 250.0)))
+    with pytest.raises(InteractionError, match="saved MedSAM2 session runs on slices along K .*Click Reset"):
+        segmenter.points(app.editor, coronal, [(xy_of(coronal, volume_node, CENTRE), 1)], LESION)
+    with pytest.raises(InteractionError, match="window 0.0 200.0, and the current window is -50.0 250.0"):
+        segmenter.points(app.editor, view5, click, other_window)
+    with pytest.raises(InteractionError, match="window 0.0 200.0"):
+        segmenter.box(app.editor, *box_in(app, volume_node), other_window)
+    other = add_volume(app.scene, lesion_volume((7, 48, 64), seed=1), oblique_ijk_to_ras(), "other")
+    app.editor_node.SetAndObserveSourceVolumeNode(other)
+    with pytest.raises(InteractionError, match="made on other images"):
+        segmenter.propagate(app.editor, LESION)
+    app.editor_node.SetAndObserveSourceVolumeNode(volume_node)
+    segment = segmentation.GetSegmentation().GetSegment(app.editor_node.GetSelectedSegmentID())
+    segment.SetTag(SESSION_TAG, '{"steps": [')
+    with pytest.raises(InteractionError, match="cannot be read"):
+        segmenter.propagate(app.editor, LESION)
+    np.testing.assert_array_equal(selected(app, volume_node), before)
+    assert not segmenter.sessions
+    segmenter.end_session(app.editor)  # Reset: the user drops the saved session
+    with pytest.raises(InteractionError, match="has no MedSAM2 session"):
+        segmenter.propagate(app.editor, LESION)
+    assert segmenter.box(app.editor, *box_in(app, volume_node), other_window).message.startswith(
+        "Box on slice 3: segmented.")
+
+
+def test_no_session_file_for_a_session_on_another_grid_than_the_volume_s(app, volume_node, predictor, tmp_path):
+    coarse = add_volume(app.scene, lesion_volume((7, 24, 32)), oblique_ijk_to_ras(spacing=(1.4, 1.4, 2.5)), "coarse")
+    segmentation = app.segmentation_for(coarse, with_segment=True)
+    app.editor_node.SetAndObserveSourceVolumeNode(volume_node)  # resampled to the segmentation's grid
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    slice_node, corners = box_in(app, volume_node)
+    segmenter.box(app.editor, slice_node, corners, LESION)
+    tag = saved_tag(segmentation, app.editor_node.GetSelectedSegmentID())
+    assert json.loads(tag)["size_ijk"] == [32, 24, 7]
+    with pytest.raises(SessionFileError, match="not the source volume's voxel grid"):
+        write_session_from_tag(tag, tmp_path / "session.json")
+    assert not (tmp_path / "session.json").exists()
