@@ -18,11 +18,11 @@ from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.inference.session_file import SessionFileError
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
-                                                InteractiveSegmenter, saved_tag, write_session_from_tag)
+                                                InteractiveSegmenter, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
-from MedSAM2Lib.slicer_glue.run_controller import RunController
+from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
@@ -129,7 +129,7 @@ def test_the_session_file_of_a_segment_reproduces_it_from_the_volume_file(app, p
     expected = segment_array(scenario.segmentation_node, segment_id, scenario.volume_node)
     np.testing.assert_array_equal(expected, scenario.storage.from_stack(scenario.expected))
     write_volume(scenario.volume_node, tmp_path / "volume.nrrd")
-    write_session_from_tag(saved_tag(scenario.segmentation_node, segment_id), tmp_path / "session.json")
+    write_session_from_tag(saved_session_tag(scenario.segmentation_node, segment_id), tmp_path / "session.json")
     document = json.loads((tmp_path / "session.json").read_text())
     assert document["stack"] == scenario.storage.as_json() and document["window"] == "none"
     output = tmp_path / "mask.nrrd"
@@ -412,12 +412,14 @@ def test_a_correction_after_reloading_restores_the_saved_session(app, volume_nod
     saved = selected(app, volume_node)
     assert np.count_nonzero(saved != uninterrupted)
     restored = InteractiveSegmenter(MedSAM2Logic(predictor))
+    assert restored.restorable(app.editor)
     progress = []
     result = restored.points(app.editor, view1, click, LESION, progress=lambda done, total: progress.append(done))
     assert result.message.startswith("Restored the segment's saved MedSAM2 session (4 steps). Point on slice 1: a "
                                      "correction of the backward tracking")
     assert progress == list(range(1, 8))  # the replayed propagation
     state = restored.session_of(app.editor)
+    assert not restored.restorable(app.editor)
     assert state.prompts[5].labels == [0] and state.prompts[1].labels == [1] and state.point_order == [5, 1]
     assert [label for _, _, label in restored.points_in_view(app.editor, view5)] == [0]
     app.editor_logic.Undo()
@@ -451,7 +453,9 @@ def test_a_saved_session_that_does_not_fit_is_refused_until_reset(app, volume_no
         segmenter.propagate(app.editor, LESION)
     np.testing.assert_array_equal(selected(app, volume_node), before)
     assert not segmenter.sessions
+    assert segmenter.restorable(app.editor)  # the effect's Update and Reset stay enabled
     segmenter.end_session(app.editor)  # Reset: the user drops the saved session
+    assert not segmenter.restorable(app.editor)
     with pytest.raises(InteractionError, match="has no MedSAM2 session"):
         segmenter.propagate(app.editor, LESION)
     assert segmenter.box(app.editor, *box_in(app, volume_node), other_window).message.startswith(
@@ -465,7 +469,7 @@ def test_no_session_file_for_a_session_on_another_grid_than_the_volume_s(app, vo
     segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
     slice_node, corners = box_in(app, volume_node)
     segmenter.box(app.editor, slice_node, corners, LESION)
-    tag = saved_tag(segmentation, app.editor_node.GetSelectedSegmentID())
+    tag = saved_session_tag(segmentation, app.editor_node.GetSelectedSegmentID())
     assert json.loads(tag)["size_ijk"] == [32, 24, 7]
     with pytest.raises(SessionFileError, match="not the source volume's voxel grid"):
         write_session_from_tag(tag, tmp_path / "session.json")

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import vtk
 from PIL import Image
 
 from ..inference.predictor import Cancelled, FeatureCache
@@ -54,9 +53,9 @@ from ..inference.session_file import SessionFileError, run_steps, write_session_
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
                     view_geometry, view_to_index)
-from .run_controller import NEW_SEGMENT_NAME, RunController, RunOutcome, WriteTarget
+from .run_controller import (NEW_SEGMENT_NAME, SESSION_TAG, RunController, RunOutcome, WriteTarget,
+                             saved_session_tag)
 
-SESSION_TAG = "MedSAM2.Session"
 VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
 # How a saved session that does not fit is dropped: only by the user's choice.
 RESET_ADVICE = "Click Reset to drop it and start a new session on this segment (its content is kept)."  # usual view of slices along I, J, K (LPS/RAS volumes)
@@ -336,6 +335,15 @@ class InteractiveSegmenter:
         """The selected segment's points on the slice the view shows: view x, view y, label."""
         return [(x, y, label) for _, _, x, y, label in self._shown_points(editor, slice_node)]
 
+    def restorable(self, editor: EditorAccess) -> bool:
+        """True if the selected segment has no live session but a saved one that its next action restores (or,
+        if it does not fit, names in a refusal)."""
+        key = self._selected_key(editor)
+        if key is None or key in self.sessions:
+            return False
+        tag = saved_session_tag(editor.segmentation_node(), key[1])
+        return tag is not None and self._discarded.get(key) != tag
+
     def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
         key = self._selected_key(editor)
         return self.sessions.get(key) if key is not None else None
@@ -346,7 +354,7 @@ class InteractiveSegmenter:
         key = self._selected_key(editor)
         if key is not None:
             self.sessions.pop(key, None)
-            tag = saved_tag(editor.segmentation_node(), key[1])
+            tag = saved_session_tag(editor.segmentation_node(), key[1])
             if tag is not None:
                 self._discarded[key] = tag
 
@@ -394,7 +402,7 @@ class InteractiveSegmenter:
         """The session saved in the segment's tag, rebuilt by replaying its steps on the images it was made on;
         None if the segment has none (or its Reset dropped it). InteractionError says why a saved session does
         not fit (nothing is restored, nothing written); Cancelled stops the replay (nothing kept)."""
-        tag = saved_tag(editor.segmentation_node(), key[1])
+        tag = saved_session_tag(editor.segmentation_node(), key[1])
         if tag is None or self._discarded.get(key) == tag:
             return None
         keep = RESET_ADVICE
@@ -607,13 +615,6 @@ class SavedSession:
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # json, PNG errors included
             raise ValueError(f"{type(error).__name__}: {error}") from error
         return saved
-
-
-def saved_tag(segmentation_node, segment_id: str) -> Optional[str]:
-    """A segment's :data:`SESSION_TAG`, or None."""
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    tag = vtk.reference("")
-    return str(tag) if segment is not None and segment.GetTag(SESSION_TAG, tag) and str(tag) else None
 
 
 def write_session_from_tag(tag: str, path: Path) -> None:

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import slicer
+import vtk
 
 NEW_SEGMENT_NAME = "MedSAM2"
+# The tag a segment keeps its MedSAM2 session in (written by slicer_glue.interactive); read here, without torch, so
+# that the effect can tell before setup that the selected segment has a session to go on with.
+SESSION_TAG = "MedSAM2.Session"
 
 Result = TypeVar("Result")
 CancelCheck = Callable[[], bool]
@@ -228,3 +232,10 @@ def segment_box(
                 "Undo (Ctrl+Z) reverts it.")
 
     return controller.run(editor.backend.editor_node(), compute, write, owner, confirm_target)
+
+
+def saved_session_tag(segmentation_node, segment_id: Optional[str]) -> Optional[str]:
+    """A segment's :data:`SESSION_TAG`, or None (no such segment, or no session saved in it)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    tag = vtk.reference("")
+    return str(tag) if segment is not None and segment.GetTag(SESSION_TAG, tag) and str(tag) else None

@@ -202,8 +202,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         runs = moduleLogic().runs
         session = self.selectedSession()
         self.propagateButton.text = "Update" if session is not None and session.propagated else "Propagate"
-        self.propagateButton.enabled = self.useSegmentButton.enabled = session is not None and not runs.busy
-        self.resetButton.enabled = session is not None and not runs.busy
+        saved = session is None and self.selectedHasSavedSession()
+        self.propagateButton.enabled = self.useSegmentButton.enabled = (session is not None or saved) and not runs.busy
+        # Reset drops a saved session through the segmenter, which exists once MedSAM2 is set up.
+        self.resetButton.enabled = (session is not None or saved and self.segmenter is not None) and not runs.busy
         self.cancelButton.enabled = runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
 
@@ -332,7 +334,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.act("use_segment_on_slice", sliceWidget.mrmlSliceNode())
 
     def reset(self):
-        if self.segmenter is not None:
+        if self.segmenter is not None:  # a session saved in the segment's tag is dropped too (not restored)
             self.segmenter.end_session(self.editorAccess())
         self.clearBox()
         self.drawPoints()
@@ -349,6 +351,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def selectedSession(self):
         return self.segmenter.session_of(self.editorAccess()) if self.segmenter is not None else None
+
+    def selectedHasSavedSession(self):
+        """The selected segment keeps a session in its tag (after a scene was loaded) that its next action
+        restores (InteractiveSegmenter.restorable); before setup, read without torch."""
+        if self.segmenter is not None:
+            return self.segmenter.restorable(self.editorAccess())
+        from MedSAM2Lib.slicer_glue.run_controller import saved_session_tag
+
+        editorNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = editorNode.GetSegmentationNode() if editorNode is not None else None
+        return segmentationNode is not None and saved_session_tag(
+            segmentationNode, editorNode.GetSelectedSegmentID()) is not None
 
     def act(self, action, *arguments):
         """One session action (InteractiveSegmenter.compute_<action>) as one run of the shared controller; every
