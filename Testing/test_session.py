@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.inference.predictor import FeatureCache, PromptError, VolumePredictor
 from MedSAM2Lib.inference.session import Session
 from MedSAM2Lib.inference.session_file import SessionFileError, read_session_file, run_steps, write_session_file
+from MedSAM2Lib.slicer_glue.geometry import StackGeometry
 
 from conftest import DATA, relative_error
 
@@ -212,7 +214,8 @@ def test_propagation_range_must_include_the_first_prompted_slice(tiny_model, inp
 # -- session files and the command line ---------------------------------------------------------------------
 
 
-def write_scenario_file(folder, name):
+def write_scenario_file(folder, name, **entries):
+    """The official scenario as a session file; entries: its optional "stack", "window", "size_ijk"."""
     steps = []
     for step in scenario_steps(name):
         if isinstance(step.get("mask"), np.ndarray):
@@ -221,7 +224,7 @@ def write_scenario_file(folder, name):
             step = dict(step, mask=mask_file)
         steps.append(step)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps({"steps": steps}))
+    path.write_text(json.dumps({**entries, "steps": steps}))
     return path
 
 
@@ -273,6 +276,12 @@ def test_session_file_round_trip(tmp_path, tiny_model, input_volume):
     ('{"steps": [{"slice": 1}]}', "Step 1 .* no box, points or mask"),
     ('{"steps": [{"slice": 1, "mask": "missing.png"}]}', "Step 1 .* cannot read the mask"),
     ('{"steps": [{"propagate": "both", "range": [3]}]}', "Step 1 .* range must be two slice numbers"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "colour": 3}', "unknown entries: colour"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "stack": {"slice_axis": "K"}}', "the stack must be an object"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "stack": {"slice_axis": "K", "row_axis": "K", "column_axis": "I", '
+     '"flip_rows": false, "flip_columns": false}}', "must be I, J and K"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "window": 200}', "window must be text"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "size_ijk": [3, 4]}', "size_ijk must be three voxel counts"),
 ])
 def test_bad_session_files_name_the_step(content, message, tmp_path):
     path = tmp_path / "session.json"
@@ -323,3 +332,49 @@ def test_batch_session_rows_that_cannot_be_used(row, message, tmp_path):
     table.write_text(f"image,slice,x0,y0,x1,y1,session\n{row}\n")
     prompts, failures = read_prompt_table(table, tmp_path)
     assert prompts == [] and message in failures[0].message
+
+
+# A sagittal-like stack: slices along I, rows along K from the top, columns along J.
+SAGITTAL = StackGeometry(slice_axis=0, row_axis=2, column_axis=1, flip_rows=True, flip_columns=False)
+
+
+def test_batch_session_row_on_the_stack_its_file_names(tmp_path, checkpoints, input_volume):
+    """A session file made on slices along I of a scan: the row's mask is the official one, on the scan's grid."""
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "case.npz", imgs=SAGITTAL.from_stack(input_volume[0]))  # stored (K, J, I)
+    session_file = write_scenario_file(tmp_path, "two_boxes", stack=SAGITTAL.as_json(), window="none")
+    table = tmp_path / "prompts.csv"
+    table.write_text(f"image,session\ncase.npz,{session_file.name}\n")
+    status = main(["batch", str(table), "--images", str(images), "--out", str(tmp_path / "out"), "--ct-preset",
+                   "lung", *EXACT, "--checkpoint", str(checkpoints["tiny"]),  # the file's window wins over the default
+                   "--config", str(DATA / "medsam2_tiny_test.yaml")])
+    assert status == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "case.npz")["mask"],
+                                  SAGITTAL.from_stack(reference("two_boxes")["seg_final"]))
+
+
+@pytest.mark.parametrize("entries, options, message", [
+    ({"window": "0 200"}, ["--window", "0", "100"], "made on intensities windowed with 0 200, but the window option "
+                                                    "asks for 0 100"),
+    ({"size_ijk": [256, 224, 25]}, [], "made on a 256 x 224 x 25 volume .* this one is 256 x 224 x 24"),
+])
+def test_segment_refuses_a_session_file_made_on_other_images(entries, options, message, tmp_path, input_volume,
+                                                              capsys):
+    np.savez(tmp_path / "volume.npz", imgs=input_volume[0])
+    prompts = write_scenario_file(tmp_path, "two_boxes", **entries)
+    status = main(["segment", str(tmp_path / "volume.npz"), "--prompts", str(prompts), "-o", str(tmp_path / "m.npz"),
+                   "--checkpoint", str(tmp_path / "no-model-needed.pt"), *options])
+    assert status == 1
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "m.npz").exists()
+
+
+def test_a_batch_row_window_other_than_its_session_file_s_is_refused(tmp_path):
+    from MedSAM2Lib.apps.batch import read_prompt_table
+
+    (tmp_path / "s.json").write_text('{"window": "0 200", "steps": [{"slice": 1, "box": [1, 1, 9, 9]}]}')
+    table = tmp_path / "prompts.csv"
+    table.write_text("image,session,window\ncase.npz,s.json,0 100\ncase.npz,s.json,\ncase.npz,s.json,0 200\n")
+    prompts, failures = read_prompt_table(table, tmp_path)
+    assert "the row's window asks for 0 100" in failures[0].message
+    assert [str(prompt.window) for prompt in prompts] == ["0 200", "0 200"]
