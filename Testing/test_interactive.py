@@ -411,6 +411,8 @@ def test_a_correction_after_reloading_restores_the_saved_session(app, volume_nod
     edit_saved_segmentation(app, tmp_path / "saved.seg.nrrd")
     saved = selected(app, volume_node)
     assert np.count_nonzero(saved != uninterrupted)
+    reloaded = app.editor_node.GetSegmentationNode()
+    saved_tag = saved_session_tag(reloaded, app.editor_node.GetSelectedSegmentID())
     restored = InteractiveSegmenter(MedSAM2Logic(predictor))
     assert restored.restorable(app.editor)
     progress = []
@@ -422,8 +424,10 @@ def test_a_correction_after_reloading_restores_the_saved_session(app, volume_nod
     assert not restored.restorable(app.editor)
     assert state.prompts[5].labels == [0] and state.prompts[1].labels == [1] and state.point_order == [5, 1]
     assert [label for _, _, label in restored.points_in_view(app.editor, view5)] == [0]
+    assert saved_session_tag(reloaded, app.editor_node.GetSelectedSegmentID()) != saved_tag
     app.editor_logic.Undo()
     np.testing.assert_array_equal(selected(app, volume_node), saved)
+    assert saved_session_tag(reloaded, app.editor_node.GetSelectedSegmentID()) == saved_tag  # Undo reverts it too
     restored.propagate(app.editor, LESION)  # Update: the prompts stay after Undo
     np.testing.assert_array_equal(selected(app, volume_node), uninterrupted)
 

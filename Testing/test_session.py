@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -378,3 +381,24 @@ def test_a_batch_row_window_other_than_its_session_file_s_is_refused(tmp_path):
     prompts, failures = read_prompt_table(table, tmp_path)
     assert "the row's window asks for 0 100" in failures[0].message
     assert [str(prompt.window) for prompt in prompts] == ["0 200", "0 200"]
+
+
+def test_session_files_are_read_and_written_without_torch(tmp_path):
+    script = textwrap.dedent('''
+        import sys
+        sys.modules["torch"] = None  # "import torch" fails
+        from MedSAM2Lib.inference.session_file import read_session, write_session_file
+        document = read_session(sys.argv[1])
+        write_session_file(sys.argv[2], document.steps, document.stack, document.window, document.size_ijk)
+        copy = read_session(sys.argv[2])
+        print(copy.stack == document.stack, copy.window == document.window, copy.size_ijk == document.size_ijk,
+              bool((copy.steps[1]["mask"] == document.steps[1]["mask"]).all()))
+    ''')
+    np.save(tmp_path / "mask.npy", np.eye(8, dtype=bool))
+    source = tmp_path / "session.json"
+    source.write_text(json.dumps({"stack": SAGITTAL.as_json(), "window": "0 200", "size_ijk": [8, 9, 10], "steps": [
+        {"slice": 1, "box": [1, 1, 6, 6]}, {"slice": 2, "mask": "mask.npy"}, {"propagate": "both"}]}))
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "copy.json")],
+                            capture_output=True, text=True, cwd=DATA.parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"] * 4

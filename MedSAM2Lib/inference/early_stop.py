@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 DEFAULT_ABSENT_SLICES = 5
+DIRECTIONS = ("both", "forward", "backward")  # of a propagation (here without torch: session files name them)
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,8 @@ from ..model.medsam2 import ImageFeatures, MedSAM2
 from .connected_components import fill_small_holes, largest_component
 from ..model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
 from ..model.precision import autocast, resolve_precision
-from .early_stop import DirectionStop, check_absent_slices
+from .early_stop import DIRECTIONS, DirectionStop, check_absent_slices
 from .preprocessing import model_input
-
-DIRECTIONS = ("both", "forward", "backward")
 
 
 class PromptError(ValueError):

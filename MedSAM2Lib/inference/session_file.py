@@ -29,15 +29,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..atomic import write_atomically, write_text_atomically
 from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry  # numpy only
-from .predictor import DIRECTIONS, PromptError, check_volume
-from .preprocessing import Windowing
-from .session import Session, check_prompt
+from .early_stop import DIRECTIONS
+
+if TYPE_CHECKING:  # reading and writing session files needs no torch; running them does
+    from .preprocessing import Windowing
+    from .session import Session
 
 PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
@@ -75,6 +77,8 @@ class SessionDocument:
         """The windowing to run the steps with: ``given`` (an explicit choice, named ``given_as`` in a refusal),
         else the file's, else ``default``. A given window that differs from the file's is refused: the model
         would see other images than the prompts were given on."""
+        from .preprocessing import Windowing
+
         if self.window is None:
             return given or default
         try:
@@ -127,6 +131,9 @@ def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps:
     """Refuse, before any work, steps that cannot apply to a volume: a prompt outside it or not fitting its
     slices, a range outside it. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step
     (``name_steps``: steps of a file, not of command-line options)."""
+    from .predictor import PromptError, check_volume
+    from .session import check_prompt
+
     check_volume(volume)
     num_slices = volume.shape[0]
     for number, step in enumerate(steps, start=1):
@@ -153,6 +160,8 @@ def run_steps(
     """Run steps in order on a session. ``on_slice`` sees each slice a propagation yields and ``on_step`` each
     finished step's number; either may raise to cancel. A step the session refuses raises
     :class:`SessionFileError` naming the step."""
+    from .predictor import PromptError
+
     for number, step in enumerate(steps, start=1):
         try:
             if "propagate" in step:
