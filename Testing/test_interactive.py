@@ -417,7 +417,7 @@ def test_a_correction_after_reloading_restores_the_saved_session(app, volume_nod
     assert restored.restorable(app.editor)
     progress = []
     result = restored.points(app.editor, view1, click, LESION, progress=lambda done, total: progress.append(done))
-    assert result.message.startswith("Restored the segment's saved MedSAM2 session (4 steps). Point on slice 1: a "
+    assert result.message.startswith("Restored the segment's saved MedSAM2 session (3 steps). Point on slice 1: a "
                                      "correction of the backward tracking")
     assert progress == list(range(1, 8))  # the replayed propagation
     state = restored.session_of(app.editor)

@@ -97,7 +97,7 @@ class SegmentSession:
     point_order: List[int] = field(default_factory=list)  # slice of each point, in the order they were added
     baseline: Optional[np.ndarray] = None  # packed bits of the segment before the session's first write (Add)
     propagated: bool = False
-    restored: bool = False  # rebuilt from the segment's tag, not yet said in a result
+    restored_steps: int = 0  # steps replayed from the segment's tag, not yet said in a result
 
 
 @dataclass
@@ -186,9 +186,9 @@ class InteractiveSegmenter:
         digest = self._stack_digest(state.session.volume, state.session.cache)
         segment.SetTag(SESSION_TAG, session_tag(state, windowing, source, digest))
         sentence = computed.sentence
-        if state.restored:
-            state.restored = False
-            sentence = f"Restored the segment's saved MedSAM2 session ({len(state.session.steps)} steps). {sentence}"
+        if state.restored_steps:
+            sentence = f"Restored the segment's saved MedSAM2 session ({state.restored_steps} steps). {sentence}"
+            state.restored_steps = 0
         return ActionResult(sentence, computed.slice_index, computed.recomputed, segment_id)
 
     # -- the actions --------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ class InteractiveSegmenter:
         self._replay(state, saved.steps, progress, should_cancel)
         state.prompts, state.point_order = prompts_of(saved.steps)
         state.propagated = any("propagate" in step for step in saved.steps)
-        state.restored = True
+        state.restored_steps = len(saved.steps)
         self.sessions[key] = state
         return state
 
