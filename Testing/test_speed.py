@@ -201,3 +201,25 @@ def test_slicer_status_line_reports_early_stops():
     result = SegmentationResult(np.zeros((6, 2, 2), np.uint8), [3, 4, 5], 0, [str(stop)])
     assert result.status == ("Segmented 3 slice(s). Forward propagation stopped at slice 5: the model saw no object "
                              "on slices 4-5 (2 in a row). Undo (Ctrl+Z) reverts it.")
+
+
+def test_slices_encoded_in_batches_ahead_of_the_tracker_give_the_one_by_one_results(tiny_model, input_volume):
+    """encode_batch (4 by default on CUDA) encodes the next slices to track in one batch."""
+    volume, key_slice, box = input_volume  # key slice 12 of 24
+    one_by_one = list(VolumePredictor(tiny_model).propagate(volume, key_slice, box))
+    batches = []
+    hook = tiny_model.image_encoder.register_forward_hook(lambda _, inputs, __: batches.append(len(inputs[0])))
+    try:
+        predictor = VolumePredictor(tiny_model, encode_batch=4)
+        batched = list(predictor.propagate(volume, key_slice, box))
+    finally:
+        hook.remove()
+    # The key slice alone (the prompt), forward 13..23 as 4 + 4 + 3, backward 11..0 as 4 + 4 + 4.
+    assert batches == [1, 4, 4, 3, 4, 4, 4] and predictor.encoder_calls == volume.shape[0]
+    assert [r.index for r in batched] == [r.index for r in one_by_one]
+    for result, reference in zip(batched, one_by_one):
+        # A batch may take other kernels than one slice: within the parity tolerance, masks equal.
+        np.testing.assert_allclose(result.logits, reference.logits, rtol=0, atol=1e-4 * np.abs(reference.logits).max())
+        np.testing.assert_array_equal(result.mask, reference.mask)
+    with pytest.raises(ValueError, match="at least 1"):
+        VolumePredictor(tiny_model, encode_batch=0)

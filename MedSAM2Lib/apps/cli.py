@@ -15,7 +15,7 @@ import math
 
 from .. import __version__
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES
-from ..inference.predictor import PromptError, planned_slices
+from ..inference.predictor import FeatureCache, PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
@@ -216,7 +216,11 @@ def command_segment(args: argparse.Namespace) -> int:
     volume = window_choice(args).apply(volume)
     check_steps(steps, volume, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    session = Session(predictor, volume, early_stop=early_stop_choice(args))
+    # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
+    # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
+    single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
+    cache = FeatureCache(volume, max_slices=1) if single_pass else None
+    session = Session(predictor, volume, cache, early_stop=early_stop_choice(args))
     if args.prompts is not None:
         progress = ProgressBar(len(steps), "Session", unit="step")
         run_steps(session, steps, on_step=progress.advance)

@@ -281,7 +281,7 @@ class Session:
         new = self._commit(direction)
         watch = AbsenceWatch(direction.name, self.early_stop)
         indices = direction.order(start, first, last)
-        for index in indices:
+        for position, index in enumerate(indices):
             result = None
             prompted = index in direction.conditioning or index in direction.corrections
             if index in direction.conditioning:
@@ -296,7 +296,10 @@ class Session:
             elif index in direction.valid:
                 output = direction.outputs[index]
             else:
-                output = direction.outputs[index] = self._tracked(direction, index)
+                ahead = [other for other in indices[position + 1 : position + self.predictor.encode_batch]
+                         if not (other in direction.valid or other in direction.conditioning
+                                 or other in direction.corrections)]
+                output = direction.outputs[index] = self._tracked(direction, index, ahead)
                 direction.valid.add(index)  # later slices are already invalid: invalidation always cuts a suffix
                 result = self._publish(index, output)
             stop = watch.update(index, float(output.object_score.float()[0, 0]), index == indices[-1], prompted)
@@ -308,9 +311,10 @@ class Session:
             if stop is not None:
                 return
 
-    def _tracked(self, direction: _Direction, index: int) -> _Output:
-        """Track one slice with the direction's memory bank."""
-        features = self._features(index)
+    def _tracked(self, direction: _Direction, index: int, ahead: Sequence[int]) -> _Output:
+        """Track one slice with the direction's memory bank (``ahead``: the next slices to track, which may be
+        encoded in one batch with this one)."""
+        features = self.predictor.encode(self.volume, index, self.cache, ahead)
         predictor = self.predictor
         with predictor.compute():
             output = predictor.model.segment(features, memory=self._memory(direction, index))
