@@ -205,7 +205,8 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.setupButton.enabled = not busy and not readiness.ready and not readiness.blocker
         self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not busy
         self.checkpointLabel.text = str(readiness.checkpoint)
-        for combo, value in ((self.deviceCombo, logic.settings.device()), (self.precisionCombo, logic.settings.precision())):
+        settings = logic.settings
+        for combo, value in ((self.deviceCombo, settings.device()), (self.precisionCombo, settings.precision())):
             wasBlocked = combo.blockSignals(True)
             combo.setCurrentIndex(max(0, combo.findData(value)))
             combo.blockSignals(wasBlocked)
