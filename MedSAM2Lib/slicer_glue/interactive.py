@@ -255,7 +255,7 @@ class InteractiveSegmenter:
         """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
         source = editor.source()
         state = self._session_for(editor, source, None, options, "Propagate")
-        recomputed, stops = self._propagate(source, state, options, progress, should_cancel)
+        recomputed, stops = self._propagate(state, options, progress, should_cancel)
         sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed." if recomputed
                     else "Nothing to update: every slice is up to date.")
         return Computed(state, source, options, None, recomputed, " ".join([sentence, *stops,
@@ -428,8 +428,8 @@ class InteractiveSegmenter:
             return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
         return "a new keyframe" if state.propagated else "segmented"
 
-    def _propagate(self, source: SourceImage, state: SegmentSession, options: InteractiveOptions, progress,
-                   should_cancel) -> Tuple[List[int], List[str]]:
+    def _propagate(self, state: SegmentSession, options: InteractiveOptions, progress, should_cancel
+                   ) -> Tuple[List[int], List[str]]:
         """Run the session's propagation with the predictor's current early stop: the slices recomputed, and
         where and why each direction it walked stopped early. The progress total is what the session plans
         to recompute; should_cancel() saying yes raises Cancelled (nothing is written)."""
@@ -456,7 +456,7 @@ class InteractiveSegmenter:
         """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
         stops: List[str] = []
         if options.auto_update and state.propagated:
-            propagated, stops = self._propagate(source, state, options, progress, should_cancel)
+            propagated, stops = self._propagate(state, options, progress, should_cancel)
             recomputed += [i for i in propagated if i not in recomputed]
             sentence += f"; {len(propagated)} slice(s) re-propagated"
         elif state.propagated:
