@@ -208,6 +208,42 @@ class Session:
         slice_range: inclusive (first, last) slices to stay within; it must include the first conditioning
         slice. Stop iterating to cancel: what was computed so far is kept and reused.
         """
+        names, start, first, last = self._walk(direction, slice_range)
+        step = {"propagate": direction}
+        if slice_range is not None:
+            step["range"] = [first, last]
+        self._steps.append(step)
+        yielded: Set[int] = set()
+        for name in names:
+            for result in self._track(self._directions[name], start, first, last):
+                if result.index not in yielded:
+                    yielded.add(result.index)
+                    yield result
+
+    def planned(self, direction: str = "both", slice_range: Optional[Tuple[int, int]] = None) -> Dict[str, List[int]]:
+        """The slices :meth:`propagate` would yield now, per direction in tracking order, if no direction stopped
+        early; nothing is computed (a progress total). It follows :meth:`_commit` and :meth:`_track`."""
+        names, start, first, last = self._walk(direction, slice_range)
+        plan: Dict[str, List[int]] = {}
+        planned: Set[int] = set()
+        for name in names:
+            state = self._directions[name]
+            new = set(state.pending)
+            valid = set(state.valid)
+            if state.conditioning != self._conditioning:
+                new |= {i for i, output in self._conditioning.items() if state.conditioning.get(i) is not output}
+                valid.clear()
+            for index in state.pending:
+                valid = {i for i in valid if state.before(i, index)}
+            prompted = set(self._conditioning) | set(state.corrections)
+            plan[name] = [i for i in state.order(start, first, last) if i not in planned
+                          and (i in new if i in prompted else i not in valid)]
+            planned.update(plan[name])
+        return plan
+
+    def _walk(self, direction: str, slice_range: Optional[Tuple[int, int]]) -> Tuple[List[str], int, int, int]:
+        """The directions a propagation walks, its start (the first conditioning slice) and its inclusive range;
+        PromptError saying what is wrong."""
         if direction not in DIRECTIONS:
             raise PromptError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
         if not self._conditioning:
@@ -220,17 +256,7 @@ class Session:
                 f"The slice range {first}..{last} must lie within 0..{num_slices - 1} and include the first "
                 f"prompted slice {start}."
             )
-        step = {"propagate": direction}
-        if slice_range is not None:
-            step["range"] = [first, last]
-        self._steps.append(step)
-        names = [FORWARD, BACKWARD] if direction == "both" else [direction]
-        yielded: Set[int] = set()
-        for name in names:
-            for result in self._track(self._directions[name], start, first, last):
-                if result.index not in yielded:
-                    yielded.add(result.index)
-                    yield result
+        return ([FORWARD, BACKWARD] if direction == "both" else [direction]), start, first, last
 
     # -- internals: decoding prompts ---------------------------------------------------------------------
 
