@@ -195,3 +195,12 @@ def test_slices_encoded_in_batches_ahead_of_the_tracker_give_the_one_by_one_resu
         np.testing.assert_array_equal(result.mask, reference.mask)
     with pytest.raises(ValueError, match="at least 1"):
         VolumePredictor(tiny_model, encode_batch=0)
+
+
+def test_warm_up_changes_no_result_and_counts_no_slice(tiny_model, input_volume):
+    volume, key_slice, box = input_volume
+    cold = VolumePredictor(tiny_model).segment_slice(volume, key_slice, box)
+    predictor = VolumePredictor(tiny_model)
+    predictor.warm_up()
+    assert predictor.encoder_calls == 0
+    np.testing.assert_array_equal(predictor.segment_slice(volume, key_slice, box).logits, cold.logits)

@@ -152,6 +152,8 @@ class ModelCache:
         dtype = resolve_precision(choice.precision, next(model.parameters()).device)
         if self._logic is None or self._logic.predictor.dtype != dtype:
             self._logic = MedSAM2Logic(self.predictor(choice))
+            # Kernel set-up now, with the loading, rather than in the clinician's first preview.
+            self._logic.predictor.warm_up()
         # Post-processing and early stop do not touch the cached image features.
         predictor = self._logic.predictor
         predictor.fill_holes = fill_holes
