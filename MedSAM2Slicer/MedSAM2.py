@@ -22,6 +22,8 @@ MODULE_DIR = Path(__file__).resolve().parent
 SELF_TEST_DATA = MODULE_DIR / "Resources" / "Testing"
 DEVICES = [("Automatic (CUDA, then Apple MPS, then CPU)", "auto"), ("NVIDIA CUDA", "cuda"), ("Apple MPS", "mps"),
            ("CPU", "cpu")]
+PRECISIONS = [("Automatic (bfloat16 where the hardware is fast at it)", "auto"),
+              ("float32 (exact, as the official pipeline)", "float32"), ("bfloat16 (fast)", "bfloat16")]
 
 
 class MedSAM2(ScriptedLoadableModule):
@@ -130,12 +132,17 @@ class MedSAM2ModuleLogic:
                 self.progress.close()
 
     def segmentationLogic(self, fillHoles=True, keepLargestComponent=True):
-        """The MedSAM2Logic on the configured checkpoint and device (after setUp); the same object, with its
-        image-feature cache, until the model or device changes."""
-        return self.models.logic(self.settings.model_choice(), fillHoles, keepLargestComponent)
+        """The MedSAM2Logic on the configured checkpoint, device and precision, with the configured early stop
+        (after setUp); the same object, with its image-feature cache, until the model, device or precision
+        changes."""
+        return self.models.logic(self.settings.model_choice(), fillHoles, keepLargestComponent,
+                                 self.settings.early_stop())
 
     def setDevice(self, device):
         self.settings.set_device(device)  # the next run loads the model on it (ModelCache compares the choice)
+
+    def setPrecision(self, precision):
+        self.settings.set_precision(precision)  # the next run makes a new logic on the same model
 
     def useLocalCheckpoint(self, path):
         with self.runs.exclusive("checking a checkpoint file"):
@@ -167,6 +174,13 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
             self.deviceCombo.addItem(label, value)
         form.addRow("Device:", self.deviceCombo)
 
+        self.precisionCombo = qt.QComboBox()
+        for label, value in PRECISIONS:
+            self.precisionCombo.addItem(label, value)
+        self.precisionCombo.setToolTip("Automatic: bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, float32 "
+                                       "elsewhere. A change ends the Segment Editor's MedSAM2 sessions.")
+        form.addRow("Precision:", self.precisionCombo)
+
         self.editorButton = qt.QPushButton("Open the Segment Editor")
         self.editorButton.setToolTip("Select the MedSAM2 effect there, drag a box on a slice and click Propagate.")
         form.addRow(self.editorButton)
@@ -175,6 +189,7 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.setupButton.connect("clicked()", self.onSetup)
         self.chooseCheckpointButton.connect("clicked()", self.onChooseCheckpoint)
         self.deviceCombo.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.precisionCombo.connect("currentIndexChanged(int)", self.onPrecisionChanged)
         self.editorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
         self.stopObservingRuns = moduleLogic().runs.observe(self.updateStatus)
         self.updateStatus()
@@ -188,11 +203,13 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         busy = logic.runs.busy
         self.statusLabel.text = f"Busy {logic.runs.activity}..." if busy else readiness.status()
         self.setupButton.enabled = not busy and not readiness.ready and not readiness.blocker
-        self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = not busy
+        self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not busy
         self.checkpointLabel.text = str(readiness.checkpoint)
-        wasBlocked = self.deviceCombo.blockSignals(True)
-        self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(logic.settings.device())))
-        self.deviceCombo.blockSignals(wasBlocked)
+        settings = logic.settings
+        for combo, value in ((self.deviceCombo, settings.device()), (self.precisionCombo, settings.precision())):
+            wasBlocked = combo.blockSignals(True)
+            combo.setCurrentIndex(max(0, combo.findData(value)))
+            combo.blockSignals(wasBlocked)
 
     def onSetup(self):
         # tryWithErrorDisplay shows the error, then re-raises (slicer/util.py): the status is updated in finally.
@@ -214,6 +231,9 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
 
     def onDeviceChanged(self, index):
         moduleLogic().setDevice(self.deviceCombo.itemData(index))
+
+    def onPrecisionChanged(self, index):
+        moduleLogic().setPrecision(self.precisionCombo.itemData(index))
 
 
 class MedSAM2Test(ScriptedLoadableModuleTest):
@@ -241,11 +261,12 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
 
         realWeights = moduleLogic().settings.checkpoint_path()
         if realWeights.is_file():
-            choice = ModelChoice(realWeights)
+            choice = ModelChoice(realWeights, precision="float32")
         else:
-            choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml")
+            choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml",
+                                 precision="float32")
         # Exact mode, every slice: the scenario compares voxel for voxel with the official pipeline.
-        predictor = ModelCache().predictor(choice, precision="float32", early_stop=None)
+        predictor = ModelCache().predictor(choice, early_stop=None)
 
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)

@@ -202,3 +202,31 @@ def test_icons_are_128_pixel_pngs(icon):
 def test_licence_file_is_the_declared_apache_2():
     assert "Apache License\n                           Version 2.0" in (ROOT / "LICENSE.txt").read_text()
     assert re.search(r'^license = "Apache-2.0"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+
+
+def test_effect_help_and_readme_name_the_effect_s_buttons_and_keys():
+    """The effect's help text is three lines; it and the README's "Using it in 3D Slicer" name the effect's
+    buttons, its session check boxes and the keys slicer_glue.gestures handles (Shift, Ctrl, Backspace)."""
+    source = (MODULE / "SegmentEditorMedSAM2Lib" / "SegmentEditorEffect.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    help_method = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "helpText")
+    help_html = ast.literal_eval(help_method.body[0].value)
+    assert len(help_html.split("<br>")) == 3
+    help_text = re.sub(r"<[^>]+>", "", help_html)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("*", "")
+    section = readme.split("\n## Using it in 3D Slicer\n")[1].split("\n## ")[0]
+
+    def literal_arguments(constructor: str) -> Set[str]:
+        return {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute) and node.func.attr == constructor and node.args
+                and isinstance(node.args[0], ast.Constant)}
+
+    buttons = literal_arguments("QPushButton")
+    assert {"Propagate", "Use the segment on this slice", "Reset", "Cancel"} <= buttons
+    session_boxes = {"Clicks add background points", "Update automatically", "New segment for each box"}
+    assert session_boxes <= literal_arguments("QCheckBox")
+    for words in buttons | session_boxes | {"Shift+click", "Ctrl+click", "Backspace", "Update", "Early stop"}:
+        assert words in section, words
+    for words in ("drag a box", "Propagate", "Shift+click", "Ctrl+click", "Backspace", "Update automatically",
+                  "Use the segment on this slice", "Early stop"):
+        assert words in help_text, words

@@ -48,3 +48,21 @@ def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, t
     os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert cache.model(choice) is not first
     assert cache.logic(choice) is not logic and cache.logic(choice).predictor.model is cache.model(choice)
+
+
+def test_a_new_logic_warms_the_model_up_once_and_encodes_no_slice(checkpoints):
+    """The kernels' one-time set-up is paid while loading, not by the first preview; nothing is cached."""
+    from dataclasses import replace
+
+    cache = ModelCache()
+    choice = ModelChoice(checkpoints["tiny"], DATA / "medsam2_tiny_test.yaml", "cpu", precision="float32")
+    encoder_runs = []
+    hook = cache.model(choice).image_encoder.register_forward_hook(lambda *_: encoder_runs.append(1))
+    try:
+        logic = cache.logic(choice)
+        assert encoder_runs == [1] and logic.predictor.encoder_calls == 0
+        assert cache.logic(choice) is logic and encoder_runs == [1]  # the kept logic is not warmed up again
+        cache.logic(replace(choice, precision="bfloat16"))
+        assert encoder_runs == [1, 1]  # a new precision: new kernels
+    finally:
+        hook.remove()

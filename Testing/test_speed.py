@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from MedSAM2Lib.inference.early_stop import DirectionStop
 from MedSAM2Lib.inference.predictor import FeatureCache, VolumePredictor
-from MedSAM2Lib.inference.preprocessing import model_input
 from MedSAM2Lib.model.checkpoint import load_model
 from MedSAM2Lib.model.common import attention
-from MedSAM2Lib.model.medsam2 import ImageFeatures, MedSAM2, SliceOutput
 from MedSAM2Lib.model.precision import autocast, cpu_has_fast_bfloat16, resolve_precision
+
+from model_doubles import scripted_score_model
 
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -84,41 +84,13 @@ def test_fast_mode_masks_agree_with_exact_mode(tiny_model, input_volume):
     assert dice(fast > 0, exact > 0) >= 0.98
 
 
-class ScriptedObjectScores(MedSAM2):
-    """TEST DOUBLE for the object-score head: the real tiny network runs, but tracked slices get the object
-    scores of a script (slice index -> score; missing: present). It recognises a slice by its model input."""
-
-    def __init__(self, config, volume, scores):
-        super().__init__(config)
-        self.slices = [model_input(image, config.image_size) for image in volume]
-        self.scores = scores
-
-    def encode_image(self, image: torch.Tensor) -> ImageFeatures:
-        features = super().encode_image(image)
-        features.slice_index = next(i for i, known in enumerate(self.slices) if torch.equal(known, image[0]))
-        return features
-
-    def segment(self, features, points=None, mask_logits=None, memory=None) -> SliceOutput:
-        output = super().segment(features, points, mask_logits, memory)
-        if points is not None or memory is None:  # a prompted slice keeps the model's own score
-            return output
-        score = torch.full_like(output.object_score_logits, self.scores.get(features.slice_index, 1.0))
-        return SliceOutput(output.low_res_logits, output.obj_ptr, score, output.iou_scores)
-
-
-def scripted_model(tiny_config, checkpoints, volume, scores):
-    model = ScriptedObjectScores(tiny_config, volume, scores)
-    model.load_state_dict(load_model(checkpoints["tiny"], tiny_config).state_dict())
-    return model.eval()
-
-
 def test_early_stop_ends_each_direction_where_the_object_score_says(tiny_config, checkpoints, input_volume):
     volume, key_slice, box = input_volume  # key slice 12 of 24
     # Forward: absent on 15, present on 16 (the run restarts), absent from 18 on; backward: absent from 9 on.
     scores = {15: -1.0, 18: -0.5, 19: 0.0, 20: -2.0, 21: -1.0, **{i: -1.0 for i in range(0, 10)}}
-    full = list(VolumePredictor(scripted_model(tiny_config, checkpoints, volume, scores))
+    full = list(VolumePredictor(scripted_score_model(tiny_config, checkpoints["tiny"], volume, scores))
                 .propagate(volume, key_slice, box))
-    early = list(VolumePredictor(scripted_model(tiny_config, checkpoints, volume, scores), early_stop=3)
+    early = list(VolumePredictor(scripted_score_model(tiny_config, checkpoints["tiny"], volume, scores), early_stop=3)
                  .propagate(volume, key_slice, box))
     assert [r.index for r in early] == [12, 13, 14, 15, 16, 17, 18, 19, 20, 11, 10, 9, 8, 7]
     by_index = {r.index: r for r in full}
@@ -201,3 +173,34 @@ def test_slicer_status_line_reports_early_stops():
     result = SegmentationResult(np.zeros((6, 2, 2), np.uint8), [3, 4, 5], 0, [str(stop)])
     assert result.status == ("Segmented 3 slice(s). Forward propagation stopped at slice 5: the model saw no object "
                              "on slices 4-5 (2 in a row). Undo (Ctrl+Z) reverts it.")
+
+
+def test_slices_encoded_in_batches_ahead_of_the_tracker_give_the_one_by_one_results(tiny_model, input_volume):
+    """encode_batch (4 by default on CUDA) encodes the next slices to track in one batch."""
+    volume, key_slice, box = input_volume  # key slice 12 of 24
+    one_by_one = list(VolumePredictor(tiny_model).propagate(volume, key_slice, box))
+    batches = []
+    hook = tiny_model.image_encoder.register_forward_hook(lambda _, inputs, __: batches.append(len(inputs[0])))
+    try:
+        predictor = VolumePredictor(tiny_model, encode_batch=4)
+        batched = list(predictor.propagate(volume, key_slice, box))
+    finally:
+        hook.remove()
+    # The key slice alone (the prompt), forward 13..23 as 4 + 4 + 3, backward 11..0 as 4 + 4 + 4.
+    assert batches == [1, 4, 4, 3, 4, 4, 4] and predictor.encoder_calls == volume.shape[0]
+    assert [r.index for r in batched] == [r.index for r in one_by_one]
+    for result, reference in zip(batched, one_by_one):
+        # A batch may take other kernels than one slice: within the parity tolerance, masks equal.
+        np.testing.assert_allclose(result.logits, reference.logits, rtol=0, atol=1e-4 * np.abs(reference.logits).max())
+        np.testing.assert_array_equal(result.mask, reference.mask)
+    with pytest.raises(ValueError, match="at least 1"):
+        VolumePredictor(tiny_model, encode_batch=0)
+
+
+def test_warm_up_changes_no_result_and_counts_no_slice(tiny_model, input_volume):
+    volume, key_slice, box = input_volume
+    cold = VolumePredictor(tiny_model).segment_slice(volume, key_slice, box)
+    predictor = VolumePredictor(tiny_model)
+    predictor.warm_up()
+    assert predictor.encoder_calls == 0
+    np.testing.assert_array_equal(predictor.segment_slice(volume, key_slice, box).logits, cold.logits)

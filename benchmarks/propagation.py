@@ -7,8 +7,10 @@ A synthetic (slices, size, size) uint8 volume with a bright ellipsoid (the objec
 a box on the middle slice, both directions. Random weights give the same amount of work as the real ones.
 
 Measured, all in one run so that ratios hold on a shared machine:
-- preview: box -> mask on the key slice with the model loaded and the slice not yet encoded; then again with
-  its features cached (that preview must not run the memory encoder: ``preview_cached_memory_encoder_calls``);
+- the warm-up an application runs once when it loads the model (``VolumePredictor.warm_up``: the first call
+  of each compute kernel sets it up), then the preview: box -> mask on the key slice with the model loaded and
+  the slice not yet encoded; then again with its features cached (that preview must not run the memory
+  encoder: ``preview_cached_memory_encoder_calls``);
 - a full propagation reusing the preview's cache: seconds per tracked slice, image-encoder calls, total;
 - in bfloat16 mode without early stop, the same in float32 (exact mode), the speed-up per tracked slice and
   the masks' agreement (Dice and differing voxels of the union of all slices);
@@ -106,9 +108,16 @@ def measure(model: MedSAM2, volume: np.ndarray, precision: str, early_stop: Opti
     key = volume.shape[0] // 2
     size = volume.shape[1]
     box = [0.35 * size, 0.38 * size, 0.65 * size, 0.62 * size]
-    predictor = VolumePredictor(model, precision=precision, early_stop=early_stop)
+    # The double marks the features of each encoder call, so it needs one slice per call.
+    one_by_one = isinstance(model, ExtentObjectScoreDouble)
+    predictor = VolumePredictor(model, precision=precision, early_stop=early_stop,
+                                encode_batch=1 if one_by_one else None)
     memory_encoder = Counter(model.memory_encoder)
     cache = FeatureCache(volume)
+
+    started = time.perf_counter()
+    predictor.warm_up()
+    warm_up = time.perf_counter() - started
 
     started = time.perf_counter()
     predictor.segment_slice(volume, key, box, cache=cache)
@@ -134,6 +143,7 @@ def measure(model: MedSAM2, volume: np.ndarray, precision: str, early_stop: Opti
     tracked = predictor.encoder_calls - 1  # the preview encoded the key slice; each other slice once
     return {
         "precision": str(predictor.dtype).replace("torch.", ""),
+        "warm_up_s": round(warm_up, 3),
         "preview_s": round(preview, 3),
         "preview_cached_s": round(preview_cached, 3),
         "preview_cached_memory_encoder_calls": preview_memory_encoder_calls,

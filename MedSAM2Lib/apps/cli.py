@@ -15,7 +15,7 @@ import math
 
 from .. import __version__
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES
-from ..inference.predictor import PromptError, planned_slices
+from ..inference.predictor import FeatureCache, PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
@@ -228,7 +228,12 @@ def command_segment(args: argparse.Namespace) -> int:
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
     check_steps(document.steps, stack, name_steps=args.prompts is not None)
     predictor = build_predictor(args)
-    session = Session(predictor, stack, early_stop=early_stop_choice(args))
+    # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
+    # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
+    steps = document.steps
+    single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
+    cache = FeatureCache(stack, max_slices=1) if single_pass else None
+    session = Session(predictor, stack, cache, early_stop=early_stop_choice(args))
     if args.prompts is not None:
         progress = ProgressBar(len(document.steps), "Session", unit="step")
         run_steps(session, document.steps, on_step=progress.advance)

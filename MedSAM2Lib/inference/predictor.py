@@ -104,6 +104,9 @@ class FeatureCache:
         self._bytes = 0
         self._features: "OrderedDict[int, ImageFeatures]" = OrderedDict()
 
+    def __contains__(self, index: int) -> bool:
+        return index in self._features
+
     def get(self, index: int) -> Optional[ImageFeatures]:
         features = self._features.get(index)
         if features is not None:
@@ -133,9 +136,12 @@ class VolumePredictor:
         keep_largest_component: bool = True,
         precision: str = "float32",
         early_stop: Optional[int] = None,
+        encode_batch: Optional[int] = None,
     ) -> None:
         """precision: ``float32`` (exact), ``bfloat16`` (fast) or ``auto`` (see :mod:`..model.precision`);
-        early_stop: end each direction after this many slices in a row without the object (None: never)."""
+        early_stop: end each direction after this many slices in a row without the object (None: never);
+        encode_batch: slices encoded in one batch ahead of the tracker (default 4 on CUDA, where one batch
+        keeps the GPU busier than four single slices; 1 elsewhere: a CPU computes a batch no faster)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fill_holes = fill_holes
@@ -143,7 +149,10 @@ class VolumePredictor:
         self.dtype = resolve_precision(precision, self.device)
         check_absent_slices(early_stop)
         self.early_stop = early_stop
-        self.encoder_calls = 0
+        if encode_batch is not None and encode_batch < 1:
+            raise ValueError(f"encode_batch must be at least 1; got {encode_batch}.")
+        self.encode_batch = encode_batch or (4 if self.device.type == "cuda" else 1)
+        self.encoder_calls = 0  # slices encoded
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -197,11 +206,19 @@ class VolumePredictor:
         """The one-box case: a session holding the box, and the box slice's result."""
         from .session import Session  # the session builds on this class
 
-        # Without a cache, keep only the last slice's features: the box's slice is needed again when a
-        # propagation puts it into the memory bank.
-        session = Session(self, volume, cache if cache is not None else FeatureCache(volume, max_slices=1),
+        session = Session(self, volume, cache if cache is not None else self.single_pass_cache(volume),
                           early_stop=self.early_stop)
         return session, session.add_prompt(key_slice, box=box)
+
+    def warm_up(self) -> None:
+        """Encode a blank slice and decode a box on it once, keeping nothing. The first call of each kernel
+        pays a one-time set-up (on CPU, oneDNN builds its kernels: about 0.2-0.3 s here); an application that
+        keeps the model loaded (Slicer) calls this while loading, so that the first preview does not pay it."""
+        size = self.model.config.image_size
+        image = model_input(np.zeros((size, size), dtype=np.uint8), size).to(self.device)
+        box = self.model_points((0.25 * size, 0.25 * size, 0.75 * size, 0.75 * size), [], [], (size, size))
+        with self.compute():
+            self.model.segment(self.model.encode_image(image.unsqueeze(0)), box)
 
     # -- per-slice steps the session uses -------------------------------------------------------------
 
@@ -212,16 +229,35 @@ class VolumePredictor:
         stack.enter_context(autocast(self.device, self.dtype))
         return stack
 
-    def encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache]) -> ImageFeatures:
-        """A slice's image features, from the cache when it holds them."""
+    def single_pass_cache(self, volume: np.ndarray) -> FeatureCache:
+        """A cache for work that never returns to a slice: it keeps one batch of slices (the last encoded slice
+        is the prompted one until a propagation puts it into the memory bank)."""
+        return FeatureCache(volume, max_slices=self.encode_batch)
+
+    def encode(self, volume: np.ndarray, index: int, cache: Optional[FeatureCache],
+               ahead: Sequence[int] = ()) -> ImageFeatures:
+        """A slice's image features, from the cache when it holds them. Otherwise the slice is encoded, in one
+        batch with the first ``encode_batch - 1`` of the slices ``ahead`` that the cache lacks (they go to the
+        cache)."""
         features = cache.get(index) if cache is not None else None
-        if features is None:
-            image = model_input(volume[index], self.model.config.image_size).to(self.device)
-            with self.compute():
-                features = self.model.encode_image(image.unsqueeze(0))
-            self.encoder_calls += 1
-            if cache is not None:
-                cache.put(index, features)
+        if features is not None:
+            return features
+        batch = [index]
+        if cache is not None:
+            batch += [other for other in ahead if other not in cache and other != index][: self.encode_batch - 1]
+        size = self.model.config.image_size
+        images = torch.stack([model_input(volume[number], size) for number in batch]).to(self.device)
+        with self.compute():
+            encoded = self.model.encode_image(images)
+        self.encoder_calls += len(batch)
+        if len(batch) == 1:
+            features = encoded
+        else:  # each slice's own copy, so that the cache frees them one by one
+            features = encoded.item(0)
+            for number, other in enumerate(batch[1:], start=1):
+                cache.put(other, encoded.item(number))
+        if cache is not None:
+            cache.put(index, features)
         return features
 
     def model_points(

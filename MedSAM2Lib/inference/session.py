@@ -208,6 +208,42 @@ class Session:
         slice_range: inclusive (first, last) slices to stay within; it must include the first conditioning
         slice. Stop iterating to cancel: what was computed so far is kept and reused.
         """
+        names, start, first, last = self._walk(direction, slice_range)
+        step = {"propagate": direction}
+        if slice_range is not None:
+            step["range"] = [first, last]
+        self._steps.append(step)
+        yielded: Set[int] = set()
+        for name in names:
+            for result in self._track(self._directions[name], start, first, last):
+                if result.index not in yielded:
+                    yielded.add(result.index)
+                    yield result
+
+    def planned(self, direction: str = "both", slice_range: Optional[Tuple[int, int]] = None) -> Dict[str, List[int]]:
+        """The slices :meth:`propagate` would yield now, per direction in tracking order, if no direction stopped
+        early; nothing is computed (a progress total). It follows :meth:`_commit` and :meth:`_track`."""
+        names, start, first, last = self._walk(direction, slice_range)
+        plan: Dict[str, List[int]] = {}
+        planned: Set[int] = set()
+        for name in names:
+            state = self._directions[name]
+            new = set(state.pending)
+            valid = set(state.valid)
+            if state.conditioning != self._conditioning:
+                new |= {i for i, output in self._conditioning.items() if state.conditioning.get(i) is not output}
+                valid.clear()
+            for index in state.pending:
+                valid = {i for i in valid if state.before(i, index)}
+            prompted = set(self._conditioning) | set(state.corrections)
+            plan[name] = [i for i in state.order(start, first, last) if i not in planned
+                          and (i in new if i in prompted else i not in valid)]
+            planned.update(plan[name])
+        return plan
+
+    def _walk(self, direction: str, slice_range: Optional[Tuple[int, int]]) -> Tuple[List[str], int, int, int]:
+        """The directions a propagation walks, its start (the first conditioning slice) and its inclusive range;
+        PromptError saying what is wrong."""
         if direction not in DIRECTIONS:
             raise PromptError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
         if not self._conditioning:
@@ -220,17 +256,7 @@ class Session:
                 f"The slice range {first}..{last} must lie within 0..{num_slices - 1} and include the first "
                 f"prompted slice {start}."
             )
-        step = {"propagate": direction}
-        if slice_range is not None:
-            step["range"] = [first, last]
-        self._steps.append(step)
-        names = [FORWARD, BACKWARD] if direction == "both" else [direction]
-        yielded: Set[int] = set()
-        for name in names:
-            for result in self._track(self._directions[name], start, first, last):
-                if result.index not in yielded:
-                    yielded.add(result.index)
-                    yield result
+        return ([FORWARD, BACKWARD] if direction == "both" else [direction]), start, first, last
 
     # -- internals: decoding prompts ---------------------------------------------------------------------
 
@@ -281,7 +307,7 @@ class Session:
         new = self._commit(direction)
         watch = AbsenceWatch(direction.name, self.early_stop)
         indices = direction.order(start, first, last)
-        for index in indices:
+        for position, index in enumerate(indices):
             result = None
             prompted = index in direction.conditioning or index in direction.corrections
             if index in direction.conditioning:
@@ -296,7 +322,10 @@ class Session:
             elif index in direction.valid:
                 output = direction.outputs[index]
             else:
-                output = direction.outputs[index] = self._tracked(direction, index)
+                ahead = [other for other in indices[position + 1 : position + self.predictor.encode_batch]
+                         if not (other in direction.valid or other in direction.conditioning
+                                 or other in direction.corrections)]
+                output = direction.outputs[index] = self._tracked(direction, index, ahead)
                 direction.valid.add(index)  # later slices are already invalid: invalidation always cuts a suffix
                 result = self._publish(index, output)
             stop = watch.update(index, float(output.object_score.float()[0, 0]), index == indices[-1], prompted)
@@ -308,9 +337,10 @@ class Session:
             if stop is not None:
                 return
 
-    def _tracked(self, direction: _Direction, index: int) -> _Output:
-        """Track one slice with the direction's memory bank."""
-        features = self._features(index)
+    def _tracked(self, direction: _Direction, index: int, ahead: Sequence[int]) -> _Output:
+        """Track one slice with the direction's memory bank (``ahead``: the next slices to track, which may be
+        encoded in one batch with this one)."""
+        features = self.predictor.encode(self.volume, index, self.cache, ahead)
         predictor = self.predictor
         with predictor.compute():
             output = predictor.model.segment(features, memory=self._memory(direction, index))

@@ -31,6 +31,11 @@ class ImageFeatures:
     embedding: torch.Tensor  # (B, C, s, s) stride-16 features
     high_res: Tuple[torch.Tensor, torch.Tensor]  # (B, C/8, 4s, 4s), (B, C/4, 2s, 2s), projected for the decoder
 
+    def item(self, number: int) -> "ImageFeatures":
+        """Item ``number`` of a batch, as a batch of one with its own memory."""
+        own = [tensor[number : number + 1].clone() for tensor in (self.embedding, *self.high_res)]
+        return ImageFeatures(own[0], (own[1], own[2]))
+
 
 @dataclass
 class SliceOutput:

@@ -51,14 +51,14 @@ from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from ..inference.session_file import SessionFileError, run_steps, write_session_file
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
-from .logic import (EditorAccess, MedSAM2Logic, SourceImage, display_windowing, labelmap_like, segment_mask_on,
-                    view_geometry, view_to_index)
+from .logic import (EditorAccess, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing, labelmap_like,
+                    segment_mask_on, view_geometry, view_to_index)
 from .run_controller import (NEW_SEGMENT_NAME, SESSION_TAG, RunController, RunOutcome, WriteTarget,
                              saved_session_tag)
 
-VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # usual view of slices along I, J, K (LPS/RAS volumes)
 # How a saved session that does not fit is dropped: only by the user's choice.
-RESET_ADVICE = "Click Reset to drop it and start a new session on this segment (its content is kept)."  # usual view of slices along I, J, K (LPS/RAS volumes)
+RESET_ADVICE = "Click Reset to drop it and start a new session on this segment (its content is kept)."
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -280,10 +280,11 @@ class InteractiveSegmenter:
         """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
         source = editor.source()
         state = self._session_for(editor, source, None, options, "Propagate", progress, should_cancel)
-        recomputed = self._propagate(source, state, options, progress, should_cancel)
-        sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed" if recomputed
-                    else "Nothing to update: every slice is up to date")
-        return Computed(state, source, options, None, recomputed, sentence + ". Undo (Ctrl+Z) reverts it.")
+        recomputed, stops = self._propagate(state, options, progress, should_cancel)
+        sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed." if recomputed
+                    else "Nothing to update: every slice is up to date.")
+        return Computed(state, source, options, None, recomputed, " ".join([sentence, *stops,
+                                                                            "Undo (Ctrl+Z) reverts it."]))
 
     def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
                    ) -> Optional[Tuple[int, int]]:
@@ -544,36 +545,42 @@ class InteractiveSegmenter:
             return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
         return "a new keyframe" if state.propagated else "segmented"
 
-    def _propagate(self, source: SourceImage, state: SegmentSession, options: InteractiveOptions, progress,
-                   should_cancel) -> List[int]:
-        """Run the session's propagation; should_cancel() saying yes raises Cancelled (nothing is written)."""
-        first, last = options.slice_range or (0, source.shape_ijk[state.geometry.slice_axis] - 1)
+    def _propagate(self, state: SegmentSession, options: InteractiveOptions, progress, should_cancel
+                   ) -> Tuple[List[int], List[str]]:
+        """Run the session's propagation with the predictor's current early stop: the slices recomputed, and
+        where and why each direction it walked stopped early. The progress total is what the session plans
+        to recompute; should_cancel() saying yes raises Cancelled (nothing is written)."""
+        session = state.session
+        session.early_stop = self.logic.predictor.early_stop  # the setting may have changed since it started
+        plan = session.planned(options.direction, options.slice_range)
+        counter = PropagationProgress(plan, progress)
         recomputed: List[int] = []
-        propagation = state.session.propagate(direction=options.direction, slice_range=options.slice_range)
+        propagation = session.propagate(direction=options.direction, slice_range=options.slice_range)
         try:
             for result in propagation:
                 recomputed.append(result.index)
-                if progress is not None:
-                    progress(len(recomputed), max(last - first + 1, len(recomputed)))
+                counter.slice_done(result)
                 if should_cancel is not None and should_cancel():
                     raise Cancelled()
         finally:
             propagation.close()
+        counter.finish()
         state.propagated = True
-        return recomputed
+        return recomputed, [str(session.stops[name]) for name in plan if session.stops[name].early]
 
     def _then(self, source, state, options, index, recomputed, sentence, progress, should_cancel,
               new_segment: bool = False) -> Computed:
         """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
+        stops: List[str] = []
         if options.auto_update and state.propagated:
-            propagated = self._propagate(source, state, options, progress, should_cancel)
+            propagated, stops = self._propagate(state, options, progress, should_cancel)
             recomputed += [i for i in propagated if i not in recomputed]
             sentence += f"; {len(propagated)} slice(s) re-propagated"
         elif state.propagated:
             sentence += ". Click Update to re-propagate from it"
         else:
             sentence += ". Propagate to follow it through the volume"
-        return Computed(state, source, options, index, recomputed, sentence + ".", new_segment)
+        return Computed(state, source, options, index, recomputed, " ".join([sentence + ".", *stops]), new_segment)
 
 
 def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage, digest: str) -> str:

@@ -14,7 +14,7 @@ lands voxel for voxel in the segmentation whatever the two geometries are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import slicer
@@ -272,6 +272,44 @@ class SegmentationResult:
 ProgressCallback = Callable[[int, int], None]
 
 
+class PropagationProgress:
+    """``progress(done, total)`` through a propagation whose directions may end early.
+
+    The total starts as the slices planned per direction (what would be computed if none stopped early); when
+    a direction ends, what it left of its plan leaves the total, so the last call has done == total.
+    """
+
+    def __init__(self, plan: Dict[str, Sequence[int]], progress: Optional[ProgressCallback]) -> None:
+        self._progress = progress
+        self._left = {direction: set(slices) for direction, slices in plan.items()}
+        self._reported: Optional[Tuple[int, int]] = None
+        self.done = 0
+
+    @property
+    def total(self) -> int:
+        return self.done + sum(len(left) for left in self._left.values())
+
+    def slice_done(self, result: SliceResult) -> None:
+        self.done += 1
+        for left in self._left.values():
+            left.discard(result.index)
+        if result.stop is not None:
+            self._left.get(result.stop.direction, set()).clear()
+        self._report()
+
+    def finish(self) -> None:
+        """The propagation has ended (a direction may have stopped on a slice it did not need to recompute)."""
+        for left in self._left.values():
+            left.clear()
+        if self.done and self._reported != (self.done, self.done):
+            self._report()
+
+    def _report(self) -> None:
+        self._reported = (self.done, self.total)
+        if self._progress is not None:
+            self._progress(*self._reported)
+
+
 class MedSAM2Logic:
     """Turns a box on a view into a segment. The predictor is injected (tests may pass a stand-in)."""
 
@@ -331,12 +369,15 @@ class MedSAM2Logic:
 
         windowing: how intensities become the model's input; None (default) uses the display window.
 
-        progress(done, total) is called after each slice; should_cancel() is asked after each slice and
-        raises :class:`Cancelled` when it says yes. Nothing is written here.
+        progress(done, total) is called after each slice (see :class:`PropagationProgress`); should_cancel() is
+        asked after each slice and raises :class:`Cancelled` when it says yes. Nothing is written here.
         """
         stack, cache = self.stack_for(prompt.source, prompt.stack.geometry, windowing)
         key = prompt.stack.slice_index
         slices = planned_slices(stack.shape[0], key, direction, slice_range) if propagate else [key]
+        ahead = {i for i in slices if i > key or (i == key and direction != "backward")}
+        counter = PropagationProgress({"forward": [i for i in slices if i in ahead],
+                                       "backward": [i for i in slices if i not in ahead]}, progress)
 
         computed: List[int] = []
         early_stops: List[str] = []
@@ -345,8 +386,7 @@ class MedSAM2Logic:
             computed.append(result.index)
             if result.stop is not None and result.stop.early:
                 early_stops.append(str(result.stop))
-            if progress is not None:
-                progress(len(computed), len(slices))
+            counter.slice_done(result)
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
 
@@ -358,6 +398,7 @@ class MedSAM2Logic:
             on_slice(result)
             stack_mask = np.zeros(stack.shape, dtype=np.uint8)
             stack_mask[key] = result.mask
+        counter.finish()
         mask = prompt.stack.geometry.from_stack(stack_mask)
         return SegmentationResult(mask, sorted(computed), prompt.slice_axis, early_stops)
 

@@ -228,8 +228,8 @@ def segment_box(
         medsam2.write(editor, prompt, result, target)
         slices = result.slices
         where = f"slice {slices[0]}" if len(slices) == 1 else f"{len(slices)} slices ({slices[0]}-{slices[-1]})"
-        return (f"Segmented {where} into '{target.segment_name}' of '{target.segmentation_name}'. "
-                "Undo (Ctrl+Z) reverts it.")
+        return " ".join([f"Segmented {where} into '{target.segment_name}' of '{target.segmentation_name}'.",
+                         *result.early_stops, "Undo (Ctrl+Z) reverts it."])
 
     return controller.run(editor.backend.editor_node(), compute, write, owner, confirm_target)
 

@@ -96,14 +96,18 @@ def missing_packages() -> List[str]:
 
 @dataclass(frozen=True)
 class ModelChoice:
+    """The model to load and how it computes."""
+
     checkpoint: Path
     config: Optional[Path] = None  # None: MedSAM2's t512
     device: str = "auto"
+    precision: str = "auto"  # auto, float32 (exact) or bfloat16 (fast); see MedSAM2Lib.model.precision
 
 
 class ModelCache:
     """Keeps the last loaded model, and the effect's logic on it; loads again only when the checkpoint file,
-    config or device changes."""
+    config or device changes. A change of precision keeps the model and makes a new logic (image features
+    computed in one precision are not reused in the other)."""
 
     def __init__(self) -> None:
         self._key = None
@@ -126,26 +130,35 @@ class ModelCache:
         return self._model
 
     def predictor(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True,
-                  precision: str = "auto", early_stop: Optional[int] = DEFAULT_ABSENT_SLICES):
-        """precision: auto, float32 or bfloat16; early_stop: slices without the object that end a direction
-        (None: track to the end)."""
+                  early_stop: Optional[int] = DEFAULT_ABSENT_SLICES):
+        """A new predictor on the model in the choice's precision; early_stop: slices without the object that
+        end a direction (None: track to the end)."""
         from ..inference.predictor import VolumePredictor
 
         return VolumePredictor(self.model(choice), fill_holes=fill_holes, keep_largest_component=keep_largest_component,
-                               precision=precision, early_stop=early_stop)
+                               precision=choice.precision, early_stop=early_stop)
 
-    def logic(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True):
-        """The MedSAM2Logic on this model, the same one while the model stays: its image-feature cache then
-        survives from one click to the next (Segment slice then Propagate encodes each slice once)."""
-        from ..inference.predictor import VolumePredictor
+    def logic(self, choice: ModelChoice, fill_holes: bool = True, keep_largest_component: bool = True,
+              early_stop: Optional[int] = DEFAULT_ABSENT_SLICES):
+        """The MedSAM2Logic on this model in the choice's precision, the same one while both stay: its
+        image-feature cache then survives from one click to the next (a preview then Propagate encodes each
+        slice once). early_stop applies to the next propagation of the logic and of its sessions."""
+        from ..inference.early_stop import check_absent_slices
+        from ..model.precision import resolve_precision
         from .logic import MedSAM2Logic
 
         model = self.model(choice)
-        if self._logic is None:
-            self._logic = MedSAM2Logic(VolumePredictor(model))
-        # Post-processing options do not touch the cached image features.
-        self._logic.predictor.fill_holes = fill_holes
-        self._logic.predictor.keep_largest_component = keep_largest_component
+        check_absent_slices(early_stop)
+        dtype = resolve_precision(choice.precision, next(model.parameters()).device)
+        if self._logic is None or self._logic.predictor.dtype != dtype:
+            self._logic = MedSAM2Logic(self.predictor(choice))
+            # Kernel set-up now, with the loading, rather than in the clinician's first preview.
+            self._logic.predictor.warm_up()
+        # Post-processing and early stop do not touch the cached image features.
+        predictor = self._logic.predictor
+        predictor.fill_holes = fill_holes
+        predictor.keep_largest_component = keep_largest_component
+        predictor.early_stop = early_stop
         return self._logic
 
     def forget_features(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 from .. import weights
+from ..inference.early_stop import DEFAULT_ABSENT_SLICES, check_absent_slices
 from .runtime import MINIMUM_TORCH_VERSION, ModelChoice, TorchState, missing_packages, torch_state
 
 WEIGHTS_MEGABYTES = 150  # MedSAM2_latest.pt is about 149 MB
@@ -38,10 +39,17 @@ class SettingsStore(Protocol):
 
 
 class MedSAM2Settings:
-    """The user's checkpoint file and device, kept across Slicer sessions."""
+    """The user's checkpoint file, device, precision and early stop, kept across Slicer sessions.
+
+    QSettings may hand back a stored number or boolean as a string (INI files store text; slicer.util.toBool
+    exists for that reason), so numbers and switches are parsed here.
+    """
 
     CHECKPOINT_KEY = "MedSAM2/Checkpoint"
     DEVICE_KEY = "MedSAM2/Device"
+    PRECISION_KEY = "MedSAM2/Precision"
+    EARLY_STOP_KEY = "MedSAM2/EarlyStop"  # on or off
+    EARLY_STOP_SLICES_KEY = "MedSAM2/EarlyStopSlices"  # kept while early stop is off
 
     def __init__(self, store: SettingsStore) -> None:
         self.store = store
@@ -59,8 +67,37 @@ class MedSAM2Settings:
     def set_device(self, device: str) -> None:
         self.store.setValue(self.DEVICE_KEY, device)
 
+    def precision(self) -> str:
+        """auto (the default), float32 or bfloat16."""
+        return self.store.value(self.PRECISION_KEY, "auto") or "auto"
+
+    def set_precision(self, precision: str) -> None:
+        self.store.setValue(self.PRECISION_KEY, precision)
+
+    def early_stop_slices(self) -> int:
+        """How many slices in a row without the object end a direction (default 5), also while it is off."""
+        try:
+            slices = int(self.store.value(self.EARLY_STOP_SLICES_KEY, DEFAULT_ABSENT_SLICES))
+        except (TypeError, ValueError):
+            return DEFAULT_ABSENT_SLICES
+        return slices if slices >= 1 else DEFAULT_ABSENT_SLICES
+
+    def early_stop(self) -> Optional[int]:
+        """The predictor's early stop: that number of slices, or None (off: track to the end)."""
+        enabled = self.store.value(self.EARLY_STOP_KEY, True)
+        if isinstance(enabled, str):
+            enabled = enabled.strip().lower() not in ("false", "0", "")
+        return self.early_stop_slices() if enabled else None
+
+    def set_early_stop(self, slices: Optional[int]) -> None:
+        """A number of slices (at least 1), or None to track to the end (the number is kept)."""
+        check_absent_slices(slices)
+        self.store.setValue(self.EARLY_STOP_KEY, slices is not None)
+        if slices is not None:
+            self.store.setValue(self.EARLY_STOP_SLICES_KEY, int(slices))
+
     def model_choice(self) -> ModelChoice:
-        return ModelChoice(self.checkpoint_path(), None, self.device())
+        return ModelChoice(self.checkpoint_path(), None, self.device(), self.precision())
 
 
 @dataclass(frozen=True)

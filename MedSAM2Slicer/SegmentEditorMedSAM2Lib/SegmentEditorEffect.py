@@ -63,9 +63,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return """<html>MedSAM2: <b>drag a box</b> around a structure; its slice is segmented at once, <b>Propagate</b> follows it through the volume.<br>
-<b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it, <b>Update</b> re-propagates from there; <b>Ctrl+click</b> a point removes it, <b>Backspace</b> the last one.<br>
-<b>Use the segment on this slice</b> makes a repainted slice the prompt; each segment keeps its session, Undo reverts the segment, Esc or Cancel stops a run.</html>"""
+        return """<html>MedSAM2: <b>drag a box</b> around a structure: its slice is segmented at once; <b>Propagate</b> follows it through the volume, each direction ending a few slices after the structure (<i>Early stop</i>).<br>
+<b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it; <b>Update</b> (or <i>Update automatically</i>) re-propagates from there; <b>Ctrl+click</b> a point removes it, <b>Backspace</b> the last one.<br>
+<b>Use the segment on this slice</b> makes a repainted slice the prompt; each segment keeps its session (or each box gets a new segment); Undo reverts the segment; Esc or Cancel stops a run.</html>"""
 
     # -- options ------------------------------------------------------------------------------------------
 
@@ -87,6 +87,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         rangeLayout.addWidget(qt.QLabel("to"))
         rangeLayout.addWidget(self.rangeLastSpinBox)
         self.scriptedEffect.addLabeledOptionsWidget("Range:", rangeLayout)
+
+        # Early stop is a setting of the MedSAM2 module (MedSAM2Settings, kept across Slicer sessions), as precision
+        # and device are: the module's logic hands it to the predictor and to every session.
+        self.earlyStopCheckBox = qt.QCheckBox("Stop a direction after")
+        self.earlyStopCheckBox.setToolTip("The model's object score says where the structure ends; unticked, each "
+                                          "direction tracks to the end of the volume or range.")
+        self.earlyStopSpinBox = qt.QSpinBox()
+        self.earlyStopSpinBox.setRange(1, 1000)
+        self.earlyStopSpinBox.suffix = " slices without the object"
+        earlyStopLayout = qt.QHBoxLayout()
+        earlyStopLayout.addWidget(self.earlyStopCheckBox)
+        earlyStopLayout.addWidget(self.earlyStopSpinBox)
+        self.scriptedEffect.addLabeledOptionsWidget("Early stop:", earlyStopLayout)
 
         self.windowingCombo = qt.QComboBox()
         for label, value in WINDOWINGS:
@@ -148,6 +161,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                                (self.newSegmentCheckBox, "toggled(bool)"),
                                (self.writeModeCombo, "currentIndexChanged(int)")):
             widget.connect(signal, self.updateMRMLFromGUI)
+        self.earlyStopCheckBox.connect("toggled(bool)", self.onEarlyStopChanged)
+        self.earlyStopSpinBox.connect("valueChanged(int)", self.onEarlyStopChanged)
         self.propagateButton.connect("clicked()", self.propagate)
         self.useSegmentButton.connect("clicked()", self.useSegmentOnSlice)
         self.resetButton.connect("clicked()", self.reset)
@@ -166,7 +181,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         effect = self.scriptedEffect
         widgets = (self.directionCombo, self.windowingCombo, self.rangeCheckBox, self.rangeFirstSpinBox,
                    self.rangeLastSpinBox, self.fillHolesCheckBox, self.largestComponentCheckBox, self.backgroundCheckBox,
-                   self.autoUpdateCheckBox, self.newSegmentCheckBox, self.writeModeCombo)
+                   self.autoUpdateCheckBox, self.newSegmentCheckBox, self.writeModeCombo, self.earlyStopCheckBox,
+                   self.earlyStopSpinBox)
         blocked = [widget.blockSignals(True) for widget in widgets]
         self.directionCombo.setCurrentIndex(max(0, self.directionCombo.findData(effect.parameter("Direction"))))
         self.windowingCombo.setCurrentIndex(max(0, self.windowingCombo.findData(effect.parameter("Windowing"))))
@@ -179,6 +195,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.autoUpdateCheckBox.checked = effect.integerParameter("AutoUpdate") != 0
         self.newSegmentCheckBox.checked = effect.integerParameter("NewSegmentPerBox") != 0
         self.writeModeCombo.setCurrentIndex(max(0, self.writeModeCombo.findData(effect.parameter("WriteMode"))))
+        settings = moduleLogic().settings
+        self.earlyStopCheckBox.checked = settings.early_stop() is not None
+        self.earlyStopSpinBox.value = settings.early_stop_slices()
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
         self.updateButtons()
@@ -198,6 +217,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         effect.setParameter("NewSegmentPerBox", int(self.newSegmentCheckBox.checked))
         effect.setParameter("WriteMode", self.writeModeCombo.currentData)
 
+    def onEarlyStopChanged(self):
+        """Applies to the next Propagate or Update, also of the sessions started before."""
+        moduleLogic().settings.set_early_stop(self.earlyStopSpinBox.value if self.earlyStopCheckBox.checked else None)
+        self.updateButtons()
+
     def updateButtons(self):
         runs = moduleLogic().runs
         session = self.selectedSession()
@@ -208,6 +232,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.resetButton.enabled = (session is not None or saved and self.segmenter is not None) and not runs.busy
         self.cancelButton.enabled = runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
+        self.earlyStopSpinBox.enabled = self.earlyStopCheckBox.checked
 
     def activate(self):
         if self.stopObservingRuns is None:
