@@ -478,3 +478,25 @@ def test_no_session_file_for_a_session_on_another_grid_than_the_volume_s(app, vo
     with pytest.raises(SessionFileError, match="not the source volume's voxel grid"):
         write_session_from_tag(tag, tmp_path / "session.json")
     assert not (tmp_path / "session.json").exists()
+
+
+def test_restoring_runs_on_the_run_controller_and_cancel_keeps_nothing(app, volume_node, predictor):
+    boxed_and_propagated(app, volume_node, predictor)
+    before = selected(app, volume_node)
+    controller = RunController()
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    seen = []
+
+    def cancel_at_the_second_slice(done, total):
+        seen.append((done, total))
+        if done == 2:
+            controller.cancel("Cancelled.")
+
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at_the_second_slice)
+    assert outcome.cancelled and not outcome.written and seen == [(1, 7), (2, 7)]  # the replayed propagation
+    assert not segmenter.sessions and segmenter.restorable(app.editor)
+    np.testing.assert_array_equal(selected(app, volume_node), before)
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION)
+    assert outcome.written and outcome.message.startswith(
+        "Restored the segment's saved MedSAM2 session (2 steps). Nothing to update")
+    np.testing.assert_array_equal(selected(app, volume_node), before)

@@ -83,7 +83,11 @@ class SourceImage:
             return False
         ijk_to_ras = vtk.vtkMatrix4x4()
         self.volume_node.GetIJKToRASMatrix(ijk_to_ras)
-        world_to_volume_index = np.linalg.inv(matrix_to_array(ijk_to_ras)) @ world_to_node_matrix(self.volume_node)
+        try:
+            world_to_volume = world_to_node_matrix(self.volume_node)
+        except EditorStateError:  # under a non-linear transform: no voxel of the file is at a fixed place
+            return False
+        world_to_volume_index = np.linalg.inv(matrix_to_array(ijk_to_ras)) @ world_to_volume
         return bool(np.allclose(world_to_volume_index @ np.linalg.inv(self.ras_to_array_index()), np.eye(4),
                                 atol=1e-4))
 
