@@ -252,6 +252,15 @@ def test_the_write_goes_to_the_segment_selected_when_the_action_started(app, vol
     assert segment_array(segmentation, other, volume_node).sum() == 0
 
 
+def cancel_at(slice_count, controller, seen):
+    """A progress callback that records (done, total) and cancels the run once slice_count slices are done."""
+    def progress(done, total):
+        seen.append((done, total))
+        if done == slice_count:
+            controller.cancel("Cancelled.")
+    return progress
+
+
 def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume_node, predictor):
     app.segmentation_for(volume_node, with_segment=True)
     controller = RunController()
@@ -261,13 +270,7 @@ def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume
     assert outcome.written and outcome.message.startswith("Box on slice 3: segmented.")
     before = selected(app, volume_node)
     seen = []
-
-    def cancel_at_the_third_slice(done, total):
-        seen.append((done, total))
-        if done == 3:
-            controller.cancel("Cancelled.")
-
-    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at_the_third_slice)
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at(3, controller, seen))
     assert outcome.cancelled and not outcome.written and seen == [(1, 7), (2, 7), (3, 7)]
     np.testing.assert_array_equal(selected(app, volume_node), before)
     outcome = segmenter.run(controller, app.editor, "propagate", LESION)  # continues from the session's state
@@ -486,13 +489,7 @@ def test_restoring_runs_on_the_run_controller_and_cancel_keeps_nothing(app, volu
     controller = RunController()
     segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
     seen = []
-
-    def cancel_at_the_second_slice(done, total):
-        seen.append((done, total))
-        if done == 2:
-            controller.cancel("Cancelled.")
-
-    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at_the_second_slice)
+    outcome = segmenter.run(controller, app.editor, "propagate", LESION, progress=cancel_at(2, controller, seen))
     assert outcome.cancelled and not outcome.written and seen == [(1, 7), (2, 7)]  # the replayed propagation
     assert not segmenter.sessions and segmenter.restorable(app.editor)
     np.testing.assert_array_equal(selected(app, volume_node), before)
