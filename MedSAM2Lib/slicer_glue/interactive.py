@@ -406,21 +406,21 @@ class InteractiveSegmenter:
         tag = saved_session_tag(editor.segmentation_node(), key[1])
         if tag is None or self._discarded.get(key) == tag:
             return None
-        keep = RESET_ADVICE
         try:
             saved = SavedSession.from_tag(tag)
         except ValueError as error:
-            raise InteractionError(f"The segment's saved MedSAM2 session cannot be read ({error}). {keep}") from error
+            raise InteractionError(f"The segment's saved MedSAM2 session cannot be read ({error}). {RESET_ADVICE}"
+                                   ) from error
         axis = saved.geometry.slice_axis
         if view_axis is not None and view_axis != axis:
             raise InteractionError(
                 f"The segment's saved MedSAM2 session runs on slices along {AXIS_NAMES[axis]} (the {VIEW_NAMES[axis]} "
                 f"view of a volume stored axially); this view shows slices along {AXIS_NAMES[view_axis]}. Use a view "
-                f"along {AXIS_NAMES[axis]} to go on with it. {keep}")
+                f"along {AXIS_NAMES[axis]} to go on with it. {RESET_ADVICE}")
         if saved.size_ijk != source.shape_ijk:
             raise InteractionError(
                 f"The segment's saved MedSAM2 session was made on a volume of {_size(saved.size_ijk)} voxels; the "
-                f"source volume here has {_size(source.shape_ijk)}. Select the volume it was made on. {keep}")
+                f"source volume here has {_size(source.shape_ijk)}. Select the volume it was made on. {RESET_ADVICE}")
         windowing = options.windowing or display_windowing(source.volume_node)
         if self._geometry in (None, saved.geometry):
             digest = self._stack_digest(*self.logic.stack_for(source, saved.geometry, options.windowing))
@@ -430,9 +430,10 @@ class InteractiveSegmenter:
             now = window_text(windowing)
             raise InteractionError(
                 f"The segment's saved MedSAM2 session was made with the intensity window {saved.window}, and the "
-                f"current window is {now}: set it back to go on with the session. {keep}" if now != saved.window else
+                f"current window is {now}: set it back to go on with the session. {RESET_ADVICE}"
+                if now != saved.window else
                 f"The segment's saved MedSAM2 session was made on other images: the source volume's voxels differ "
-                f"from those it was made on. Select the volume it was made on. {keep}")
+                f"from those it was made on. Select the volume it was made on. {RESET_ADVICE}")
         if self._geometry is not None and not (self._geometry == saved.geometry and self._same_context(
                 source, saved.geometry, options)):
             self.end_sessions()  # the sessions of another context end (their segments keep their tags)
