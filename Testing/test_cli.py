@@ -149,8 +149,17 @@ def test_npz_output_keeps_the_spacing(tmp_path, model_arguments):
 class NoModel:
     """Test double for build_predictor: fails the test if the command gets as far as loading the model."""
 
-    def __call__(self, args):
+    def __call__(self, args, saved_options=None):
         raise AssertionError("the model was loaded before the output was checked")
+
+
+class PredictorDouble:
+    """Test double for the predictor ``segment`` builds: what the command reads of it, without a model."""
+
+    early_stop = None
+
+    def single_pass_cache(self, volume):
+        return None
 
 
 class BoxMaskSession:
@@ -182,7 +191,7 @@ def box_sessions(monkeypatch):
         made.append(BoxMaskSession(predictor, volume, cache))
         return made[-1]
 
-    monkeypatch.setattr(cli, "build_predictor", lambda args: None)
+    monkeypatch.setattr(cli, "build_predictor", lambda args, saved_options=None: PredictorDouble())
     monkeypatch.setattr(session_module, "Session", make)
     return made
 
@@ -267,8 +276,8 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
     result = run_killed_at_rename(
         "from MedSAM2Lib.apps import cli\n"
         "from MedSAM2Lib.inference import session\n"
-        "from test_cli import BoxMaskSession, SEGMENT\n"
-        "cli.build_predictor = lambda args: None\n"
+        "from test_cli import BoxMaskSession, PredictorDouble, SEGMENT\n"
+        "cli.build_predictor = lambda args, saved_options=None: PredictorDouble()\n"
         "session.Session = BoxMaskSession\n"
         "cli.main(SEGMENT + ['-o', 'mask.nii.gz'])\n",
         tmp_path,

@@ -132,10 +132,13 @@ def test_the_session_file_of_a_segment_reproduces_it_from_the_volume_file(app, p
     write_session_from_tag(saved_session_tag(scenario.segmentation_node, segment_id), tmp_path / "session.json")
     document = json.loads((tmp_path / "session.json").read_text())
     assert document["stack"] == scenario.storage.as_json() and document["window"] == "none"
+    # How it computed travels with it: the command line's defaults (auto precision, early stop) do not apply.
+    assert document["options"] == {"precision": "float32", "early_stop": None, "fill_holes": True,
+                                   "keep_largest_component": True}
     output = tmp_path / "mask.nrrd"
     assert main(["segment", str(tmp_path / "volume.nrrd"), "--prompts", str(tmp_path / "session.json"), "-o",
-                 str(output), "--checkpoint", str(checkpoints["tiny"]), "--config", str(DATA / "medsam2_tiny_test.yaml"),
-                 "--precision", "float32", "--no-early-stop"]) == 0
+                 str(output), "--checkpoint", str(checkpoints["tiny"]),
+                 "--config", str(DATA / "medsam2_tiny_test.yaml")]) == 0
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), expected)
 
 
@@ -259,6 +262,20 @@ def cancel_at(slice_count, controller, seen):
         if done == slice_count:
             controller.cancel("Cancelled.")
     return progress
+
+
+def test_a_replayed_re_propagation_ends_its_progress_full(app, volume_node, predictor):
+    """The replay's total counts every propagation's whole range; an incremental one computes less."""
+    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    on_slice_5 = (CENTRE[0], CENTRE[1], 5.0)
+    view = app.view(volume_node, "Axial", on_slice_5)
+    segmenter.points(app.editor, view, [(xy_of(view, volume_node, on_slice_5), 1)], LESION)
+    segmenter.propagate(app.editor, LESION)
+    seen = []
+    outcome = InteractiveSegmenter(MedSAM2Logic(predictor)).run(
+        RunController(), app.editor, "propagate", LESION, progress=lambda done, total: seen.append((done, total)))
+    assert outcome.written and outcome.message.startswith("Restored the segment's saved MedSAM2 session (4 steps).")
+    assert seen[0] == (1, 14) and seen[-1][0] == seen[-1][1] < 14  # 7 slices, then only those after slice 5
 
 
 def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume_node, predictor):

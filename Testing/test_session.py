@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.inference.predictor import FeatureCache, PromptError, VolumePredictor
 from MedSAM2Lib.inference.session import Session
-from MedSAM2Lib.inference.session_file import SessionFileError, read_session_file, run_steps, write_session_file
+from MedSAM2Lib.inference.session_file import (SessionFileError, read_session, read_session_file, run_steps,
+                                               session_options, write_session_file)
 from MedSAM2Lib.slicer_glue.geometry import StackGeometry
 
 from conftest import DATA, relative_error
@@ -262,7 +263,9 @@ def test_session_file_round_trip(tmp_path, tiny_model, input_volume):
     run_steps(session, read_session_file(write_scenario_file(tmp_path, "correct_tracked_with_mask")))
     saved = tmp_path / "saved" / "session.json"
     saved.parent.mkdir()
-    write_session_file(saved, session.steps)
+    write_session_file(saved, session.steps, options=session_options(session))
+    assert read_session(saved).options == {"precision": "float32", "early_stop": 5, "fill_holes": True,
+                                           "keep_largest_component": True}
     again = Session(VolumePredictor(tiny_model), volume)
     run_steps(again, read_session_file(saved))
     np.testing.assert_array_equal(again.mask(), reference("correct_tracked_with_mask")["seg_final"])
@@ -285,6 +288,10 @@ def test_session_file_round_trip(tmp_path, tiny_model, input_volume):
      '"flip_rows": false, "flip_columns": false}}', "must be I, J and K"),
     ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "window": 200}', "window must be text"),
     ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "size_ijk": [3, 4]}', "size_ijk must be three voxel counts"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "options": {"precision": "auto"}}',
+     'option precision must be "float32" or "bfloat16"; got \'auto\''),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "options": {"early_stop": 0}}', "early_stop must be a slice count"),
+    ('{"steps": [{"slice": 1, "box": [1, 2, 3, 4]}], "options": {"speed": 1}}', "unknown option 'speed'"),
 ])
 def test_bad_session_files_name_the_step(content, message, tmp_path):
     path = tmp_path / "session.json"
@@ -402,3 +409,19 @@ def test_session_files_are_read_and_written_without_torch(tmp_path):
                             capture_output=True, text=True, cwd=DATA.parent.parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True"] * 4
+
+
+def test_the_command_line_names_options_and_a_session_file_fills_in_the_rest():
+    from MedSAM2Lib.apps.cli import build_parser, computing_options
+
+    def options(*arguments, saved=None):
+        args = build_parser().parse_args(["segment", "scan.nii.gz", "-o", "mask.nii.gz", *arguments])
+        return computing_options(args, saved or {})
+
+    assert options() == {"precision": "auto", "early_stop": 5, "fill_holes": True, "keep_largest_component": True}
+    saved = {"precision": "float32", "early_stop": None, "fill_holes": False, "keep_largest_component": False}
+    assert options(saved=saved) == saved
+    assert options("--precision", "bfloat16", "--early-stop", "3", "--no-fill-holes", saved=saved) == {
+        "precision": "bfloat16", "early_stop": 3, "fill_holes": False, "keep_largest_component": False}
+    assert options("--no-early-stop", saved={"early_stop": 7})["early_stop"] is None
+    assert options(saved={"early_stop": 7})["early_stop"] == 7

@@ -9,13 +9,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import math
 
 from .. import __version__
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES
-from ..inference.predictor import FeatureCache, PromptError, planned_slices
+from ..inference.predictor import PromptError, planned_slices
 from ..inference.preprocessing import CT_WINDOW_PRESETS
 from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
@@ -124,11 +125,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not fill background holes of <= 8 pixels in each slice's low-resolution mask")
     parser.add_argument("--all-components", action="store_true",
                         help="keep every connected component instead of the largest one")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    # Defaults None: a session file's options apply where the command line names none (computing_options).
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="float32: exact; bfloat16: about 1.6x faster where the hardware has it, masks nearly "
                              "identical; auto (default): bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX")
     stop = parser.add_mutually_exclusive_group()
-    stop.add_argument("--early-stop", type=int, default=DEFAULT_ABSENT_SLICES, metavar="N",
+    stop.add_argument("--early-stop", type=int, default=None, metavar="N",
                       help="end each direction after N slices in a row on which the model sees no object "
                            f"(default {DEFAULT_ABSENT_SLICES})")
     stop.add_argument("--no-early-stop", action="store_true", help="track every slice to the end")
@@ -176,12 +178,20 @@ def given_window(args: argparse.Namespace):
     return None
 
 
-def early_stop_choice(args: argparse.Namespace) -> Optional[int]:
-    """Slices without the object that end a direction, or None to track to the end."""
-    return None if args.no_early_stop else args.early_stop
+def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dict[str, Any]:
+    """precision, early_stop, fill_holes, keep_largest_component: the command line's where it names them, else
+    a session file's ``options`` (``saved``), else the defaults."""
+    stop_given = args.no_early_stop or args.early_stop is not None
+    return {
+        "precision": args.precision or saved.get("precision", "auto"),
+        "early_stop": (None if args.no_early_stop else args.early_stop) if stop_given
+        else saved.get("early_stop", DEFAULT_ABSENT_SLICES),
+        "fill_holes": False if args.no_fill_holes else saved.get("fill_holes", True),
+        "keep_largest_component": False if args.all_components else saved.get("keep_largest_component", True),
+    }
 
 
-def build_predictor(args: argparse.Namespace):
+def build_predictor(args: argparse.Namespace, saved_options: Mapping[str, Any] = MappingProxyType({})):
     """Load the model named by the command's arguments into a VolumePredictor."""
     from ..model.checkpoint import load_model
     from ..model.config import MEDSAM2_T512, load_config
@@ -190,8 +200,7 @@ def build_predictor(args: argparse.Namespace):
     config = load_config(args.config) if args.config else MEDSAM2_T512
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
-    return VolumePredictor(model, fill_holes=not args.no_fill_holes, keep_largest_component=not args.all_components,
-                           precision=args.precision, early_stop=early_stop_choice(args))
+    return VolumePredictor(model, **computing_options(args, saved_options))
 
 
 def segment_session(args: argparse.Namespace):
@@ -227,13 +236,13 @@ def command_segment(args: argparse.Namespace) -> int:
     volume, geometry = read_scan(args.image, args.nan_as)
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
     check_steps(document.steps, stack, name_steps=args.prompts is not None)
-    predictor = build_predictor(args)
+    predictor = build_predictor(args, document.options)
     # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
     # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
     steps = document.steps
     single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
-    cache = FeatureCache(stack, max_slices=1) if single_pass else None
-    session = Session(predictor, stack, cache, early_stop=early_stop_choice(args))
+    cache = predictor.single_pass_cache(stack) if single_pass else None
+    session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
         progress = ProgressBar(len(document.steps), "Session", unit="step")
         run_steps(session, document.steps, on_step=progress.advance)

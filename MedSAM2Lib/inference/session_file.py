@@ -22,12 +22,15 @@ Optional entries say which images the steps were given on (a file written from a
   unless the command line or the batch row names one; a different one there is refused (other images than
   the prompts were given on).
 - ``"size_ijk"``: the volume's size in voxels along I, J, K; a volume of another size is refused.
+- ``"options"``: how the session computed, e.g. ``{"precision": "float32", "early_stop": 5, "fill_holes": true,
+  "keep_largest_component": true}`` (``early_stop`` null: tracked to the end); ``medsam2 segment`` uses them
+  where its command line names none (batch runs every row with the options of its own command line).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +47,13 @@ if TYPE_CHECKING:  # reading and writing session files needs no torch; running t
 PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
 REMOVE_KEYS = {"slice", "remove"}
-DOCUMENT_KEYS = {"steps", "stack", "window", "size_ijk"}
+DOCUMENT_KEYS = {"steps", "stack", "window", "size_ijk", "options"}
+OPTION_CHECKS = {  # an option's name -> (its check, what it must be)
+    "precision": (lambda value: value in ("float32", "bfloat16"), '"float32" or "bfloat16"'),
+    "early_stop": (lambda value: value is None or (type(value) is int and value >= 1), "a slice count or null"),
+    "fill_holes": (lambda value: isinstance(value, bool), "true or false"),
+    "keep_largest_component": (lambda value: isinstance(value, bool), "true or false"),
+}
 
 
 class SessionFileError(ValueError):
@@ -60,6 +69,7 @@ class SessionDocument:
     stack: StackGeometry = ARRAY_ORDER
     window: Optional[str] = None  # as Windowing.parse reads it
     size_ijk: Optional[Tuple[int, int, int]] = None
+    options: Dict[str, Any] = field(default_factory=dict)  # checked against OPTION_CHECKS
 
     def check_size(self, shape_kji: Sequence[int]) -> None:
         """Refuse a (K, J, I) volume shape other than the one the file was made on."""
@@ -119,7 +129,24 @@ def read_session(path) -> SessionDocument:
     if size is not None and not (isinstance(size, list) and len(size) == 3 and all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):
         raise SessionFileError(f"The session file {path}: size_ijk must be three voxel counts; got {size!r}.")
-    return SessionDocument(path, steps, stack, window, tuple(size) if size is not None else None)
+    options = document.get("options", {})
+    if not isinstance(options, dict):
+        raise SessionFileError(f"The session file {path}: options must be an object; got {options!r}.")
+    for name, value in options.items():
+        if name not in OPTION_CHECKS:
+            raise SessionFileError(f"The session file {path} has an unknown option {name!r}; known: "
+                                   f"{', '.join(OPTION_CHECKS)}.")
+        check, expected = OPTION_CHECKS[name]
+        if not check(value):
+            raise SessionFileError(f"The session file {path}: option {name} must be {expected}; got {value!r}.")
+    return SessionDocument(path, steps, stack, window, tuple(size) if size is not None else None, options)
+
+
+def session_options(session: Session) -> Dict[str, Any]:
+    """How a session computes, as a session file's ``options``."""
+    predictor = session.predictor
+    return {"precision": str(predictor.dtype).replace("torch.", ""), "early_stop": session.early_stop,
+            "fill_holes": predictor.fill_holes, "keep_largest_component": predictor.keep_largest_component}
 
 
 def read_session_file(path) -> List[Dict[str, Any]]:
@@ -180,10 +207,11 @@ def run_steps(
 
 
 def write_session_file(path, steps: Sequence[Dict[str, Any]], stack: Optional[StackGeometry] = None,
-                       window: Optional[str] = None, size_ijk: Optional[Sequence[int]] = None) -> None:
+                       window: Optional[str] = None, size_ijk: Optional[Sequence[int]] = None,
+                       options: Optional[Dict[str, Any]] = None) -> None:
     """Write steps (as :attr:`Session.steps` gives them) to a JSON file; masks go to ``.npy`` files beside it,
-    named after the JSON file, the step and the slice. ``stack``, ``window`` and ``size_ijk``: the optional
-    entries of the module docstring."""
+    named after the JSON file, the step and the slice. ``stack``, ``window``, ``size_ijk`` and ``options``: the
+    optional entries of the module docstring."""
     path = Path(path)
 
     def mask_name(number: int, index: int) -> str:
@@ -196,7 +224,7 @@ def write_session_file(path, steps: Sequence[Dict[str, Any]], stack: Optional[St
     document = [dict(step, mask=mask_name(number, step["slice"])) if isinstance(step.get("mask"), np.ndarray)
                 else dict(step) for number, step in enumerate(steps, start=1)]
     entries = {"stack": stack.as_json() if stack is not None else None, "window": window,
-               "size_ijk": [int(n) for n in size_ijk] if size_ijk is not None else None}
+               "size_ijk": [int(n) for n in size_ijk] if size_ijk is not None else None, "options": options or None}
     content = {**{key: value for key, value in entries.items() if value is not None}, "steps": document}
     write_text_atomically(path, json.dumps(content, indent=1) + "\n")
 

@@ -41,7 +41,7 @@ import io
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -49,7 +49,7 @@ from PIL import Image
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
-from ..inference.session_file import SessionFileError, run_steps, write_session_file
+from ..inference.session_file import SessionFileError, run_steps, session_options, write_session_file
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing, labelmap_like,
                     segment_mask_on, view_geometry, view_to_index)
@@ -438,6 +438,8 @@ class InteractiveSegmenter:
                 source, saved.geometry, options)):
             self.end_sessions()  # the sessions of another context end (their segments keep their tags)
         state = self._start(editor, source, key, saved.geometry, options)
+        # Replayed as it computed (the next propagation follows the current setting again).
+        state.session.early_stop = saved.options.get("early_stop", state.session.early_stop)
         self._replay(state, saved.steps, progress, should_cancel)
         state.prompts, state.point_order = prompts_of(saved.steps)
         state.propagated = any("propagate" in step for step in saved.steps)
@@ -446,7 +448,9 @@ class InteractiveSegmenter:
         return state
 
     def _replay(self, state: SegmentSession, steps: List[dict], progress, should_cancel) -> None:
-        """Run saved steps on a new session, reporting each slice a propagation computes."""
+        """Run saved steps on a new session, reporting each slice a propagation computes. The total is every
+        propagation's whole range (a re-propagation or an early stop computes less: the bar then ends full at
+        the end of the replay)."""
         num_slices = state.session.volume.shape[0]
         total = sum(last - first + 1 for first, last in
                     (step.get("range", (0, num_slices - 1)) for step in steps if "propagate" in step))
@@ -465,6 +469,8 @@ class InteractiveSegmenter:
         except (SessionFileError, KeyError, TypeError) as error:
             raise InteractionError(f"The segment's saved MedSAM2 session cannot be replayed ({error}). {RESET_ADVICE}"
                                    ) from error
+        if progress is not None and 0 < done < total:
+            progress(done, done)
 
     def _stack_digest(self, stack: np.ndarray, cache: FeatureCache) -> str:
         """The digest of a stack, computed once per stack (its feature cache)."""
@@ -596,6 +602,7 @@ def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage
         "size_ijk": [int(n) for n in source.shape_ijk],
         "volume_grid": source.on_volume_grid(),
         "digest": digest,
+        "options": session_options(state.session),
     }
     return json.dumps(document).replace("|", "\\u007c")
 
@@ -610,6 +617,7 @@ class SavedSession:
     size_ijk: Tuple[int, int, int]
     volume_grid: bool
     digest: str
+    options: Dict[str, Any]  # how it computed (session_file.session_options)
 
     @classmethod
     def from_tag(cls, tag: str) -> "SavedSession":
@@ -618,7 +626,7 @@ class SavedSession:
             document = json.loads(tag)
             saved = cls([_decoded_step(step) for step in document["steps"]], StackGeometry.from_json(document["stack"]),
                         document["window"], tuple(int(n) for n in document["size_ijk"]), document["volume_grid"],
-                        document["digest"])
+                        document["digest"], document["options"])
             Windowing.parse(saved.window)
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # json, PNG errors included
             raise ValueError(f"{type(error).__name__}: {error}") from error
@@ -639,7 +647,7 @@ def write_session_from_tag(tag: str, path: Path) -> None:
             "voxel grid, so a session file would prompt other voxels of the volume's file; to save one, give the "
             "segmentation the source volume's geometry (Segment Editor: Specify geometry) and segment again."
         )
-    write_session_file(path, saved.steps, saved.geometry, saved.window, saved.size_ijk)
+    write_session_file(path, saved.steps, saved.geometry, saved.window, saved.size_ijk, saved.options)
 
 
 def stack_digest(stack: np.ndarray) -> str:
