@@ -37,7 +37,8 @@ def test_missing_packages_are_pip_names(monkeypatch):
 def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, tmp_path):
     copy = tmp_path / "tiny.pt"
     copy.write_bytes(checkpoints["tiny"].read_bytes())
-    choice = ModelChoice(copy, DATA / "medsam2_tiny_test.yaml", "cpu")
+    # float32: the predictors compute on the loaded model itself (bfloat16 ones on a copy of it).
+    choice = ModelChoice(copy, DATA / "medsam2_tiny_test.yaml", "cpu", precision="float32")
     cache = ModelCache()
     first = cache.model(choice)
     assert cache.model(choice) is first
@@ -50,19 +51,19 @@ def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, t
     assert cache.logic(choice) is not logic and cache.logic(choice).predictor.model is cache.model(choice)
 
 
-def test_a_new_logic_warms_the_model_up_once_and_encodes_no_slice(checkpoints):
-    """The kernels' one-time set-up is paid while loading, not by the first preview; nothing is cached."""
+def test_a_new_logic_warms_its_predictor_up_once(checkpoints, monkeypatch):
+    """The kernels' one-time set-up is paid while loading, not by the first preview (what warm_up does and
+    keeps: test_speed.py)."""
     from dataclasses import replace
 
+    from MedSAM2Lib.inference.predictor import VolumePredictor
+
+    warmed = []
+    monkeypatch.setattr(VolumePredictor, "warm_up", lambda predictor: warmed.append(predictor))
     cache = ModelCache()
     choice = ModelChoice(checkpoints["tiny"], DATA / "medsam2_tiny_test.yaml", "cpu", precision="float32")
-    encoder_runs = []
-    hook = cache.model(choice).image_encoder.register_forward_hook(lambda *_: encoder_runs.append(1))
-    try:
-        logic = cache.logic(choice)
-        assert encoder_runs == [1] and logic.predictor.encoder_calls == 0
-        assert cache.logic(choice) is logic and encoder_runs == [1]  # the kept logic is not warmed up again
-        cache.logic(replace(choice, precision="bfloat16"))
-        assert encoder_runs == [1, 1]  # a new precision: new kernels
-    finally:
-        hook.remove()
+    logic = cache.logic(choice)
+    assert warmed == [logic.predictor]
+    assert cache.logic(choice) is logic and len(warmed) == 1  # the kept logic is not warmed up again
+    fast = cache.logic(replace(choice, precision="bfloat16"))
+    assert warmed == [logic.predictor, fast.predictor]  # a new precision: new kernels
