@@ -128,7 +128,7 @@ def test_settings_reach_the_predictor_and_the_sessions_and_precision_makes_a_new
     settings.set_precision("bfloat16")
     fast = logic()
     assert fast is not exact and fast.predictor.dtype == torch.bfloat16
-    assert cache.model(base) is exact.predictor.model  # the model is not loaded again (fast mode: a copy of it)
+    assert fast.predictor.model is exact.predictor.model  # the model is not loaded again
     assert fast.predictor.early_stop is None
 
 

@@ -204,16 +204,3 @@ def test_warm_up_changes_no_result_and_counts_no_slice(tiny_model, input_volume)
     predictor.warm_up()
     assert predictor.encoder_calls == 0
     np.testing.assert_array_equal(predictor.segment_slice(volume, key_slice, box).logits, cold.logits)
-
-
-def test_fast_mode_weights_rounded_once_give_what_autocast_gives_rounding_them_per_call(tiny_model, input_volume):
-    volume, key_slice, box = input_volume
-    fast = VolumePredictor(tiny_model, precision="bfloat16")
-    assert fast.model is not tiny_model and fast.model.memory_encoder.out_proj.weight.dtype == torch.bfloat16
-    assert all(parameter.dtype == torch.float32 for parameter in tiny_model.parameters())  # the given model stays
-    per_call = VolumePredictor(tiny_model, precision="bfloat16")
-    per_call.model = tiny_model  # float32 weights, rounded by autocast on every call
-    for rounded_once, rounded_per_call in zip(fast.propagate(volume, key_slice, box),
-                                              per_call.propagate(volume, key_slice, box)):
-        np.testing.assert_array_equal(rounded_once.logits, rounded_per_call.logits)
-        assert rounded_once.object_score == rounded_per_call.object_score

@@ -112,7 +112,7 @@ def measure(model: MedSAM2, volume: np.ndarray, precision: str, early_stop: Opti
     one_by_one = isinstance(model, ExtentObjectScoreDouble)
     predictor = VolumePredictor(model, precision=precision, early_stop=early_stop,
                                 encode_batch=1 if one_by_one else None)
-    memory_encoder = Counter(predictor.model.memory_encoder)  # fast mode computes on a copy
+    memory_encoder = Counter(predictor.model.memory_encoder)
     cache = FeatureCache(volume)
 
     started = time.perf_counter()

@@ -9,12 +9,10 @@ be chosen explicitly.
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import ContextManager
 
 import torch
-from torch import nn
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 _CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -55,18 +53,3 @@ def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
 def cpu_bfloat16_autocast() -> bool:
     """True inside a CPU bfloat16 autocast region."""
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
-_ROUNDED_BY_AUTOCAST = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-
-
-def with_bfloat16_weights(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose linear and convolution layers hold their weights in bfloat16. Under bfloat16
-    autocast these layers compute with their weights rounded to bfloat16 either way: autocast rounds every
-    float32 weight again on each call (about a tenth of a tracked slice on CPU), the copy once. Results are
-    identical; the copy costs half the float32 size of those weights, and ``model`` is left as it is."""
-    rounded = copy.deepcopy(model)
-    for module in rounded.modules():
-        if isinstance(module, _ROUNDED_BY_AUTOCAST):
-            module.to(torch.bfloat16)
-    return rounded.eval()

@@ -107,7 +107,7 @@ class ModelChoice:
 class ModelCache:
     """Keeps the last loaded model, and the effect's logic on it; loads again only when the checkpoint file,
     config or device changes. A change of precision keeps the model and makes a new logic (image features
-    computed in one precision are not reused in the other; fast mode computes on a bfloat16 copy of the weights)."""
+    computed in one precision are not reused in the other)."""
 
     def __init__(self) -> None:
         self._key = None
