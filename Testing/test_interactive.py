@@ -278,6 +278,15 @@ def test_a_replayed_re_propagation_ends_its_progress_full(app, volume_node, pred
     assert seen[0] == (1, 14) and seen[-1][0] == seen[-1][1] < 14  # 7 slices, then only those after slice 5
 
 
+def test_a_session_restored_in_another_precision_says_so(app, volume_node, predictor, tiny_model):
+    boxed_and_propagated(app, volume_node, predictor)  # float32
+    fast = InteractiveSegmenter(MedSAM2Logic(VolumePredictor(tiny_model, precision="bfloat16")))
+    outcome = fast.run(RunController(), app.editor, "propagate", LESION)
+    assert outcome.written and outcome.message.startswith(
+        "Restored the segment's saved MedSAM2 session (2 steps). It was computed in float32 and replayed in "
+        "bfloat16, the precision set now, so its slices may differ slightly from the saved segment. ")
+
+
 def test_actions_run_on_the_run_controller_and_cancel_writes_nothing(app, volume_node, predictor):
     app.segmentation_for(volume_node, with_segment=True)
     controller = RunController()

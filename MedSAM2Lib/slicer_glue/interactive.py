@@ -97,7 +97,7 @@ class SegmentSession:
     point_order: List[int] = field(default_factory=list)  # slice of each point, in the order they were added
     baseline: Optional[np.ndarray] = None  # packed bits of the segment before the session's first write (Add)
     propagated: bool = False
-    restored_steps: int = 0  # steps replayed from the segment's tag, not yet said in a result
+    restored: str = ""  # what restoring it from the segment's tag did, not yet said in a result
 
 
 @dataclass
@@ -186,9 +186,8 @@ class InteractiveSegmenter:
         digest = self._stack_digest(state.session.volume, state.session.cache)
         segment.SetTag(SESSION_TAG, session_tag(state, windowing, source, digest))
         sentence = computed.sentence
-        if state.restored_steps:
-            sentence = f"Restored the segment's saved MedSAM2 session ({state.restored_steps} steps). {sentence}"
-            state.restored_steps = 0
+        if state.restored:
+            sentence, state.restored = f"{state.restored} {sentence}", ""
         return ActionResult(sentence, computed.slice_index, computed.recomputed, segment_id)
 
     # -- the actions --------------------------------------------------------------------------------
@@ -443,7 +442,11 @@ class InteractiveSegmenter:
         self._replay(state, saved.steps, progress, should_cancel)
         state.prompts, state.point_order = prompts_of(saved.steps)
         state.propagated = any("propagate" in step for step in saved.steps)
-        state.restored_steps = len(saved.steps)
+        state.restored = f"Restored the segment's saved MedSAM2 session ({len(saved.steps)} steps)."
+        saved_precision, now = saved.options.get("precision"), session_options(state.session)["precision"]
+        if saved_precision not in (None, now):
+            state.restored += (f" It was computed in {saved_precision} and replayed in {now}, the precision set now, "
+                               "so its slices may differ slightly from the saved segment.")
         self.sessions[key] = state
         return state
 
