@@ -222,19 +222,13 @@ class Session:
 
     def planned(self, direction: str = "both", slice_range: Optional[Tuple[int, int]] = None) -> Dict[str, List[int]]:
         """The slices :meth:`propagate` would yield now, per direction in tracking order, if no direction stopped
-        early; nothing is computed (a progress total). It follows :meth:`_commit` and :meth:`_track`."""
+        early; nothing is computed (a progress total). It follows :meth:`_track`."""
         names, start, first, last = self._walk(direction, slice_range)
         plan: Dict[str, List[int]] = {}
         planned: Set[int] = set()
         for name in names:
             state = self._directions[name]
-            new = set(state.pending)
-            valid = set(state.valid)
-            if state.conditioning != self._conditioning:
-                new |= {i for i, output in self._conditioning.items() if state.conditioning.get(i) is not output}
-                valid.clear()
-            for index in state.pending:
-                valid = {i for i in valid if state.before(i, index)}
+            new, valid = self._commit_effect(state)
             prompted = set(self._conditioning) | set(state.corrections)
             plan[name] = [i for i in state.order(start, first, last) if i not in planned
                           and (i in new if i in prompted else i not in valid)]
@@ -352,23 +346,30 @@ class Session:
     def _commit(self, direction: _Direction) -> Set[int]:
         """Put prompts given since this direction's last propagation into its memory bank (as the reference's
         pre-flight step: their masks binarised); returns the slices whose output is new to it."""
-        new: Set[int] = set()
+        new, direction.valid = self._commit_effect(direction)
         if direction.conditioning != self._conditioning:
             for index, output in self._conditioning.items():
                 if output.memory is None:
                     output.memory = self._prompt_memory(index, output)
-                if direction.conditioning.get(index) is not output:
-                    new.add(index)
             direction.conditioning = dict(self._conditioning)
-            direction.valid.clear()  # every tracked slice attends to every conditioning slice
         for index, output in sorted(direction.pending.items(), key=lambda item: item[0] * direction.sign):
             output.memory = self._prompt_memory(index, output)
             direction.outputs[index] = output
-            direction.valid.discard(index)
-            direction.invalidate_after(index)
-            new.add(index)
         direction.pending.clear()
         return new
+
+    def _commit_effect(self, direction: _Direction) -> Tuple[Set[int], Set[int]]:
+        """What committing a direction's new prompts does to its outputs, computing nothing: the slices whose
+        output becomes new to it, and its tracked slices still valid after (:meth:`_commit` applies it,
+        :meth:`planned` plans with it)."""
+        new = set(direction.pending)
+        valid = set(direction.valid)
+        if direction.conditioning != self._conditioning:
+            new |= {i for i, output in self._conditioning.items() if direction.conditioning.get(i) is not output}
+            valid.clear()  # every tracked slice attends to every conditioning slice
+        for index in direction.pending:  # a correction invalidates itself and the slices after it
+            valid = {i for i in valid if direction.before(i, index)}
+        return new, valid
 
     def _prompt_memory(self, index: int, output: _Output) -> torch.Tensor:
         with self.predictor.compute():
