@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import math
@@ -181,18 +180,23 @@ def given_window(args: argparse.Namespace):
 def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dict[str, Any]:
     """precision, early_stop, fill_holes, keep_largest_component: the command line's where it names them, else
     a session file's ``options`` (``saved``), else the defaults."""
-    stop_given = args.no_early_stop or args.early_stop is not None
+    if args.no_early_stop:
+        early_stop = None
+    elif args.early_stop is not None:
+        early_stop = args.early_stop
+    else:
+        early_stop = saved.get("early_stop", DEFAULT_ABSENT_SLICES)
     return {
         "precision": args.precision or saved.get("precision", "auto"),
-        "early_stop": (None if args.no_early_stop else args.early_stop) if stop_given
-        else saved.get("early_stop", DEFAULT_ABSENT_SLICES),
+        "early_stop": early_stop,
         "fill_holes": False if args.no_fill_holes else saved.get("fill_holes", True),
         "keep_largest_component": False if args.all_components else saved.get("keep_largest_component", True),
     }
 
 
-def build_predictor(args: argparse.Namespace, saved_options: Mapping[str, Any] = MappingProxyType({})):
-    """Load the model named by the command's arguments into a VolumePredictor."""
+def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None):
+    """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
+    file's, for what the arguments leave open)."""
     from ..model.checkpoint import load_model
     from ..model.config import MEDSAM2_T512, load_config
     from ..inference.predictor import VolumePredictor, select_device
@@ -200,7 +204,7 @@ def build_predictor(args: argparse.Namespace, saved_options: Mapping[str, Any] =
     config = load_config(args.config) if args.config else MEDSAM2_T512
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
-    return VolumePredictor(model, **computing_options(args, saved_options))
+    return VolumePredictor(model, **computing_options(args, saved_options or {}))
 
 
 def segment_session(args: argparse.Namespace):
@@ -235,20 +239,20 @@ def command_segment(args: argparse.Namespace) -> int:
     windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
     volume, geometry = read_scan(args.image, args.nan_as)
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
-    check_steps(document.steps, stack, name_steps=args.prompts is not None)
+    steps = document.steps
+    check_steps(steps, stack, name_steps=args.prompts is not None)
     predictor = build_predictor(args, document.options)
     # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
     # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
-    steps = document.steps
     single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
     cache = predictor.single_pass_cache(stack) if single_pass else None
     session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
-        progress = ProgressBar(len(document.steps), "Session", unit="step")
-        run_steps(session, document.steps, on_step=progress.advance)
+        progress = ProgressBar(len(steps), "Session", unit="step")
+        run_steps(session, steps, on_step=progress.advance)
     else:
         progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
-        run_steps(session, document.steps, on_slice=progress.advance)
+        run_steps(session, steps, on_slice=progress.advance)
         if 0 < progress.done < progress.total:  # an early stop: end the bar's line
             progress.stream.write("\n")
     for stop in session.stops.values():
