@@ -22,7 +22,7 @@ from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, I
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
-from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag
+from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag, selected_has_saved_session
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
@@ -169,6 +169,13 @@ def boxed_and_propagated(app, volume_node, predictor, options=LESION):
 
 def selected(app, volume_node):
     return segment_array(app.editor_node.GetSegmentationNode(), app.editor_node.GetSelectedSegmentID(), volume_node)
+
+
+def test_a_segment_without_a_saved_session_has_none_to_restore(app, volume_node):
+    assert not selected_has_saved_session(None)
+    assert not selected_has_saved_session(app.editor_node)  # no segmentation selected
+    app.segmentation_for(volume_node, with_segment=True)
+    assert not selected_has_saved_session(app.editor_node)
 
 
 def test_correction_on_a_slice_of_another_axis_is_refused(app, volume_node, predictor):
@@ -444,6 +451,7 @@ def test_a_correction_after_reloading_restores_the_saved_session(app, volume_nod
     saved_tag = saved_session_tag(reloaded, app.editor_node.GetSelectedSegmentID())
     restored = InteractiveSegmenter(MedSAM2Logic(predictor))
     assert restored.restorable(app.editor)
+    assert selected_has_saved_session(app.editor_node)  # what the effect reads before setup (no segmenter yet)
     progress = []
     result = restored.points(app.editor, view1, click, LESION, progress=lambda done, total: progress.append(done))
     assert result.message.startswith("Restored the segment's saved MedSAM2 session (3 steps). Point on slice 1: a "

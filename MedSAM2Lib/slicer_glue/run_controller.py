@@ -239,3 +239,10 @@ def saved_session_tag(segmentation_node, segment_id: Optional[str]) -> Optional[
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
     tag = vtk.reference("")
     return str(tag) if segment is not None and segment.GetTag(SESSION_TAG, tag) and str(tag) else None
+
+
+def selected_has_saved_session(editor_node) -> bool:
+    """The segment editor node's selected segment holds a saved session (read without torch: before setup)."""
+    segmentation_node = editor_node.GetSegmentationNode() if editor_node is not None else None
+    return segmentation_node is not None and saved_session_tag(segmentation_node,
+                                                               editor_node.GetSelectedSegmentID()) is not None

@@ -382,12 +382,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         restores (InteractiveSegmenter.restorable); before setup, read without torch."""
         if self.segmenter is not None:
             return self.segmenter.restorable(self.editorAccess())
-        from MedSAM2Lib.slicer_glue.run_controller import saved_session_tag
+        from MedSAM2Lib.slicer_glue.run_controller import selected_has_saved_session
 
-        editorNode = self.scriptedEffect.parameterSetNode()
-        segmentationNode = editorNode.GetSegmentationNode() if editorNode is not None else None
-        return segmentationNode is not None and saved_session_tag(
-            segmentationNode, editorNode.GetSelectedSegmentID()) is not None
+        return selected_has_saved_session(self.scriptedEffect.parameterSetNode())
 
     def act(self, action, *arguments):
         """One session action (InteractiveSegmenter.compute_<action>) as one run of the shared controller; every
