@@ -159,7 +159,11 @@ LESION_HALF_BOX = np.array([8.6, 6.3, 4.2])  # half box extent in IJK, off voxel
 
 @pytest.fixture
 def app():
-    return SlicerScene()
+    """A fresh scene per test, taken apart by close(): left to the garbage collector, slicer-core crashed
+    (segfault) in about one run of test_slicer_logic.py in five."""
+    scene = SlicerScene()
+    yield scene
+    scene.close()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings
 
 from conftest import DATA
 from model_doubles import scripted_score_model
-from slicer_support import SlicerScene, lesion_volume, ras_of, xy_of
+from slicer_support import app, lesion_volume, ras_of, xy_of  # noqa: F401 (app is a fixture)
 from test_setup_flow import SettingsDouble
 
 OPTIONS = InteractiveOptions(windowing=Windowing("window", (0.0, 200.0)))
@@ -32,13 +32,6 @@ CENTRE = (40.3, 20.4, float(KEY))
 HALF_BOX = np.array([8.6, 6.3, 0.0])
 ABSENT_FROM = 6  # the double's object ends here: forward stops at 7 with early stop 2
 STOP_SENTENCE = "Forward propagation stopped at slice 7: the model saw no object on slices 6-7 (2 in a row)."
-
-
-@pytest.fixture
-def app():
-    scene = SlicerScene()
-    yield scene
-    scene.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_t
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
 from conftest import DATA
-from slicer_support import SlicerScene, lesion_volume, set_segment, xy_of
+from slicer_support import app, lesion_volume, set_segment, xy_of  # noqa: F401 (app is a fixture)
 
 RAW = InteractiveOptions(windowing=Windowing("none"))  # the fixture volume is already 0..255
 LESION = InteractiveOptions(windowing=Windowing("window", (0.0, 200.0)))
@@ -37,13 +37,6 @@ HALF_BOX = np.array([8.6, 6.3, 2.2])  # in IJK; none along the view's axis
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
     return VolumePredictor(tiny_model)
-
-
-@pytest.fixture
-def app():
-    scene = SlicerScene()
-    yield scene
-    scene.close()
 
 
 class HeadlessActions:
