@@ -1,15 +1,16 @@
 """Per-slice tracking time of variants measured in one run, interleaved: this tree against an earlier commit
 (is exact mode no slower than before?) and against other thread counts.
 
-    python benchmarks/interleaved.py [--baseline REV] [--threads 2 1] [--precision float32]
-                                     [--slices 24] [--rounds 3] [--json]
+    python benchmarks/interleaved.py [--baseline REV [--baseline-precision bfloat16]] [--threads 2 1]
+                                     [--precision float32] [--slices 24] [--rounds 3] [--json]
 
 Each measurement is a fresh process (``--child``) that loads the same random t512 weights, propagates a box
 through the same synthetic volume in both directions (no early stop) and reports seconds per tracked slice.
 The variants take turns, round after round, so that a machine shared with other work slows them alike; each
 variant's best round is compared. ``--baseline REV`` extracts that commit with ``git archive`` into a
-temporary folder and measures it in float32 (what it had) with the default thread count; its logits must
-equal this tree's in float32 (exact mode unchanged), reported as the largest difference.
+temporary folder and measures it with the default thread count, in its default precision (float32, all an
+old commit had) or in ``--baseline-precision``; its logits must equal this tree's in the same precision
+(exact mode unchanged, and fast mode where only its speed changed), reported as the largest difference.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def extract(revision: str, folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", metavar="REV", help="an earlier commit to compare with (float32)")
+    parser.add_argument("--baseline", metavar="REV", help="an earlier commit to compare with")
+    parser.add_argument("--baseline-precision", help="the earlier commit's precision (default: its default, float32)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0], help="thread counts of this tree (0: default)")
     parser.add_argument("--precision", default="float32", help="this tree's precision (auto, float32, bfloat16)")
     parser.add_argument("--slices", type=int, default=24)
@@ -111,8 +113,9 @@ def main() -> None:
         variants = [{"name": f"this tree, {args.precision}, threads {t or 'default'}", "tree": ROOT,
                      "precision": args.precision, "threads": t} for t in args.threads]
         if args.baseline:
-            variants.append({"name": f"{args.baseline}, float32, threads default",
-                             "tree": extract(args.baseline, folder), "precision": "-", "threads": 0})
+            variants.append({"name": f"{args.baseline}, {args.baseline_precision or 'float32'}, threads default",
+                             "tree": extract(args.baseline, folder), "precision": args.baseline_precision or "-",
+                             "threads": 0})
         times: List[List[float]] = [[] for _ in variants]
         for _ in range(args.rounds):
             for number, variant in enumerate(variants):

@@ -13,6 +13,11 @@ def peak_rss_gib() -> float:
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
 
 
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far: pages it touched for the first time since they were mapped."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def current_rss_gib() -> float:
     """Resident set size now (Linux /proc; elsewhere the peak so far)."""
     try:
