@@ -1,8 +1,7 @@
 """Numeric precision of inference: ``float32`` (exact: the mode the parity tests check) or ``bfloat16`` (fast).
 
 ``bfloat16`` runs the network under autocast: matrix products and convolutions in bfloat16, reductions such
-as softmax in float32. Autocast casts each layer's float32 weights again at every call (about 35 ms of a
-0.45 s tracked slice on 2 CPU cores); :func:`with_bfloat16_layer_weights` casts them once instead. ``auto`` picks it where the hardware computes bfloat16 natively: CUDA, and CPUs with
+as softmax in float32. ``auto`` picks it where the hardware computes bfloat16 natively: CUDA, and CPUs with
 AVX-512 BF16 or AMX. Apple MPS stays in float32 under ``auto`` (bfloat16 there is not measured yet); it can
 be chosen explicitly.
 """
@@ -10,12 +9,10 @@ be chosen explicitly.
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import ContextManager
 
 import torch
-from torch import nn
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 _CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -56,21 +53,3 @@ def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
 def cpu_bfloat16_autocast() -> bool:
     """True inside a CPU bfloat16 autocast region."""
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
-_AUTOCAST_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)  # layers whose weights autocast casts per call
-
-
-def with_bfloat16_layer_weights(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose linear and convolution layers hold bfloat16 weights and biases, for use under
-    bfloat16 autocast only: autocast leaves a tensor that is already bfloat16 as it is, so the results are
-    those of the float32 model under autocast, bit for bit, without casting the weights at each call. Other
-    parameters (norms, embeddings, position encodings) stay float32, as autocast expects them."""
-    copied = copy.deepcopy(model)
-    for layer in copied.modules():
-        if isinstance(layer, _AUTOCAST_LAYERS):
-            for name in ("weight", "bias"):
-                parameter = getattr(layer, name)
-                if parameter is not None:
-                    parameter.data = parameter.data.to(torch.bfloat16)
-    return copied
