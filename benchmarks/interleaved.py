@@ -1,8 +1,9 @@
 """Per-slice tracking time of variants measured in one run, interleaved: this tree against an earlier commit
-(is exact mode no slower than before?) and against other thread counts.
+(is exact mode no slower than before?), against other thread counts and between precisions (fast mode's
+speed-up, less disturbed by a busy machine than within one process).
 
     python benchmarks/interleaved.py [--baseline REV [--baseline-precision bfloat16]] [--threads 2 1]
-                                     [--precision float32] [--slices 24] [--rounds 3] [--json]
+                                     [--precision float32 bfloat16] [--slices 24] [--rounds 3] [--json]
 
 Each measurement is a fresh process (``--child``) that loads the same random t512 weights, propagates a box
 through the same synthetic volume in both directions (no early stop) and reports seconds per tracked slice.
@@ -83,7 +84,8 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="an earlier commit to compare with")
     parser.add_argument("--baseline-precision", help="the earlier commit's precision (default: its default, float32)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0], help="thread counts of this tree (0: default)")
-    parser.add_argument("--precision", default="float32", help="this tree's precision (auto, float32, bfloat16)")
+    parser.add_argument("--precision", nargs="+", default=["float32"],
+                        help="this tree's precisions (auto, float32, bfloat16)")
     parser.add_argument("--slices", type=int, default=24)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
@@ -110,8 +112,8 @@ def main() -> None:
         torch.manual_seed(0)
         torch.save(MedSAM2(MEDSAM2_T512).state_dict(), folder / "weights.pt")
         np.save(folder / "volume.npy", synthetic_volume(args.slices, args.size, None))
-        variants = [{"name": f"this tree, {args.precision}, threads {t or 'default'}", "tree": ROOT,
-                     "precision": args.precision, "threads": t} for t in args.threads]
+        variants = [{"name": f"this tree, {precision}, threads {t or 'default'}", "tree": ROOT,
+                     "precision": precision, "threads": t} for precision in args.precision for t in args.threads]
         if args.baseline:
             variants.append({"name": f"{args.baseline}, {args.baseline_precision or 'float32'}, threads default",
                              "tree": extract(args.baseline, folder), "precision": args.baseline_precision or "-",
