@@ -68,6 +68,7 @@ def extension_cmake() -> Dict[str, List[str]]:
 def assert_lists_exactly(module_cmake, variable: str, present: Set[str]) -> None:
     """The CMake list ``variable`` of MedSAM2Slicer/CMakeLists.txt names exactly the ``present`` files."""
     listed = set(module_cmake[variable])
+    assert len(listed) == len(module_cmake[variable]), f"{variable} names a file twice"
     assert sorted(present - listed) == [], f"files missing from {variable} in MedSAM2Slicer/CMakeLists.txt"
     assert sorted(listed - present) == [], f"{variable} in MedSAM2Slicer/CMakeLists.txt names files that do not exist"
 
