@@ -9,8 +9,8 @@ a box on the middle slice, both directions. Random weights give the same amount 
 Measured, all in one run so that ratios hold on a shared machine:
 - the warm-up an application runs once when it loads the model (``VolumePredictor.warm_up``: the first call
   of each compute kernel sets it up), then the preview: box -> mask on the key slice with the model loaded and
-  the slice not yet encoded (the median of three, each on a fresh cache); then again with its features cached (that preview must not run the memory
-  encoder: ``preview_cached_memory_encoder_calls``);
+  the slice not yet encoded (the median of three, each on a fresh cache); then again with its features cached
+  (that preview must not run the memory encoder: ``preview_cached_memory_encoder_calls``);
 - a full propagation reusing the preview's cache: seconds per tracked slice, minor page faults per tracked
   slice, image-encoder calls, total;
 - in bfloat16 mode without early stop, the same in float32 (exact mode), the speed-up per tracked slice and
