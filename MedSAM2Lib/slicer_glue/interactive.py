@@ -339,10 +339,7 @@ class InteractiveSegmenter:
         """True if the selected segment has no live session but a saved one that its next action restores (or,
         if it does not fit, names in a refusal)."""
         key = self._selected_key(editor)
-        if key is None or key in self.sessions:
-            return False
-        tag = saved_session_tag(editor.segmentation_node(), key[1])
-        return tag is not None and self._discarded.get(key) != tag
+        return key is not None and key not in self.sessions and self._saved_tag(editor, key) is not None
 
     def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
         key = self._selected_key(editor)
@@ -402,8 +399,8 @@ class InteractiveSegmenter:
         """The session saved in the segment's tag, rebuilt by replaying its steps on the images it was made on;
         None if the segment has none (or its Reset dropped it). InteractionError says why a saved session does
         not fit (nothing is restored, nothing written); Cancelled stops the replay (nothing kept)."""
-        tag = saved_session_tag(editor.segmentation_node(), key[1])
-        if tag is None or self._discarded.get(key) == tag:
+        tag = self._saved_tag(editor, key)
+        if tag is None:
             return None
         try:
             saved = SavedSession.from_tag(tag)
@@ -474,6 +471,11 @@ class InteractiveSegmenter:
                                    ) from error
         if progress is not None and 0 < done < total:
             progress(done, done)
+
+    def _saved_tag(self, editor, key) -> Optional[str]:
+        """The session saved in the segment's tag, unless its Reset dropped it."""
+        tag = saved_session_tag(editor.segmentation_node(), key[1])
+        return tag if tag is not None and self._discarded.get(key) != tag else None
 
     def _stack_digest(self, stack: np.ndarray, cache: FeatureCache) -> str:
         """The digest of a stack, computed once per stack (its feature cache)."""
