@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
-from MedSAM2Lib.slicer_glue.run_controller import RunController, RunRefused, segment_box
+from MedSAM2Lib.slicer_glue.run_controller import RunController, RunRefused, segment_box, session_buttons
 from MedSAM2Lib.slicer_glue.scenario import segment_array
 
 from slicer_support import LESION_CENTRE as CENTRE
@@ -199,3 +199,17 @@ def test_segment_slice_then_propagate_encodes_each_slice_once_with_the_kept_logi
                               propagate=propagate, slice_range=(8, 10))
         assert outcome.written
     assert models.logic(choice).predictor.encoder_calls == 3
+
+
+@pytest.mark.parametrize("propagated, saved, set_up, busy, expected", [
+    (None, False, True, False, ("Propagate", False, False)),  # no session: draw a box first
+    (False, False, True, False, ("Propagate", True, True)),
+    (True, False, True, False, ("Update", True, True)),
+    (True, False, True, True, ("Update", False, False)),  # a run is going on
+    (None, True, True, False, ("Propagate", True, True)),  # a saved session: its next action restores it
+    (None, True, False, False, ("Propagate", True, False)),  # before setup, Reset cannot drop it yet
+    (None, True, True, True, ("Propagate", False, False)),
+])
+def test_session_buttons(propagated, saved, set_up, busy, expected):
+    buttons = session_buttons(propagated, saved, set_up, busy)
+    assert (buttons.propagate_text, buttons.propagate_enabled, buttons.reset_enabled) == expected

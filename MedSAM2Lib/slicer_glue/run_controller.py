@@ -246,3 +246,23 @@ def selected_has_saved_session(editor_node) -> bool:
     segmentation_node = editor_node.GetSegmentationNode() if editor_node is not None else None
     return segmentation_node is not None and saved_session_tag(segmentation_node,
                                                                editor_node.GetSelectedSegmentID()) is not None
+
+
+@dataclass(frozen=True)
+class SessionButtons:
+    """The effect's session buttons: Propagate's text, and which can run."""
+
+    propagate_text: str  # "Update" once the selected segment's session has propagated
+    propagate_enabled: bool  # Propagate/Update and Use the segment on this slice
+    reset_enabled: bool
+
+
+def session_buttons(propagated: Optional[bool], has_saved_session: bool, set_up: bool, busy: bool) -> SessionButtons:
+    """propagated: whether the selected segment's live session has propagated (None: it has no live session);
+    has_saved_session: it keeps a saved session that its next action restores; set_up: MedSAM2 is set up (the
+    segmenter exists); busy: a run is going on. A saved session can be acted on before setup (the action sets up
+    first), but only the segmenter can drop it, so Reset waits for setup."""
+    live = propagated is not None
+    saved = not live and has_saved_session
+    return SessionButtons("Update" if propagated else "Propagate", (live or saved) and not busy,
+                          (live or (saved and set_up)) and not busy)

@@ -17,6 +17,7 @@ import vtk
 import slicer
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_grid
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
+from MedSAM2Lib.slicer_glue.run_controller import selected_has_saved_session, session_buttons
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -225,11 +226,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def updateButtons(self):
         runs = moduleLogic().runs
         session = self.selectedSession()
-        self.propagateButton.text = "Update" if session is not None and session.propagated else "Propagate"
-        saved = session is None and self.selectedHasSavedSession()
-        self.propagateButton.enabled = self.useSegmentButton.enabled = (session is not None or saved) and not runs.busy
-        # Reset drops a saved session through the segmenter, which exists once MedSAM2 is set up.
-        self.resetButton.enabled = (session is not None or saved and self.segmenter is not None) and not runs.busy
+        buttons = session_buttons(session.propagated if session is not None else None, self.selectedHasSavedSession(),
+                                  self.segmenter is not None, runs.busy)
+        self.propagateButton.text = buttons.propagate_text
+        self.propagateButton.enabled = self.useSegmentButton.enabled = buttons.propagate_enabled
+        self.resetButton.enabled = buttons.reset_enabled
         self.cancelButton.enabled = runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
         self.earlyStopSpinBox.enabled = self.earlyStopCheckBox.checked
@@ -382,8 +383,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         restores (InteractiveSegmenter.restorable); before setup, read without torch."""
         if self.segmenter is not None:
             return self.segmenter.restorable(self.editorAccess())
-        from MedSAM2Lib.slicer_glue.run_controller import selected_has_saved_session
-
         return selected_has_saved_session(self.scriptedEffect.parameterSetNode())
 
     def act(self, action, *arguments):
