@@ -67,6 +67,14 @@ class SlicerScene:
         slice_node.JumpSliceByOffsetting(*ras_of(volume_node, ijk))
         return slice_node
 
+    def load_segmentation(self, path) -> slicer.vtkMRMLSegmentationNode:
+        """A ``.seg.nrrd`` file read into a new segmentation node of the scene."""
+        reloaded = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(path))
+        assert storage.ReadData(reloaded)
+        return reloaded
+
     def close(self) -> None:
         """Take the scene apart in a fixed order (views first), instead of leaving it to the garbage collector."""
         for slice_logic in self._slice_logics:

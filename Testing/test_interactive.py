@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
@@ -351,14 +350,6 @@ def test_a_box_along_another_axis_or_a_new_window_ends_the_sessions(app, volume_
     assert segmenter.session_of(app.editor).geometry.slice_axis == 0 and len(segmenter.sessions) == 1
 
 
-def load_segmentation(app, path):
-    reloaded = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.ReadData(reloaded)
-    return reloaded
-
-
 def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, predictor, tmp_path):
     from MedSAM2Lib.inference.session import Session
     from MedSAM2Lib.inference.session_file import read_session_file, run_steps
@@ -369,7 +360,7 @@ def test_session_is_stored_with_the_segment_and_reproduces_it(app, volume_node, 
     segmenter.propagate(app.editor, LESION)
     expected = selected(app, volume_node)
     save_segmentation(segmentation, tmp_path / "result.seg.nrrd")
-    reloaded = load_segmentation(app, tmp_path / "result.seg.nrrd")
+    reloaded = app.load_segmentation(tmp_path / "result.seg.nrrd")
     tag = vtk.reference("")
     assert reloaded.GetSegmentation().GetNthSegment(0).GetTag(SESSION_TAG, tag)
     document = json.loads(str(tag))
@@ -418,7 +409,7 @@ def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
 
 def edit_saved_segmentation(app, path):
     """Load a .seg.nrrd file as a new node and edit its segment: what a saved scene gives back."""
-    reloaded = load_segmentation(app, path)
+    reloaded = app.load_segmentation(path)
     app.editor_node.SetAndObserveSegmentationNode(reloaded)
     app.editor_node.SetSelectedSegmentID(reloaded.GetSegmentation().GetNthSegmentID(0))
     return reloaded

@@ -334,10 +334,7 @@ def test_save_segmentation_and_labelmap(app, volume_node, tmp_path):
     _, slice_node, corners, _ = propagate_box(app, volume_node)
     box = expected_box(volume_node, slice_node, corners)
     save_segmentation(segmentation, tmp_path / "result.seg.nrrd")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    reloaded = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
-    assert storage.ReadData(reloaded)
+    reloaded = app.load_segmentation(tmp_path / "result.seg.nrrd")
     segment_id = reloaded.GetSegmentation().GetNthSegmentID(0)
     np.testing.assert_array_equal(segment_array(reloaded, segment_id, volume_node), box)
 
