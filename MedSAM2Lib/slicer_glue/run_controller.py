@@ -46,6 +46,10 @@ class RunRefused(RuntimeError):
     """Another MedSAM2 run or setup is in progress."""
 
 
+class NoSegmentationError(ValueError):
+    """The Segment Editor has no segmentation selected."""
+
+
 @dataclass(frozen=True)
 class WriteTarget:
     """Where a run's result goes, captured when the run starts."""
@@ -60,7 +64,7 @@ class WriteTarget:
         """The editor's segmentation and selected segment now (the segment None when none is selected)."""
         node = editor_node.GetSegmentationNode()
         if node is None:
-            raise ValueError("Select a segmentation in the Segment Editor first.")
+            raise NoSegmentationError("Select a segmentation in the Segment Editor first.")
         segment_id = editor_node.GetSelectedSegmentID() or None
         segment = node.GetSegmentation().GetSegment(segment_id) if segment_id else None
         if segment is None:
