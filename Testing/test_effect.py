@@ -11,7 +11,6 @@ import weakref
 
 import numpy as np
 import pytest
-import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
