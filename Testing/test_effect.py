@@ -139,6 +139,8 @@ def test_switching_the_selected_segment_refreshes_box_points_and_buttons(app, vo
     assert shown.box_view is axial  # only the view the box was drawn in draws it
     assert len(shown.points[axial.GetID()]) == 1 and shown.points[other_view.GetID()] == []
     assert shown.buttons.propagate_text == "Update" and shown.buttons.reset_enabled
+    inactive = what_to_show(tool, segmenter, app.editor, app.editor_node, [axial, other_view], False, active=False)
+    assert inactive.box_view is None and inactive.points[axial.GetID()] == [] and inactive.buttons == shown.buttons
 
     app.editor_node.SetSelectedSegmentID(second)
     assert watch.changed(app.editor_node, tool) and tool.box is None  # the box was the first segment's prompt

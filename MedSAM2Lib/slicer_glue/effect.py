@@ -129,16 +129,19 @@ class Shown:
 
 
 def what_to_show(box_tool: BoxTool, segmenter, editor, editor_node, slice_nodes: Sequence[Any],
-                 busy: bool) -> Shown:
+                 busy: bool, active: bool = True) -> Shown:
     """The box in the view it was drawn in only (other views of the layout never draw it); the selected
-    segment's points in each view that shows their slice (none in the others); the session buttons.
+    segment's points in each view that shows their slice (none in the others); nothing in the views while the
+    effect is not active (a run that ends after Esc refreshes the buttons only); the session buttons.
 
     segmenter, editor: the InteractiveSegmenter and its EditorAccess, or None before setup.
     """
     box = box_tool.box
-    box_view = box.slice_node if box is not None and any(node is box.slice_node for node in slice_nodes) else None
+    box_view = (box.slice_node if active and box is not None and any(node is box.slice_node for node in slice_nodes)
+                else None)
     live = segmenter is not None and editor is not None
-    points = {node.GetID(): (segmenter.points_in_view(editor, node) if live else []) for node in slice_nodes}
+    points = {node.GetID(): (segmenter.points_in_view(editor, node) if live and active else [])
+              for node in slice_nodes}
     session = segmenter.session_of(editor) if live else None
     saved = segmenter.restorable(editor) if live else selected_has_saved_session(editor_node)
     buttons = session_buttons(session.propagated if session is not None else None, saved, live, busy)

@@ -243,7 +243,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         widgets = [sliceWidget] if sliceWidget is not None else self.sliceWidgets()
         editor = self.editorAccess() if self.segmenter is not None else None
         shown = what_to_show(self.tool, self.segmenter, editor, self.scriptedEffect.parameterSetNode(),
-                             [widget.mrmlSliceNode() for widget in widgets], moduleLogic().runs.busy)
+                             [widget.mrmlSliceNode() for widget in widgets], moduleLogic().runs.busy,
+                             self.scriptedEffect.active())
         for widget in widgets:
             sliceNode = widget.mrmlSliceNode()
             if sliceNode is not shown.box_view and widget in self.actors:
@@ -253,10 +254,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                     self.actors[widget] = BoxActor(self.scriptedEffect, widget)
                 self.actors[widget].show(*self.tool.box.outline(sliceTolerance(widget)))
             points = shown.points.get(sliceNode.GetID(), [])
-            if points and widget not in self.pointActors:
-                self.pointActors[widget] = PointsActor(self.scriptedEffect, widget)
-            if widget in self.pointActors:
+            if points:
+                if widget not in self.pointActors:
+                    self.pointActors[widget] = PointsActor(self.scriptedEffect, widget)
                 self.pointActors[widget].show(points)
+            elif widget in self.pointActors:
+                self.pointActors.pop(widget).remove()
         buttons = shown.buttons
         self.propagateButton.text = buttons.propagate_text
         self.propagateButton.enabled = self.useSegmentButton.enabled = buttons.propagate_enabled
