@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSAM2Lib.slicer_glue.box import BoxTool, dashed, misaligned_views, rotate_views_to_segmentation
+from MedSAM2Lib.slicer_glue.box import (BoxTool, dashed, misaligned_views, rotate_views_to_segmentation,
+                                        slice_tolerance_mm)
 from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras
@@ -52,6 +53,11 @@ def test_the_boxs_slice_is_the_drawn_one_whatever_the_view_shows(app, volume_nod
     assert prompt.stack.slice_index == 9  # drawn on K = 9, shown K = 3
     logic.segment(prompt, propagate=False)
     assert predictor.calls[0]["key_slice"] == 9
+
+
+def test_the_tolerance_is_half_the_views_slice_spacing(app, volume_node):
+    app.view(volume_node, "Axial", CENTRE)
+    assert slice_tolerance_mm(app._slice_logics[-1]) == pytest.approx(TOLERANCE)
 
 
 def test_off_its_slice_the_outline_is_dashed_and_on_it_whole(app, volume_node):

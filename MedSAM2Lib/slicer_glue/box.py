@@ -64,6 +64,12 @@ def box_display(corners_ras: Sequence[Sequence[float]], slice_node, tolerance_mm
     return BoxDisplay(abs(offset) <= tolerance_mm, offset)
 
 
+def slice_tolerance_mm(slice_logic) -> float:
+    """How far from the slice a view shows the box still counts as on it: half the view's slice spacing (one
+    scroll step is a whole spacing, vtkMRMLSliceLogic::GetLowestVolumeSliceSpacing)."""
+    return slice_logic.GetLowestVolumeSliceSpacing()[2] / 2
+
+
 def dashed(points: Sequence[Tuple[float, float]], dash: float = DASH_PIXELS) -> List[Tuple[Tuple[float, float], Tuple[float, float]]]:
     """The closed polygon through ``points`` cut into dashes of ``dash`` pixels separated by gaps of the same."""
     segments = []

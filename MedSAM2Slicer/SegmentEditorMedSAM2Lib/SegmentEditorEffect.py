@@ -20,7 +20,7 @@ import slicer
 from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
                                            act_after_setup, post_processing, report_for, segmenter_for,
                                            session_options, slice_node_of, what_to_show)
-from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation
+from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
 from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
@@ -467,9 +467,7 @@ def moduleLogic():
 
 
 def sliceTolerance(sliceWidget):
-    """Half the slice spacing of the view: the box counts as on the slice shown within it (one scroll step is a
-    whole spacing, vtkMRMLSliceLogic::GetLowestVolumeSliceSpacing)."""
-    return sliceWidget.sliceLogic().GetLowestVolumeSliceSpacing()[2] / 2
+    return slice_tolerance_mm(sliceWidget.sliceLogic())
 
 
 class ScriptedEffectBackend:
