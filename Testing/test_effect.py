@@ -134,6 +134,15 @@ def test_switching_the_selected_segment_refreshes_box_points_and_buttons(app, vo
         tool.handle(event, axial, xy, False, False, 1.25)
     watch = SelectionWatch()
     assert not watch.changed(app.editor_node, tool)  # the first look only records the selection
+    # What the effect observes: the node's ModifiedEvent, which a selection and a parameter change both invoke.
+    refreshes = []
+    tag = app.editor_node.AddObserver(vtk.vtkCommand.ModifiedEvent,
+                                      lambda caller, event: refreshes.append(watch.changed(caller)))
+    app.editor_node.SetAttribute("MedSAM2.Direction", "forward")
+    app.editor_node.SetSelectedSegmentID(second)
+    app.editor_node.SetSelectedSegmentID(first)
+    app.editor_node.RemoveObserver(tag)
+    assert refreshes == [False, True, True]
 
     shown = what_to_show(tool, segmenter, app.editor, app.editor_node, [axial, other_view], busy=False)
     assert shown.box_view is axial  # only the view the box was drawn in draws it
