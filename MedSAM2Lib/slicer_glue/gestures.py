@@ -21,8 +21,11 @@ from typing import Optional, Sequence
 
 from .box import CORNER_GRAB_PIXELS, BoxEvent, BoxTool
 
-# VTK key symbols (vtkRenderWindowInteractor::GetKeySym) of the keys the effect handles -> gesture events.
-KEY_EVENTS = {"BackSpace": "backspace", "Delete": "backspace"}  # Delete does what Backspace does
+# VTK key symbols (vtkRenderWindowInteractor::GetKeySym) of the keys the effect handles -> gesture events. The
+# Segment Editor passes a slice view's KeyPressEvent to the active effect (qMRMLSegmentEditorWidget observes the
+# interactor's KeyPressEvent) and installs no shortcut on these keys; Slicer's own views use the same key
+# symbols (vtkSlicerMarkupsWidget: "BackSpace" and "Delete" delete a control point). Delete does what Backspace does.
+KEY_EVENTS = {"BackSpace": "backspace", "Delete": "backspace"}
 
 
 @dataclass(frozen=True)
