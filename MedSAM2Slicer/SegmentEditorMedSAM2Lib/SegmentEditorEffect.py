@@ -141,11 +141,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.propagateButton.setToolTip("Follow the structure through the volume; after corrections, Update "
                                         "recomputes only what they change.")
         self.useSegmentButton = qt.QPushButton("Use the segment on this slice")
-        self.useSegmentButton.setToolTip("The segment's content on the slice shown in the view clicked last becomes "
-                                         "that slice's prompt; then re-propagate.")
+        self.useSegmentButton.setToolTip("The segment's content on the slice shown in the view you last worked in "
+                                         "(with any effect) becomes that slice's prompt; then re-propagate.")
         self.resetButton = qt.QPushButton("Reset")
         self.resetButton.setToolTip("Forget the selected segment's prompts (the segment is kept).")
         self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.setToolTip("Stop the run: nothing is written.")
         buttonLayout = qt.QHBoxLayout()
         for button in (self.propagateButton, self.useSegmentButton, self.resetButton, self.cancelButton):
             buttonLayout.addWidget(button)
