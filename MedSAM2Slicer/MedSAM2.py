@@ -15,7 +15,7 @@ import qt
 
 import slicer
 from MedSAM2Lib.resources import resource_path
-from MedSAM2Lib.slicer_glue.module_state import ModuleState, self_test_model_choice
+from MedSAM2Lib.slicer_glue.module_state import ModuleState
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -248,17 +248,17 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
             self.delayDisplay(f"MedSAM2 {what} self-test SKIPPED: {torch_state().sentence()}")
             return None
         from MedSAM2Lib.slicer_glue.runtime import ModelCache
+        from MedSAM2Lib.slicer_glue.scenario import self_test_model
 
-        realWeights = moduleLogic().settings.checkpoint_path()
-        choice = self_test_model_choice(realWeights, SELF_TEST_DATA)
-        # Exact mode, every slice: the scenario compares voxel for voxel with the official pipeline.
+        choice, realWeights = self_test_model(moduleLogic().settings.checkpoint_path(), SELF_TEST_DATA)
+        # Exact mode, every slice: the scenario compares with the official pipeline's mask.
         predictor = ModelCache().predictor(choice, early_stop=None)
 
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
         editorWidget.setMRMLSegmentEditorNode(editorNode)
-        return (predictor, realWeights.is_file(), editorWidget, editorNode,
+        return (predictor, realWeights, editorWidget, editorNode,
                 slicer.app.layoutManager().sliceWidget("Red"))
 
     def activateEffect(self, editorWidget, scenario, predictor):

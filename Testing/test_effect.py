@@ -23,13 +23,12 @@ from MedSAM2Lib.slicer_glue.effect import (LEFT_DURING_SETUP, SETUP_DECLINED, De
 from MedSAM2Lib.slicer_glue.geometry import BoxError, ObliqueViewError, PointError
 from MedSAM2Lib.slicer_glue.interactive import InteractionError, InteractiveOptions, InteractiveSegmenter
 from MedSAM2Lib.slicer_glue.logic import EditorStateError, MedSAM2Logic
-from MedSAM2Lib.slicer_glue.module_state import ModuleState, self_test_model_choice
+from MedSAM2Lib.slicer_glue.module_state import ModuleState
 from MedSAM2Lib.slicer_glue.run_controller import NoSegmentationError, RunController, RunRefused
 from MedSAM2Lib.slicer_glue.runtime import TorchState
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupFlow
 
-from conftest import DATA
 from slicer_support import app, lesion_volume, xy_of  # noqa: F401 (app is a fixture)
 from test_setup_flow import PyTorchUtilsLogicDouble, SettingsDouble
 from test_weights import publish
@@ -361,12 +360,3 @@ def test_setup_button_only_when_setup_can_fix_something_and_nothing_runs(app, tm
     assert not state.setup_button_enabled()  # ready
     state.cleanup()
 
-
-def test_the_self_test_uses_the_users_weights_when_present_else_the_tiny_model(tmp_path):
-    choice = self_test_model_choice(tmp_path / "MedSAM2_latest.pt", DATA)
-    assert choice.checkpoint == DATA / "medsam2_tiny_random_seed0.pt" and choice.config == DATA / "medsam2_tiny_test.yaml"
-    assert choice.precision == "float32" and choice.checkpoint.is_file() and choice.config.is_file()
-    (tmp_path / "MedSAM2_latest.pt").write_bytes(b"weights")
-    choice = self_test_model_choice(tmp_path / "MedSAM2_latest.pt", DATA)
-    assert choice.checkpoint == tmp_path / "MedSAM2_latest.pt" and choice.config is None
-    assert choice.precision == "float32"

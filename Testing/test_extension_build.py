@@ -113,7 +113,7 @@ def test_self_test_data_ships_with_the_module(module_cmake):
     listed = set(module_cmake["MODULE_SELF_TEST_DATA"])
     assert all((TEST_DATA / name).is_file() for name in listed)
     # The data files the self-test names, directly or through the shared scenario.
-    readers = [MODULE / "MedSAM2.py", LIBRARY / "slicer_glue" / "scenario.py", LIBRARY / "slicer_glue" / "module_state.py"]
+    readers = [MODULE / "MedSAM2.py", LIBRARY / "slicer_glue" / "scenario.py"]
     named = {name for path in readers for name in re.findall(r'"([\w.-]+\.(?:pt|yaml|npz))"', path.read_text())}
     assert named and sorted(named - listed) == [], "data the self-test reads is missing from MODULE_SELF_TEST_DATA"
     # The CMake file copies them to Resources/Testing beside MedSAM2.py, where the self-test looks.

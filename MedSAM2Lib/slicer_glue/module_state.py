@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Optional
 import slicer
 
 from .run_controller import RunController
-from .runtime import ModelCache, ModelChoice
+from .runtime import ModelCache
 from .setup_flow import MedSAM2Settings, SettingsStore, SetupFlow
 
 
@@ -81,12 +81,3 @@ class ModuleState:
             self._scene = None
         self.models.clear()
 
-
-def self_test_model_choice(configured_checkpoint: Path, test_data: Path) -> ModelChoice:
-    """The self-test's model: the user's weights when they are there, else the tiny random-weight test model
-    shipped with the module (test_data: its Resources/Testing folder); float32 either way, the exact mode the
-    scenario compares with the official pipeline."""
-    if Path(configured_checkpoint).is_file():
-        return ModelChoice(Path(configured_checkpoint), precision="float32")
-    return ModelChoice(test_data / "medsam2_tiny_random_seed0.pt", test_data / "medsam2_tiny_test.yaml",
-                       precision="float32")
