@@ -158,7 +158,7 @@ def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps:
     """Refuse, before any work, steps that cannot apply to a volume: a prompt outside it or not fitting its
     slices, a range outside it. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step
     (``name_steps``: steps of a file, not of command-line options)."""
-    from .predictor import PromptError, check_volume
+    from .predictor import PromptError, check_slice_range, check_volume
     from .session import check_prompt
 
     check_volume(volume)
@@ -166,9 +166,7 @@ def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps:
     for number, step in enumerate(steps, start=1):
         try:
             if "propagate" in step:
-                first, last = step.get("range", (0, num_slices - 1))
-                if not 0 <= first <= last < num_slices:
-                    raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1}.")
+                check_slice_range(step.get("range", (0, num_slices - 1)), num_slices)
             elif not step.get("remove"):
                 check_prompt(volume.shape, step["slice"], step.get("box"), step.get("points"), step.get("labels"),
                              step.get("mask"))
