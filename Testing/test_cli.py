@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -346,3 +347,59 @@ def test_version_and_help_on_every_option(capsys):
     undocumented = [(name, action.dest) for name, command in [("medsam2", parser)] + list(commands.choices.items())
                     for action in command._actions if not action.help and not isinstance(action, argparse._SubParsersAction)]
     assert undocumented == []
+
+
+# -- session files refused before the model loads -------------------------------------------------------------
+
+
+def write_session(folder, steps):
+    path = folder / "session.json"
+    path.write_text(json.dumps({"steps": steps}))
+    return path
+
+
+@pytest.mark.parametrize("steps, expected", [
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"propagate": "both", "range": [14, 20]}],
+     "Step 2: The slice range 14..20 must lie within 0..23 and include the first prompted slice 12."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"slice": 3, "box": [104, 70, 183, 131]},
+      {"propagate": "forward", "range": [5, 20]}],
+     "Step 3: The slice range 5..20 must lie within 0..23 and include the first prompted slice 3."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"slice": 12, "remove": True}, {"propagate": "both"}],
+     "Step 3: Give a box, points or a mask on a slice before propagating."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"propagate": "both", "range": [20, 14]}],
+     "Step 2: The slice range 20..14 is inverted: its first slice comes after its last; give 14..20."),
+])
+def test_a_session_that_cannot_propagate_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, steps,
+                                                                          expected):
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    session = write_session(tmp_path, steps)
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: {expected}\n"
+
+
+def test_a_range_a_later_prompt_may_satisfy_is_left_to_the_session(tmp_path, box_sessions):
+    """After a propagation, whether a prompt conditions (and so where the next one starts) depends on what the
+    propagation reached: only what is sure is refused beforehand."""
+    box = [104, 70, 183, 131]
+    # Slice 5 corrects the backward propagation if it reached it (the start stays 12, inside 8..23), else it
+    # conditions and the second propagation would start outside its range.
+    session = write_session(tmp_path, [{"slice": 12, "box": box}, {"propagate": "both"}, {"slice": 5, "box": box},
+                                       {"propagate": "forward", "range": [8, 23]}])
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 0
+
+
+def test_a_session_file_with_too_many_steps_is_refused(tmp_path, monkeypatch, capsys):
+    from MedSAM2Lib.inference.session_file import MAX_STEPS
+
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    session = write_session(tmp_path, [{"slice": 12, "points": [[120, 100]], "labels": [1]}] * 10_000)
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == (
+        f"medsam2: error: The session file {session} has 10,000 steps, more than the {MAX_STEPS:,} a session file may "
+        "hold; keep the steps that make the segment.\n")
+    write_session(tmp_path, [{"slice": 12, "points": [[120, 100]], "labels": [1]}] * MAX_STEPS)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # accepted: it gets as far as the model
+        main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o", str(tmp_path / "m.npz")])
