@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import subprocess
@@ -403,3 +404,54 @@ def test_a_session_file_with_too_many_steps_is_refused(tmp_path, monkeypatch, ca
     write_session(tmp_path, [{"slice": 12, "points": [[120, 100]], "labels": [1]}] * MAX_STEPS)
     with pytest.raises(AssertionError, match="the model was loaded"):  # accepted: it gets as far as the model
         main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o", str(tmp_path / "m.npz")])
+
+
+# -- progress on a terminal and in a log ------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """Test double for stderr on a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_is_one_line_redrawn():
+    stream = Terminal()
+    with cli.ProgressBar(4, "Propagating", stream=stream) as progress:
+        for _ in range(4):
+            progress.advance()
+    shown = stream.getvalue()
+    assert shown.count("\r") == 4 and shown.count("\n") == 1 and shown.endswith("] 4/4 (0.00 s/slice)\n")
+
+
+def test_progress_in_a_log_has_no_carriage_returns_and_a_line_per_tenth():
+    stream = io.StringIO()  # not a terminal: a log file or a pipe
+    with cli.ProgressBar(25, "Propagating", stream=stream) as progress:
+        for _ in range(25):
+            progress.advance()
+        progress.note("a note")
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and stream.getvalue().endswith("\n")
+    assert [line.split(" ")[1] for line in lines[:-1]] == [f"{done}/25" for done in (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
+    assert lines[0].startswith("Propagating 3/25 (12%, ") and lines[-1] == "a note"
+
+
+class FailingRemoval(BoxMaskSession):
+    """Test double: a session refusing to remove a prompt, to fail a command half way through its steps."""
+
+    def remove_prompt(self, slice_index):
+        raise session_module.PromptError(f"Slice {slice_index} has no prompt to remove.")
+
+
+def test_an_error_half_way_starts_on_a_line_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "build_predictor", lambda args, saved_options=None: PredictorDouble())
+    monkeypatch.setattr(session_module, "Session", FailingRemoval)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    box = [104, 70, 183, 131]
+    session = write_session(tmp_path, [{"slice": 12, "box": box}, {"slice": 14, "box": box},
+                                       {"slice": 3, "remove": True}, {"propagate": "both"}])
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    shown = sys.stderr.getvalue()
+    assert "2/4" in shown and shown.endswith("s/step)\nmedsam2: error: Step 3: Slice 3 has no prompt to remove.\n")

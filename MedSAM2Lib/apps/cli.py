@@ -30,37 +30,76 @@ USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, Session
                OSError)
 
 
+MIB = 2**20
+
+
 class ProgressBar:
-    """One-line progress on stderr: bar, items done, seconds per item (a slice unless ``unit`` says otherwise)."""
+    """Progress on stderr, as a context manager that ends its line on leaving (an error or an early stop then
+    starts on a line of its own).
+
+    On a terminal: one line redrawn in place (bar, items done, seconds per item: a slice unless ``unit`` says
+    otherwise). In a log (the stream is not a terminal): no carriage returns, one line each time another tenth
+    of the items is done."""
+
+    TENTHS = 10
 
     def __init__(self, total: int, label: str, stream=None, width: int = 30, unit: str = "slice") -> None:
         self.total, self.label, self.width, self.unit = total, label, width, unit
         self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
         self.done = 0
         self.started = time.perf_counter()
-        self._line = ""
+        self._line = ""  # the bar drawn last on a terminal, "" once its line is ended
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.end_line()
 
     def advance(self, _item: Optional[object] = None) -> None:
-        self.done += 1
-        self._draw()
-        if self.done == self.total:
-            self.stream.write("\n")
+        self.update(self.done + 1)
+
+    def update(self, done: int) -> None:
+        """``done`` items of ``total`` are done."""
+        previous, self.done = self.done, done
+        if self.terminal:
+            self._draw()
+            if self.done >= self.total:
+                self.end_line()
+        elif self.done >= self.total or self._share(self.done, self.TENTHS) > self._share(previous, self.TENTHS):
+            percent = self._share(self.done, 100)
+            self.stream.write(f"{self.label} {self.done}/{self.total} ({percent}%, {self._pace()})\n")
         self.stream.flush()
 
     def note(self, message: str) -> None:
         """A line of its own above the bar (which is drawn again below it while unfinished)."""
-        self.stream.write(f"\r{message.ljust(len(self._line))}\n")
-        if 0 < self.done < self.total:
-            self._draw()
+        if not self.terminal:
+            self.stream.write(f"{message}\n")
+        else:
+            self.stream.write(f"\r{message.ljust(len(self._line))}\n")
+            if 0 < self.done < self.total:
+                self._draw()
         self.stream.flush()
 
+    def end_line(self) -> None:
+        """End the bar's line if it is on one (further output then starts on a line of its own)."""
+        if self._line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line = ""
+
+    def _share(self, done: int, parts: int) -> int:
+        """How many whole ``parts``-ths of the total ``done`` items are."""
+        return done * parts // max(self.total, 1)
+
+    def _pace(self) -> str:
+        return f"{(time.perf_counter() - self.started) / max(self.done, 1):.2f} s/{self.unit}"
+
     def _draw(self) -> None:
-        elapsed = time.perf_counter() - self.started
-        filled = self.width * self.done // max(self.total, 1)
-        self._line = (
-            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-            f"({elapsed / self.done:.2f} s/{self.unit})"
-        )
+        filled = self._share(min(self.done, self.total), self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        self._line = f"{self.label} [{bar}] {self.done}/{self.total} ({self._pace()})"
         self.stream.write(f"\r{self._line}")
 
 
@@ -248,13 +287,12 @@ def command_segment(args: argparse.Namespace) -> int:
     cache = predictor.single_pass_cache(stack) if single_pass else None
     session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
-        progress = ProgressBar(len(steps), "Session", unit="step")
-        run_steps(session, steps, on_step=progress.advance)
-    else:
-        progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
-        run_steps(session, steps, on_slice=progress.advance)
-        if 0 < progress.done < progress.total:  # an early stop: end the bar's line
-            progress.stream.write("\n")
+        with ProgressBar(len(steps), "Session", unit="step") as progress:
+            run_steps(session, steps, on_step=progress.advance)
+    else:  # an early stop ends the bar before its total
+        planned = planned_slices(stack.shape[0], args.slice, args.direction, None)
+        with ProgressBar(len(planned), "Propagating") as progress:
+            run_steps(session, steps, on_slice=progress.advance)
     for stop in session.stops.values():
         if stop.early:
             print(stop, file=sys.stderr)
@@ -290,7 +328,8 @@ def command_batch(args: argparse.Namespace) -> int:
     summary = args.summary or args.out / "summary.csv"
     check_writable(summary)
     try:
-        runner.run(prompts)
+        with progress:
+            runner.run(prompts)
     except KeyboardInterrupt:
         write_summary(summary, outcomes + runner.outcomes)
         print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
@@ -372,8 +411,8 @@ def command_demo(args: argparse.Namespace) -> int:
             raise DownloadError(f"{error}\n{missing_weights_message(checkpoint)}") from error
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
-    progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
-    result = run_demo(predictor, args.out, on_slice=progress.advance)
+    with ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}") as progress:
+        result = run_demo(predictor, args.out, on_slice=progress.advance)
     print(f"Mask: {result.mask_path}")
     print(f"Picture: {result.png_path}")
     print(f"The {DEMO_PROMPT.structure}: {result.voxels} voxels ({result.millilitres:.1f} ml) on slices "
@@ -389,23 +428,17 @@ def command_download(args: argparse.Namespace) -> int:
 
 
 def download_weights(destination: Path, mirror: str) -> Path:
-    """The verified download with a progress line on stderr."""
+    """The verified download with its progress on stderr (in MiB; the size is known once the download starts)."""
     from ..weights import WeightsSource, download_checkpoint
 
-    shown = -1
+    with ProgressBar(0, "Downloading MedSAM2 weights", unit="MiB") as progress:
 
-    def report(done: int, total: int) -> None:
-        nonlocal shown
-        percent = 100 * done // max(total, 1)
-        if percent != shown:
-            shown = percent
-            sys.stderr.write(f"\rDownloading MedSAM2 weights: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({percent}%)")
-            sys.stderr.flush()
+        def report(done: int, total: int) -> None:
+            progress.total = -(-total // MIB)
+            if -(-done // MIB) != progress.done:
+                progress.update(-(-done // MIB))
 
-    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
-    if shown >= 0:
-        sys.stderr.write("\n")
-    return path
+        return download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
 
 
 def build_parser() -> argparse.ArgumentParser:
