@@ -36,6 +36,9 @@ How a scan is processed:
   scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
   place), so a file that exists is a finished output and an earlier output survives a failed write; existing
   outputs are skipped unless ``overwrite``.
+- The summary CSV has one line per table row (:class:`Outcome`). A summary already at its path (an earlier,
+  perhaps cancelled, run) is merged into, not replaced: a row skipped because its scan's output exists keeps
+  the earlier run's line and figures, and earlier lines this run has no outcome for stay (:func:`merge_outcomes`).
 - A scan with NaN or infinite voxels fails (all its rows, with a sentence counting them) unless ``nan_as``
   gives the value to replace them with.
 - A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
@@ -115,6 +118,7 @@ class Outcome:
 
 
 SUMMARY_COLUMNS = [column.name for column in fields(Outcome)]
+SUMMARY_KEY_COLUMNS = ("row", "image", "label", "status")  # what an earlier summary needs to be merged
 
 
 # -- reading tables ----------------------------------------------------------------------------------------
@@ -567,6 +571,59 @@ def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Opti
     if owner != image:
         return f"its output {output} is also the output of {owner}."
     return None
+
+
+def read_summary(path: Path) -> List[Outcome]:
+    """The outcomes of an earlier run's summary CSV at ``path`` (none when there is no file), for
+    :func:`merge_outcomes`; TableError when the file is not such a summary (it would be replaced by one)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            columns = reader.fieldnames or []
+            if not set(SUMMARY_KEY_COLUMNS) <= set(columns):
+                found = ", ".join(columns) or "none"
+                raise TableError(
+                    f"{path} exists and is not the summary of a batch (its columns are {found}); the summary of a "
+                    "resumed batch is merged into it, so name another --summary or move that file.")
+            return [_summary_outcome(path, reader.line_num, cells) for cells in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise TableError(f"Cannot read the earlier summary {path}: {error}") from error
+
+
+
+def _summary_outcome(path: Path, line: int, cells: Dict[str, str]) -> Outcome:
+    values: Dict[str, object] = {}
+    for column in fields(Outcome):
+        text = cells.get(column.name) or ""
+        try:
+            if column.name in ("row", "label"):
+                values[column.name] = int(text) if text else None
+            elif column.type in ("int", "float"):
+                values[column.name] = (int if column.type == "int" else float)(text or 0)
+            else:
+                values[column.name] = text
+        except ValueError:
+            raise TableError(f"The earlier summary {path}, line {line}: {column.name} {text!r} is not a number; "
+                             "name another --summary or move that file.") from None
+    return Outcome(**values)
+
+
+def merge_outcomes(previous: Sequence[Outcome], outcomes: Sequence[Outcome]) -> List[Outcome]:
+    """A resumed run's summary: this run's outcomes, except that a row skipped because its scan's output exists
+    keeps what the earlier run said of it (its figures), and the earlier run's rows this run has no outcome for
+    (not reached before a cancel, or no longer in the table) stay. One outcome per (table line, image)."""
+    def key(outcome: Outcome) -> Tuple[Optional[int], str]:
+        return outcome.row, outcome.image
+
+    earlier = {key(outcome): outcome for outcome in previous}
+    merged = {key(outcome): outcome for outcome in previous}
+    for outcome in outcomes:
+        kept = earlier.get(key(outcome))
+        merged[key(outcome)] = kept if outcome.status == "skipped" and kept is not None else outcome
+    return list(merged.values())
 
 
 def write_summary(path: Path, outcomes: Sequence[Outcome]) -> None:

@@ -303,7 +303,8 @@ def command_segment(args: argparse.Namespace) -> int:
 
 
 def command_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchRunner, read_deeplesion_table, read_prompt_table, write_summary
+    from .batch import (BatchRunner, merge_outcomes, read_deeplesion_table, read_prompt_table, read_summary,
+                        write_summary)
 
     if not args.images.is_dir():
         raise VolumeError(f"The images folder {args.images} does not exist or is not a folder.")
@@ -327,15 +328,16 @@ def command_batch(args: argparse.Namespace) -> int:
                              nan_as=args.nan_as)
     summary = args.summary or args.out / "summary.csv"
     check_writable(summary)
+    earlier = read_summary(summary)  # a resumed batch: the skipped scans keep the figures of the run that made them
     try:
         with progress:
             runner.run(prompts)
     except KeyboardInterrupt:
-        write_summary(summary, outcomes + runner.outcomes)
+        write_summary(summary, merge_outcomes(earlier, outcomes + runner.outcomes))
         print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
         return 130
     outcomes += runner.outcomes
-    write_summary(summary, outcomes)
+    write_summary(summary, merge_outcomes(earlier, outcomes))
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} prompts segmented, {counts['skipped']} skipped, {counts['failed']} failed. Summary: {summary}")
     return 1 if counts["failed"] else 0
