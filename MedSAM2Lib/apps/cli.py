@@ -431,7 +431,7 @@ def command_download(args: argparse.Namespace) -> int:
 
 def download_weights(destination: Path, mirror: str) -> Path:
     """The verified download with its progress on stderr (in MiB; the size is known once the download starts)."""
-    from ..weights import WeightsSource, download_checkpoint
+    from ..weights import CLI_ALTERNATIVE, WeightsSource, download_checkpoint
 
     with ProgressBar(0, "Downloading MedSAM2 weights", unit="MiB") as progress:
 
@@ -440,7 +440,8 @@ def download_weights(destination: Path, mirror: str) -> Path:
             if -(-done // MIB) != progress.done:
                 progress.update(-(-done // MIB))
 
-        return download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
+        return download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror),
+                                   alternative=CLI_ALTERNATIVE)
 
 
 def build_parser() -> argparse.ArgumentParser:
