@@ -381,7 +381,7 @@ def _report_scan(report, progress: ProgressBar) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import format_table, mean_scores, paired_files, score_pair, write_scores_csv
+    from .evaluation import EMPTY_PAIR, format_table, mean_scores, paired_files, score_pair, write_scores_csv
 
     check_writable(args.csv)
     scores = []
@@ -391,10 +391,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
     print(format_table(scores + mean_scores(scores)))
     write_scores_csv(args.csv, scores)
     print(f"Wrote {args.csv}")
-    unscored = [score for score in scores if score.status != "ok"]
-    for score in unscored:
-        print(f"medsam2: {score.case}: {score.status}", file=sys.stderr)
-    return 1 if unscored else 0
+    for score in scores:
+        if score.status != "ok":
+            print(f"medsam2: {score.case}: {score.status}", file=sys.stderr)
+    return 1 if any(score.status not in ("ok", EMPTY_PAIR) for score in scores) else 0
 
 
 def command_demo(args: argparse.Namespace) -> int:
