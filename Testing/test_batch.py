@@ -434,3 +434,24 @@ def test_unusable_folders_and_summary_are_refused_before_the_model_loads(tmp_pat
         assert cli.main(["batch", str(table)] + arguments) == 1
         assert capsys.readouterr().err == f"medsam2: error: {message}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_folder_in_the_table_is_read_as_its_largest_series(tmp_path):
+    from dicom_support import SPACING, write_dicom_series
+
+    images = tmp_path / "images"
+    volume = fixture_slab(8, 16)
+    write_dicom_series(images / "1.2.840.5", volume, "1.2.3.4.1", prefix="a")
+    write_dicom_series(images / "1.2.840.5", volume[:2], "1.2.3.4.2", prefix="b")
+    write_dicom_series(images / "1.2.840.6", volume[:3], "1.2.3.4.3")
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "1.2.840.5,4,104,70,183,131",
+                        "1.2.840.6,1,104,70,183,131")
+    prompts, _ = read_prompt_table(table, images)
+    outcomes = BatchRunner(BoxBlobPredictor, images, tmp_path / "out").run(prompts)
+    assert [outcome.status for outcome in outcomes] == ["ok", "ok"]
+    assert outcomes[0].message.startswith(f"{images / '1.2.840.5'} holds 2 DICOM series: 1.2.3.4.1 (8 slices), "
+                                          "1.2.3.4.2 (2 slices); reading 1.2.3.4.1")
+    assert outcomes[1].message == ""
+    written = sitk.ReadImage(str(tmp_path / "out" / "1.2.840.5.nii.gz"))  # the folder's whole name
+    assert written.GetSize() == (256, 224, 8) and np.allclose(written.GetSpacing(), SPACING)
+    assert (tmp_path / "out" / "1.2.840.6.nii.gz").exists()

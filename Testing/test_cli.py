@@ -455,3 +455,54 @@ def test_an_error_half_way_starts_on_a_line_of_its_own(tmp_path, monkeypatch):
                  str(tmp_path / "m.npz")]) == 1
     shown = sys.stderr.getvalue()
     assert "2/4" in shown and shown.endswith("s/step)\nmedsam2: error: Step 3: Slice 3 has no prompt to remove.\n")
+
+
+# -- a DICOM series folder as the image -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dicom_folder(tmp_path):
+    """Two series in one folder: 6 slices of the fixture (slices 9..14) and 3 slices of something else."""
+    from dicom_support import write_dicom_series
+
+    folder = tmp_path / "dicom"
+    volume = np.load(DATA / "input_volume.npz")["imgs"]
+    write_dicom_series(folder, volume[9:15], "1.2.3.4.1", prefix="a")
+    write_dicom_series(folder, volume[:3] // 2, "1.2.3.4.2", prefix="b")
+    return folder, volume
+
+
+def test_a_dicom_folder_is_read_as_its_largest_series_or_the_one_named(dicom_folder, tmp_path, box_sessions, capsys):
+    from dicom_support import ORIGIN, SPACING
+
+    folder, volume = dicom_folder
+    output = tmp_path / "mask.nii.gz"
+    assert main(["segment", str(folder), "--slice", "3", "--box", "104", "70", "183", "131", "-o", str(output)]) == 0
+    np.testing.assert_array_equal(box_sessions[-1].volume, volume[9:15])
+    assert capsys.readouterr().err == (
+        f"medsam2: {folder} holds 2 DICOM series: 1.2.3.4.1 (6 slices), 1.2.3.4.2 (3 slices); reading 1.2.3.4.1, "
+        "the one with the most slices (a series UID picks another).\n")
+    written = sitk.ReadImage(str(output))
+    assert written.GetSize() == (256, 224, 6) and np.allclose(written.GetSpacing(), SPACING)
+    assert np.allclose(written.GetOrigin(), ORIGIN)
+    assert main(["segment", str(folder), "--series", "1.2.3.4.2", "--slice", "1", "--box", "104", "70", "183", "131",
+                 "-o", str(output)]) == 0
+    np.testing.assert_array_equal(box_sessions[-1].volume, volume[:3] // 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_dicom_folder_without_the_series_named_is_refused_before_the_model_loads(dicom_folder, tmp_path,
+                                                                                  monkeypatch, capsys):
+    folder, _ = dicom_folder
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    (tmp_path / "empty").mkdir()
+    for image, extra, expected in (
+            (folder, ["--series", "9.9"], f"{folder} has no DICOM series 9.9; it has 1.2.3.4.1 (6 slices), "
+                                          "1.2.3.4.2 (3 slices)."),
+            (tmp_path / "empty", [], f"{tmp_path / 'empty'} is a folder without a DICOM series in it; give a volume "
+                                     "file (NIfTI, NRRD, MHA, .npz) or a folder holding the DICOM files of a series."),
+            (DATA / "input_volume.npz", ["--series", "9.9"], "A series UID picks one DICOM series of a folder")):
+        assert main(["segment", str(image), "--slice", "1", "--box", "1", "1", "9", "9", "-o",
+                     str(tmp_path / "m.nii.gz")] + extra) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"medsam2: error: {expected}") and error.count("\n") == 1

@@ -2,7 +2,9 @@
 
 Prompt table (CSV; header names in any case and order):
 
-- ``image``: the scan's file, relative to the images folder (or absolute); any volume ``read_volume`` reads.
+- ``image``: the scan's file, relative to the images folder (or absolute); any volume ``read_volume`` reads,
+  including a folder of DICOM files (the series with the most slices; the summary names it when there are
+  several).
 - ``slice``: index of the box's slice along the array's first axis, from 0.
 - ``x0, y0, x1, y1``: the box on that slice in pixels, x = column, y = row (as ``medsam2 segment --box``).
 - ``window`` (optional): ``LO HI`` (or ``LO, HI``), a CT preset name, ``mr-percentiles`` or ``none``; empty or
@@ -32,7 +34,7 @@ How a scan is processed:
   (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
   file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
-  e.g. DICOM or ``.mhd``) and with its spacing, origin and direction. It is written when at least one of the
+  e.g. DICOM or ``.mhd``; a DICOM folder ``CT1`` gives ``CT1.nii.gz``) and with its spacing, origin and direction. It is written when at least one of the
   scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
   place), so a file that exists is a finished output and an earlier output survives a failed write; existing
   outputs are skipped unless ``overwrite``.
@@ -438,7 +440,9 @@ class BatchRunner:
         relative = Path(display_path(image, self.images))
         if relative.is_absolute() or ".." in relative.parts:
             relative = Path(image.name)
-        if mask_suffix(relative) is None:  # DICOM, .mhd, ...: the name without its extension, as NIfTI
+        if image.is_dir():  # a DICOM series: its folder's whole name (often a UID, with dots), as NIfTI
+            relative = relative.with_name(relative.name + MASK_SUFFIXES[0])
+        elif mask_suffix(relative) is None:  # a DICOM file, .mhd, ...: the name without its extension, as NIfTI
             relative = relative.with_name(relative.name.split(".")[0] + MASK_SUFFIXES[0])
         return self.output_folder / relative
 
@@ -490,8 +494,9 @@ class BatchRunner:
         return [self._outcome(prompt, status, message) for prompt in prompts]
 
     def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
+        notes: List[str] = []  # which DICOM series of a folder was read
         try:
-            volume, geometry = read_scan(image, self.nan_as)
+            volume, geometry = read_scan(image, self.nan_as, on_note=notes.append)
         except (ValueError, OSError) as error:
             return self._all(prompts, "failed", str(error))
         regions: Dict[Prompt, Region] = {}
@@ -510,6 +515,8 @@ class BatchRunner:
                 for prompt in stack_group:
                     self._segment_prompt(prompt, stacked, volume.shape, cache, regions, outcomes[prompt])
         self._compose_and_write(volume.shape, regions, outcomes, geometry, output)
+        for outcome in outcomes.values():
+            outcome.message = " ".join(notes + [outcome.message]).strip()
         return list(outcomes.values())
 
     def _segment_prompt(self, prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int],

@@ -276,7 +276,8 @@ def command_segment(args: argparse.Namespace) -> int:
     check_output(args.output, inputs=[args.image])
     document = segment_session(args)
     windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
-    volume, geometry = read_scan(args.image, args.nan_as)
+    volume, geometry = read_scan(args.image, args.nan_as, args.series,
+                                 on_note=lambda note: print(f"medsam2: {note}", file=sys.stderr))
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
     steps = document.steps
     check_steps(steps, stack, name_steps=args.prompts is not None)
@@ -452,7 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
                                                   "file of prompts on several slices)")
-    segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W) or a volume file SimpleITK reads")
+    segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W), a volume file SimpleITK reads, or a "
+                                                  "folder of DICOM files (the series with the most slices)")
+    segment.add_argument("--series", default=None, metavar="UID",
+                         help="with a DICOM folder: the Series Instance UID of the series to read")
     segment.add_argument("--slice", type=int, default=None, help="index K of the prompted slice along the first axis")
     segment.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                          help="box in pixels of slice K: x = column, y = row")
