@@ -31,6 +31,8 @@ USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, Session
 
 
 MIB = 2**20
+# The package is not on PyPI yet: its Ray extra installs from a checkout.
+RAY_INSTALL = "pip install ray, or in a checkout of this project pip install -e '.[ray]'"
 
 
 class ProgressBar:
@@ -347,7 +349,7 @@ def command_batch(args: argparse.Namespace) -> int:
 def _ray_batch_runner(args: argparse.Namespace, scans: int):
     """``--ray``: the Ray runner, with a bar over scans (the single-process bar counts prompts)."""
     if importlib.util.find_spec("ray") is None:  # not imported here: a local Ray is set up before its import
-        raise ValueError("--ray needs Ray: pip install 'medsam2-slicer[ray]'.")
+        raise ValueError(f"--ray needs Ray: {RAY_INSTALL}.")
     from .ray_batch import LOCAL, RayBatchRunner, RayOptions
 
     options = RayOptions(None if args.ray == LOCAL else args.ray, args.workers or 1, args.cpus_per_worker or 1.0,
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--cache-slices", type=slice_count, default=None, metavar="N",
                        help="keep the features of at most N slices per scan (default: what fits in 512 MiB or a "
                             "quarter of the available memory; about 4 MB a slice in float32, 2 MB in bfloat16)")
-    cluster = batch.add_argument_group("Ray (pip install 'medsam2-slicer[ray]')")
+    cluster = batch.add_argument_group(f"Ray ({RAY_INSTALL})")
     cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                          help="segment the scans on Ray workers: alone (or 'local'), a Ray started on this machine, "
                               "on loopback only; else an existing cluster: auto, HOST:PORT or ray://HOST:PORT")

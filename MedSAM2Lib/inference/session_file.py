@@ -48,8 +48,8 @@ PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
 REMOVE_KEYS = {"slice", "remove"}
 DOCUMENT_KEYS = {"steps", "stack", "window", "size_ijk", "options"}
-# Each step decodes a slice or propagates through the volume (seconds to minutes on a CPU); a session made by
-# hand has tens of steps, so a file with more than this is a generated or corrupted one, refused before any work.
+# Each step decodes a slice or propagates through the volume (a fraction of a second to minutes on a CPU); far
+# more steps than anyone gives by hand come from a generator gone wrong, refused before any work.
 MAX_STEPS = 1000
 OPTION_CHECKS = {  # an option's name -> (its check, what it must be)
     "precision": (lambda value: value in ("float32", "bfloat16"), '"float32" or "bfloat16"'),
