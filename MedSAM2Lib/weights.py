@@ -146,7 +146,8 @@ def fetch_published_file(
         with urllib.request.urlopen(source.pointer_url, timeout=timeout) as response:
             content = response.read(LFS_POINTER_MAX_BYTES + 1)
     except (OSError, http.client.HTTPException) as error:
-        raise DownloadError(_unreachable_message(source, source.pointer_url, error, advice or ManualAdvice())) from error
+        advice = advice or ManualAdvice()
+        raise DownloadError(_unreachable_message(source, source.pointer_url, error, advice)) from error
     # Anything longer, or not text, is not a pointer (a server serving the file itself, an error page).
     try:
         text = content.decode("utf-8") if len(content) <= LFS_POINTER_MAX_BYTES else ""

@@ -337,7 +337,7 @@ def command_batch(args: argparse.Namespace) -> int:
             runner.run(prompts)
     except KeyboardInterrupt:
         write_summary(summary, merge_outcomes(earlier, outcomes + runner.outcomes))
-        print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
+        print(f"medsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
         return 130
     outcomes += runner.outcomes
     write_summary(summary, merge_outcomes(earlier, outcomes))
