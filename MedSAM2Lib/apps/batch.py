@@ -34,13 +34,15 @@ How a scan is processed:
   (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
   file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
-  e.g. DICOM or ``.mhd``; a DICOM folder ``CT1`` gives ``CT1.nii.gz``) and with its spacing, origin and direction. It is written when at least one of the
-  scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
-  place), so a file that exists is a finished output and an earlier output survives a failed write; existing
-  outputs are skipped unless ``overwrite``.
+  e.g. DICOM or ``.mhd``; a DICOM folder ``CT1`` gives ``CT1.nii.gz``) and with its spacing, origin and
+  direction. It is written when at least one of the scan's rows succeeded, atomically
+  (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into place), so a file that exists is a
+  finished output and an earlier output survives a failed write; existing outputs are skipped unless
+  ``overwrite``.
 - The summary CSV has one line per table row (:class:`Outcome`). A summary already at its path (an earlier,
   perhaps cancelled, run) is merged into, not replaced: a row skipped because its scan's output exists keeps
-  the earlier run's line and figures, and earlier lines this run has no outcome for stay (:func:`merge_outcomes`).
+  the earlier run's line and figures, and earlier lines this run has no outcome for stay
+  (:func:`merge_outcomes`).
 - A scan with NaN or infinite voxels fails (all its rows, with a sentence counting them) unless ``nan_as``
   gives the value to replace them with.
 - A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
@@ -600,7 +602,6 @@ def read_summary(path: Path) -> List[Outcome]:
         raise TableError(f"Cannot read the earlier summary {path}: {error}") from error
 
 
-
 def _summary_outcome(path: Path, line: int, cells: Dict[str, str]) -> Outcome:
     values: Dict[str, object] = {}
     for column in fields(Outcome):
@@ -625,11 +626,10 @@ def merge_outcomes(previous: Sequence[Outcome], outcomes: Sequence[Outcome]) -> 
     def key(outcome: Outcome) -> Tuple[Optional[int], str]:
         return outcome.row, outcome.image
 
-    earlier = {key(outcome): outcome for outcome in previous}
     merged = {key(outcome): outcome for outcome in previous}
     for outcome in outcomes:
-        kept = earlier.get(key(outcome))
-        merged[key(outcome)] = kept if outcome.status == "skipped" and kept is not None else outcome
+        if outcome.status != "skipped" or key(outcome) not in merged:
+            merged[key(outcome)] = outcome
     return list(merged.values())
 
 
