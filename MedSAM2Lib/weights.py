@@ -19,14 +19,13 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .atomic import flush_to_disk
+from .atomic import flush_to_disk, temporary_path
 
 CHECKPOINT_FILENAME = "MedSAM2_latest.pt"
 CHECKPOINT_REPOSITORY = "wanglab/MedSAM2"  # Hugging Face model repository
@@ -36,6 +35,11 @@ CHUNK_BYTES = 1 << 20
 LFS_POINTER_MAX_BYTES = 1024  # the Git LFS specification caps pointer files at 1024 bytes
 LFS_SPEC_PREFIX = "https://git-lfs.github.com/spec/"
 DEFAULT_TIMEOUT_SECONDS = 30.0  # for connecting and for each read, not for the whole download
+
+# What a user with the file on another path can do instead, for the advice of a failed download: in Slicer (the
+# default) and on the command line (CLI_ALTERNATIVE).
+SLICER_ALTERNATIVE = "or save it anywhere and select that file as the checkpoint in the MedSAM2 module"
+CLI_ALTERNATIVE = "or save it anywhere and give its path to medsam2 segment, batch or demo with --checkpoint PATH"
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes in all)
 CancelCheck = Callable[[], bool]
@@ -125,15 +129,25 @@ def parse_lfs_pointer(text: str, url: str) -> PublishedFile:
     return PublishedFile(sha256=digest, size=int(size))
 
 
+@dataclass(frozen=True)
+class ManualAdvice:
+    """Where the weights go when the user fetches them by hand, and what else they can do with the file."""
+
+    destination: Path = field(default_factory=default_checkpoint_path)
+    alternative: str = SLICER_ALTERNATIVE
+
+
 def fetch_published_file(
-    source: WeightsSource = WeightsSource(), timeout: float = DEFAULT_TIMEOUT_SECONDS
+    source: WeightsSource = WeightsSource(), timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    advice: Optional[ManualAdvice] = None,
 ) -> PublishedFile:
     """The SHA256 and size published with the checkpoint, read from its LFS pointer."""
     try:
         with urllib.request.urlopen(source.pointer_url, timeout=timeout) as response:
             content = response.read(LFS_POINTER_MAX_BYTES + 1)
     except (OSError, http.client.HTTPException) as error:
-        raise DownloadError(_unreachable_message(source, source.pointer_url, error)) from error
+        advice = advice or ManualAdvice()
+        raise DownloadError(_unreachable_message(source, source.pointer_url, error, advice)) from error
     # Anything longer, or not text, is not a pointer (a server serving the file itself, an error page).
     try:
         text = content.decode("utf-8") if len(content) <= LFS_POINTER_MAX_BYTES else ""
@@ -162,20 +176,24 @@ def download_checkpoint(
     should_cancel: Optional[CancelCheck] = None,
     source: WeightsSource = WeightsSource(),
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    alternative: str = SLICER_ALTERNATIVE,
 ) -> Path:
     """Download the published checkpoint to ``destination`` (default: the user cache) and return its path.
 
     A destination that already holds the published file is kept as it is. Otherwise the file is streamed to a
     ``.part`` file, checked against the published size and SHA256, and renamed into place; on failure or
-    cancellation the partial file is deleted and DownloadError (DownloadCancelled) is raised.
+    cancellation the partial file is deleted and DownloadError (DownloadCancelled) is raised. Offline, the
+    error says how to put the file at ``destination`` by hand, or ``alternative``. The file gets the permissions
+    the umask gives a new file.
     """
     destination = Path(destination) if destination is not None else default_checkpoint_path()
-    published = fetch_published_file(source, timeout)
+    advice = ManualAdvice(destination, alternative)
+    published = fetch_published_file(source, timeout, advice)
     if is_published_file(destination, published):
         return destination
     with _written_atomically(destination) as partial:
         with open(partial, "wb") as file:
-            digest = _download_to(file, source, published, progress, should_cancel, timeout)
+            digest = _download_to(file, source, published, progress, should_cancel, timeout, advice)
         if digest != published.sha256:
             raise DownloadError(
                 f"The downloaded {source.filename} is not the published file: its SHA256 is {digest}, expected "
@@ -190,9 +208,8 @@ def _written_atomically(target: Path) -> Iterator[Path]:
     """A temporary ``.part`` path beside ``target`` that replaces ``target`` if the block succeeds and is deleted
     otherwise, so ``target`` is never half written (a rename within one folder is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
-    os.close(descriptor)
-    partial = Path(partial_name)
+    # A name only: the caller creates the file, with the permissions the umask gives (mkstemp's are 0600).
+    partial = temporary_path(target, f"-{target.name}.part")
     try:
         yield partial
         flush_to_disk(partial)  # on disk before it takes the destination's name
@@ -209,6 +226,7 @@ def _download_to(
     progress: Optional[ProgressCallback],
     should_cancel: Optional[CancelCheck],
     timeout: float,
+    advice: ManualAdvice,
 ) -> str:
     """Stream the file into ``file``, checking the size as it comes; returns the SHA256 of what was written."""
     digest = hashlib.sha256()
@@ -233,14 +251,14 @@ def _download_to(
                     progress(done, published.size)
     except (OSError, http.client.HTTPException) as error:
         if done == 0:
-            raise DownloadError(_unreachable_message(source, source.file_url, error)) from error
+            raise DownloadError(_unreachable_message(source, source.file_url, error, advice)) from error
         raise DownloadError(_interrupted_message(source, done, published.size, error)) from error
     if done < published.size:
         raise DownloadError(_interrupted_message(source, done, published.size, None))
     return digest.hexdigest()
 
 
-def _unreachable_message(source: WeightsSource, url: str, error: BaseException) -> str:
+def _unreachable_message(source: WeightsSource, url: str, error: BaseException, advice: ManualAdvice) -> str:
     if isinstance(error, urllib.error.HTTPError):
         problem = f"{url} answered {error.code} {error.reason}"
     else:
@@ -248,8 +266,8 @@ def _unreachable_message(source: WeightsSource, url: str, error: BaseException) 
         problem = f"{url} cannot be reached ({reason}); the network or the server is unavailable"
     return (
         f"Could not download the MedSAM2 weights: {problem}. On a computer with internet access, download "
-        f"{source.filename} from {source.file_url}, copy it into {cache_directory()} on this computer (or anywhere, "
-        "and select that file as the checkpoint in the MedSAM2 module, or --checkpoint PATH on the command line)."
+        f"{source.filename} from {source.file_url} and copy it to {advice.destination} on this computer "
+        f"({advice.alternative})."
     )
 
 

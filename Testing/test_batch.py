@@ -344,9 +344,10 @@ def test_finished_outputs_are_skipped_unless_overwrite(tmp_path, model_arguments
     arguments = ["batch", str(table), "--images", str(images), "--out", str(out)] + model_arguments
     assert cli.main(arguments) == 0
     written = (out / "slab.npz").stat().st_mtime_ns
+    first_run = read_summary(out / "summary.csv")
     assert cli.main(arguments) == 0
     assert (out / "slab.npz").stat().st_mtime_ns == written
-    assert read_summary(out / "summary.csv")[0]["status"] == "skipped"
+    assert read_summary(out / "summary.csv") == first_run  # the skipped scan keeps the figures of the run that made it
     assert "slab.npz: skipped" in capsys.readouterr().err
     assert cli.main(arguments + ["--overwrite", "--summary", str(tmp_path / "again.csv")]) == 0
     assert read_summary(tmp_path / "again.csv")[0]["status"] == "ok"
@@ -373,6 +374,44 @@ def test_a_cancelled_batch_keeps_finished_scans_in_the_summary(tmp_path, monkeyp
     assert "cancelled; finished outputs are kept" in capsys.readouterr().err
 
 
+def test_a_resumed_batch_keeps_the_first_runs_figures_in_the_summary(tmp_path, monkeypatch, capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for name in ("first.npz", "second.npz"):
+        np.savez(images / name, imgs=np.zeros((6, 16, 16), np.uint8))
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "first.npz,2,1,1,9,9", "second.npz,2,1,1,5,5",
+                        "second.npz,2,x,1,5,5")
+    arguments = ["batch", str(table), "--images", str(images), "--out", str(out)]
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxBlobPredictor(interrupt_on_call=2))
+    assert cli.main(arguments) == 130
+    (first_run,) = [row for row in read_summary(out / "summary.csv") if row["status"] == "ok"]
+    assert first_run["image"] == "first.npz" and first_run["voxels"] == str(5 * 8 * 8)
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxBlobPredictor())
+    assert cli.main(arguments) == 1  # the bad row fails again
+    rows = read_summary(out / "summary.csv")
+    assert rows[0] == first_run
+    assert [(row["row"], row["image"], row["status"], row["voxels"]) for row in rows] == [
+        ("2", "first.npz", "ok", str(5 * 8 * 8)), ("3", "second.npz", "ok", str(5 * 4 * 4)),
+        ("4", "second.npz", "failed", "0")]
+    assert "1 prompts segmented, 1 skipped, 1 failed." in capsys.readouterr().out  # what this run did
+
+
+def test_a_summary_path_holding_another_file_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "build_predictor", lambda args: pytest.fail("the model was loaded"))
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "scan.npz", imgs=np.zeros((4, 8, 8), np.uint8))
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.npz,1,1,1,5,5")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("patient,comment\n1,keep this\n")
+    assert cli.main(["batch", str(table), "--images", str(images), "--out", str(tmp_path / "out"),
+                     "--summary", str(notes)]) == 1
+    assert capsys.readouterr().err == (
+        f"medsam2: error: {notes} exists and is not the summary of a batch (its columns are patient, comment); the "
+        "summary of a resumed batch is merged into it, so name another --summary or move that file.\n")
+    assert notes.read_text() == "patient,comment\n1,keep this\n"
+
+
 def test_unusable_folders_and_summary_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
     def no_model(args):
         raise AssertionError("the model was loaded")
@@ -395,3 +434,24 @@ def test_unusable_folders_and_summary_are_refused_before_the_model_loads(tmp_pat
         assert cli.main(["batch", str(table)] + arguments) == 1
         assert capsys.readouterr().err == f"medsam2: error: {message}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_folder_in_the_table_is_read_as_its_largest_series(tmp_path):
+    from dicom_support import SPACING, write_dicom_series
+
+    images = tmp_path / "images"
+    volume = fixture_slab(8, 16)
+    write_dicom_series(images / "1.2.840.5", volume, "1.2.3.4.1", prefix="a")
+    write_dicom_series(images / "1.2.840.5", volume[:2], "1.2.3.4.2", prefix="b")
+    write_dicom_series(images / "1.2.840.6", volume[:3], "1.2.3.4.3")
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "1.2.840.5,4,104,70,183,131",
+                        "1.2.840.6,1,104,70,183,131")
+    prompts, _ = read_prompt_table(table, images)
+    outcomes = BatchRunner(BoxBlobPredictor, images, tmp_path / "out").run(prompts)
+    assert [outcome.status for outcome in outcomes] == ["ok", "ok"]
+    assert outcomes[0].message.startswith(f"{images / '1.2.840.5'} holds 2 DICOM series: 1.2.3.4.1 (8 slices), "
+                                          "1.2.3.4.2 (2 slices); reading 1.2.3.4.1")
+    assert outcomes[1].message == ""
+    written = sitk.ReadImage(str(tmp_path / "out" / "1.2.840.5.nii.gz"))  # the folder's whole name
+    assert written.GetSize() == (256, 224, 8) and np.allclose(written.GetSpacing(), SPACING)
+    assert (tmp_path / "out" / "1.2.840.6.nii.gz").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
+import json
 import os
 import subprocess
 import sys
@@ -341,3 +343,161 @@ def test_version_and_help_on_every_option(capsys):
     undocumented = [(name, action.dest) for name, command in [("medsam2", parser)] + list(commands.choices.items())
                     for action in command._actions if not action.help and not isinstance(action, argparse._SubParsersAction)]
     assert undocumented == []
+
+
+# -- session files refused before the model loads -------------------------------------------------------------
+
+
+def write_session(folder, steps):
+    path = folder / "session.json"
+    path.write_text(json.dumps({"steps": steps}))
+    return path
+
+
+@pytest.mark.parametrize("steps, expected", [
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"propagate": "both", "range": [14, 20]}],
+     "Step 2: The slice range 14..20 must lie within 0..23 and include the first prompted slice 12."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"slice": 3, "box": [104, 70, 183, 131]},
+      {"propagate": "forward", "range": [5, 20]}],
+     "Step 3: The slice range 5..20 must lie within 0..23 and include the first prompted slice 3."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"slice": 12, "remove": True}, {"propagate": "both"}],
+     "Step 3: Give a box, points or a mask on a slice before propagating."),
+    ([{"slice": 12, "box": [104, 70, 183, 131]}, {"propagate": "both", "range": [20, 14]}],
+     "Step 2: The slice range 20..14 is inverted: its first slice comes after its last; give 14..20."),
+])
+def test_a_session_that_cannot_propagate_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, steps,
+                                                                          expected):
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    session = write_session(tmp_path, steps)
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: {expected}\n"
+
+
+def test_a_range_a_later_prompt_may_satisfy_is_left_to_the_session(tmp_path, box_sessions):
+    """After a propagation, whether a prompt conditions (and so where the next one starts) depends on what the
+    propagation reached: only what is sure is refused beforehand."""
+    box = [104, 70, 183, 131]
+    # Slice 5 corrects the backward propagation if it reached it (the start stays 12, inside 8..23), else it
+    # conditions and the second propagation would start outside its range.
+    session = write_session(tmp_path, [{"slice": 12, "box": box}, {"propagate": "both"}, {"slice": 5, "box": box},
+                                       {"propagate": "forward", "range": [8, 23]}])
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 0
+
+
+def test_a_session_file_with_too_many_steps_is_refused(tmp_path, monkeypatch, capsys):
+    from MedSAM2Lib.inference.session_file import MAX_STEPS
+
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    session = write_session(tmp_path, [{"slice": 12, "points": [[120, 100]], "labels": [1]}] * 10_000)
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == (
+        f"medsam2: error: The session file {session} has 10,000 steps, more than the {MAX_STEPS:,} a session file may "
+        "hold; keep the steps that make the segment.\n")
+    write_session(tmp_path, [{"slice": 12, "points": [[120, 100]], "labels": [1]}] * MAX_STEPS)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # accepted: it gets as far as the model
+        main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o", str(tmp_path / "m.npz")])
+
+
+# -- progress on a terminal and in a log ------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """Test double for stderr on a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_is_one_line_redrawn():
+    stream = Terminal()
+    with cli.ProgressBar(4, "Propagating", stream=stream) as progress:
+        for _ in range(4):
+            progress.advance()
+    shown = stream.getvalue()
+    assert shown.count("\r") == 4 and shown.count("\n") == 1 and shown.endswith("] 4/4 (0.00 s/slice)\n")
+
+
+def test_progress_in_a_log_has_no_carriage_returns_and_a_line_per_tenth():
+    stream = io.StringIO()  # not a terminal: a log file or a pipe
+    with cli.ProgressBar(25, "Propagating", stream=stream) as progress:
+        for _ in range(25):
+            progress.advance()
+        progress.note("a note")
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and stream.getvalue().endswith("\n")
+    assert [line.split(" ")[1] for line in lines[:-1]] == [f"{done}/25" for done in (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
+    assert lines[0].startswith("Propagating 3/25 (12%, ") and lines[-1] == "a note"
+
+
+class FailingRemoval(BoxMaskSession):
+    """Test double: a session refusing to remove a prompt, to fail a command half way through its steps."""
+
+    def remove_prompt(self, slice_index):
+        raise session_module.PromptError(f"Slice {slice_index} has no prompt to remove.")
+
+
+def test_an_error_half_way_starts_on_a_line_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "build_predictor", lambda args, saved_options=None: PredictorDouble())
+    monkeypatch.setattr(session_module, "Session", FailingRemoval)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    box = [104, 70, 183, 131]
+    session = write_session(tmp_path, [{"slice": 12, "box": box}, {"slice": 14, "box": box},
+                                       {"slice": 3, "remove": True}, {"propagate": "both"}])
+    assert main(["segment", str(DATA / "input_volume.npz"), "--prompts", str(session), "-o",
+                 str(tmp_path / "m.npz")]) == 1
+    shown = sys.stderr.getvalue()
+    assert "2/4" in shown and shown.endswith("s/step)\nmedsam2: error: Step 3: Slice 3 has no prompt to remove.\n")
+
+
+# -- a DICOM series folder as the image -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dicom_folder(tmp_path):
+    """Two series in one folder: 6 slices of the fixture (slices 9..14) and 3 slices of something else."""
+    from dicom_support import write_dicom_series
+
+    folder = tmp_path / "dicom"
+    volume = np.load(DATA / "input_volume.npz")["imgs"]
+    write_dicom_series(folder, volume[9:15], "1.2.3.4.1", prefix="a")
+    write_dicom_series(folder, volume[:3] // 2, "1.2.3.4.2", prefix="b")
+    return folder, volume
+
+
+def test_a_dicom_folder_is_read_as_its_largest_series_or_the_one_named(dicom_folder, tmp_path, box_sessions, capsys):
+    from dicom_support import ORIGIN, SPACING
+
+    folder, volume = dicom_folder
+    output = tmp_path / "mask.nii.gz"
+    assert main(["segment", str(folder), "--slice", "3", "--box", "104", "70", "183", "131", "-o", str(output)]) == 0
+    np.testing.assert_array_equal(box_sessions[-1].volume, volume[9:15])
+    assert capsys.readouterr().err == (
+        f"medsam2: {folder} holds 2 DICOM series: 1.2.3.4.1 (6 slices), 1.2.3.4.2 (3 slices); reading 1.2.3.4.1, "
+        "the one with the most slices (a series UID picks another).\n")
+    written = sitk.ReadImage(str(output))
+    assert written.GetSize() == (256, 224, 6) and np.allclose(written.GetSpacing(), SPACING)
+    assert np.allclose(written.GetOrigin(), ORIGIN)
+    assert main(["segment", str(folder), "--series", "1.2.3.4.2", "--slice", "1", "--box", "104", "70", "183", "131",
+                 "-o", str(output)]) == 0
+    np.testing.assert_array_equal(box_sessions[-1].volume, volume[:3] // 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_dicom_folder_without_the_series_named_is_refused_before_the_model_loads(dicom_folder, tmp_path,
+                                                                                  monkeypatch, capsys):
+    folder, _ = dicom_folder
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    (tmp_path / "empty").mkdir()
+    for image, extra, expected in (
+            (folder, ["--series", "9.9"], f"{folder} has no DICOM series 9.9; it has 1.2.3.4.1 (6 slices), "
+                                          "1.2.3.4.2 (3 slices)."),
+            (tmp_path / "empty", [], f"{tmp_path / 'empty'} is a folder without a DICOM series in it; give a volume "
+                                     "file (NIfTI, NRRD, MHA, .npz) or a folder holding the DICOM files of a series."),
+            (DATA / "input_volume.npz", ["--series", "9.9"], "A series UID picks one DICOM series of a folder")):
+        assert main(["segment", str(image), "--slice", "1", "--box", "1", "1", "9", "9", "-o",
+                     str(tmp_path / "m.nii.gz")] + extra) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"medsam2: error: {expected}") and error.count("\n") == 1

@@ -218,3 +218,21 @@ def test_a_label_file_that_is_not_an_npz_is_one_sentence(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"Cannot read {tmp_path / 'pred.npz'}: it is not an .npz file (not a zip archive of arrays)." in error
     assert "allow_pickle" not in error
+
+
+def test_two_empty_maps_without_labels_say_so(tmp_path, capsys):
+    """Nothing to score is not an empty table: the row says why, and the pair is no failure (a scan without the
+    structure, rightly predicted empty)."""
+    for name in ("pred.nii.gz", "gt.nii.gz"):
+        write_labels(tmp_path / name, np.zeros((2, 3, 3)))
+    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"),
+                 "--csv", str(tmp_path / "s.csv")]) == 0
+    captured = capsys.readouterr()
+    expected = "both maps are empty: no label to score (--labels scores chosen labels as absent in both)"
+    assert captured.out.splitlines()[2].split(None, 3) == ["gt.nii.gz", "0", "0", expected]
+    assert captured.err == f"medsam2: gt.nii.gz: {expected}\n"
+    with open(tmp_path / "s.csv", newline="") as stream:
+        assert [row["status"] for row in csv.DictReader(stream)] == [expected]
+    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--labels", "1",
+                 "--csv", str(tmp_path / "s.csv")]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == ["gt.nii.gz", "1", "1.0000", "1.0000", "0", "0", "ok"]

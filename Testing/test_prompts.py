@@ -20,7 +20,11 @@ VOLUME = np.zeros((5, 40, 60), dtype=np.uint8)
         (VOLUME, 5, [1, 1, 5, 5], {}, r"Slice 5 is outside the volume, which has slices 0\.\.4"),
         (VOLUME, -1, [1, 1, 5, 5], {}, "outside the volume"),
         (VOLUME, 2, [10, 10, 10, 20], {}, "has no area"),
-        (VOLUME, 2, [10, 20, 30, 5], {}, "has no area"),
+        (VOLUME, 2, [10, 20, 30, 20], {}, "has no area"),
+        (VOLUME, 2, [30, 10, 10, 20], {}, r"^The box \(30, 10\) - \(10, 20\) has its corners swapped: x1 is left of x0; "
+                                          r"give the top-left corner first: 10 10 30 20\.$"),
+        (VOLUME, 2, [10, 20, 30, 5], {}, r"^The box \(10, 20\) - \(30, 5\) has its corners swapped: y1 is above y0; "
+                                         r"give the top-left corner first: 10 5 30 20\.$"),
         (VOLUME, 2, [10, 10, 61, 20], {}, r"reaches outside the slice.*x 0\.\.60 and y 0\.\.40"),
         (VOLUME, 2, [-1, 10, 20, 20], {}, "reaches outside the slice"),
         (VOLUME, 2, [1, 2, 3], {}, "four numbers"),
@@ -28,6 +32,8 @@ VOLUME = np.zeros((5, 40, 60), dtype=np.uint8)
         (VOLUME, 2, [1, 2, 30, 30], {"direction": "up"}, "Unknown direction 'up'"),
         (VOLUME, 2, [1, 2, 30, 30], {"slice_range": (3, 4)}, "must .* include the box's slice 2"),
         (VOLUME, 2, [1, 2, 30, 30], {"slice_range": (0, 5)}, "within 0..4"),
+        (VOLUME, 2, [1, 2, 30, 30], {"slice_range": (4, 1)},
+         r"^The slice range 4\.\.1 is inverted: its first slice comes after its last; give 1\.\.4\.$"),
     ],
 )
 def test_bad_prompts_are_refused_clearly(tiny_model, volume, key_slice, box, extra, message):
@@ -75,8 +81,23 @@ def test_device_selection(monkeypatch, cuda, mps, expected):
     for name, available in (("cuda", cuda), ("mps", mps)):
         if available:
             assert select_device(name) == torch.device(name)
-        else:
-            with pytest.raises(ValueError, match=f"The device '{name}' is not available in this PyTorch installation"):
+        else:  # what CUDA's sentence says: test_cuda_unavailable_names_the_actual_problem
+            with pytest.raises(ValueError, match="CUDA|The device 'mps' is not available in this PyTorch installation"):
                 select_device(name)
     with pytest.raises(ValueError, match="Unknown device 'tpu'"):
         select_device("tpu")
+
+
+@pytest.mark.parametrize("cuda_version, expected", [
+    (None, "The device 'cuda' needs a PyTorch built with CUDA, and this one is a CPU-only build; install a CUDA "
+           "build of PyTorch (https://pytorch.org/get-started/locally/), or choose the device auto or cpu."),
+    ("12.6", "This PyTorch is built with CUDA 12.6 but finds no usable NVIDIA GPU (none in this computer, no driver, "
+             "or hidden by CUDA_VISIBLE_DEVICES; nvidia-smi tells which); choose the device auto or cpu."),
+])
+def test_cuda_unavailable_names_the_actual_problem(monkeypatch, cuda_version, expected):
+    """Test double: torch.cuda as a build with or without CUDA on a machine without a usable GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_version)
+    with pytest.raises(ValueError) as refused:
+        select_device("cuda")
+    assert str(refused.value) == expected

@@ -199,7 +199,8 @@ def test_remove_and_reset(tiny_model, input_volume):
     ({"slice": 12, "points": [[10, 10]], "labels": [1, 0]}, "one label each"),
     ({"slice": 12, "points": [[300, 10]], "labels": [1]}, "outside the slice"),
     ({"slice": 12, "points": [[10, 10]], "labels": [2]}, "1 \\(object\\) or 0"),
-    ({"slice": 12, "box": [5, 5, 1, 1]}, "no area"),
+    ({"slice": 12, "box": [5, 5, 5, 9]}, "no area"),
+    ({"slice": 12, "box": [5, 5, 1, 1]}, "corners swapped"),
     ({"slice": 12, "mask": np.zeros((3, 3))}, "shape"),
     ({"slice": 12, "mask": np.zeros((224, 256)), "box": BOX}, "one or the other"),
 ])

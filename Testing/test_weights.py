@@ -128,7 +128,8 @@ def test_unreachable_server_says_how_to_install_manually(server, cache, monkeypa
     with pytest.raises(DownloadError, match=r"cannot be reached .* the network or the server is unavailable\. "
                                             r"On a computer with internet access, download MedSAM2_latest\.pt from ") as error:
         download_checkpoint(cache / "MedSAM2_latest.pt", source=WeightsSource(base_url=server.as_uri()))
-    assert f"copy it into {cache} on this computer" in str(error.value) and " here " not in str(error.value)
+    assert f"copy it to {cache / 'MedSAM2_latest.pt'} on this computer" in str(error.value)
+    assert " here " not in str(error.value) and "select that file as the checkpoint in the MedSAM2 module" in str(error.value)
     assert not cache.exists()
 
 
@@ -220,7 +221,32 @@ def test_download_command(server, cache, capsys):
     assert main(["download", "-o", str(target), "--mirror", server.as_uri()]) == 0
     assert target.read_bytes() == CONTENT
     captured = capsys.readouterr()
-    assert "(100%)" in captured.err and f"Verified MedSAM2 weights (published SHA256) at {target}" in captured.out
+    assert "Downloading MedSAM2 weights 3/3 (100%" in captured.err  # MiB; not a terminal, so a line per tenth
+    assert f"Verified MedSAM2 weights (published SHA256) at {target}" in captured.out
     (server / "wanglab").rename(server / "moved")
     assert main(["download", "-o", str(cache / "other.pt"), "--mirror", server.as_uri()]) == 1
     assert "medsam2: error:" in capsys.readouterr().err and not (cache / "other.pt").exists()
+
+
+def test_offline_download_command_advises_its_own_output_path(tmp_path, capsys):
+    from MedSAM2Lib.apps.cli import main
+
+    target = tmp_path / "models" / "x.pt"
+    assert main(["download", "-o", str(target), "--mirror", (tmp_path / "offline").as_uri()]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("medsam2: error: Could not download the MedSAM2 weights: ") and "cannot be reached" in error
+    assert f"copy it to {target} on this computer (or save it anywhere and give its path to medsam2 segment, batch " \
+           "or demo with --checkpoint PATH)." in error
+    assert "MedSAM2 module" not in error and not target.parent.exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_downloaded_file_honours_the_umask(server, cache, umask, mode):
+    """Others on a shared computer read the weights when the umask lets them, as any file the user makes."""
+    source = publish(server, CONTENT)
+    previous = os.umask(umask)
+    try:
+        path = download_checkpoint(cache / "MedSAM2_latest.pt", source=source)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode

@@ -2,7 +2,9 @@
 
 Prompt table (CSV; header names in any case and order):
 
-- ``image``: the scan's file, relative to the images folder (or absolute); any volume ``read_volume`` reads.
+- ``image``: the scan's file, relative to the images folder (or absolute); any volume ``read_volume`` reads,
+  including a folder of DICOM files (the series with the most slices; the summary names it when there are
+  several).
 - ``slice``: index of the box's slice along the array's first axis, from 0.
 - ``x0, y0, x1, y1``: the box on that slice in pixels, x = column, y = row (as ``medsam2 segment --box``).
 - ``window`` (optional): ``LO HI`` (or ``LO, HI``), a CT preset name, ``mr-percentiles`` or ``none``; empty or
@@ -32,10 +34,15 @@ How a scan is processed:
   (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
   file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
-  e.g. DICOM or ``.mhd``) and with its spacing, origin and direction. It is written when at least one of the
-  scan's rows succeeded, atomically (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into
-  place), so a file that exists is a finished output and an earlier output survives a failed write; existing
-  outputs are skipped unless ``overwrite``.
+  e.g. DICOM or ``.mhd``; a DICOM folder ``CT1`` gives ``CT1.nii.gz``) and with its spacing, origin and
+  direction. It is written when at least one of the scan's rows succeeded, atomically
+  (:mod:`MedSAM2Lib.atomic`: a temporary file, read back, renamed into place), so a file that exists is a
+  finished output and an earlier output survives a failed write; existing outputs are skipped unless
+  ``overwrite``.
+- The summary CSV has one line per table row (:class:`Outcome`). A summary already at its path (an earlier,
+  perhaps cancelled, run) is merged into, not replaced: a row skipped because its scan's output exists keeps
+  the earlier run's line and figures, and earlier lines this run has no outcome for stay
+  (:func:`merge_outcomes`).
 - A scan with NaN or infinite voxels fails (all its rows, with a sentence counting them) unless ``nan_as``
   gives the value to replace them with.
 - A row that cannot be used (bad numbers, a box outside the slice, an unreadable or missing image) is
@@ -115,6 +122,7 @@ class Outcome:
 
 
 SUMMARY_COLUMNS = [column.name for column in fields(Outcome)]
+SUMMARY_KEY_COLUMNS = ("row", "image", "label", "status")  # what an earlier summary needs to be merged
 
 
 # -- reading tables ----------------------------------------------------------------------------------------
@@ -434,7 +442,9 @@ class BatchRunner:
         relative = Path(display_path(image, self.images))
         if relative.is_absolute() or ".." in relative.parts:
             relative = Path(image.name)
-        if mask_suffix(relative) is None:  # DICOM, .mhd, ...: the name without its extension, as NIfTI
+        if image.is_dir():  # a DICOM series: its folder's whole name (often a UID, with dots), as NIfTI
+            relative = relative.with_name(relative.name + MASK_SUFFIXES[0])
+        elif mask_suffix(relative) is None:  # a DICOM file, .mhd, ...: the name without its extension, as NIfTI
             relative = relative.with_name(relative.name.split(".")[0] + MASK_SUFFIXES[0])
         return self.output_folder / relative
 
@@ -486,8 +496,9 @@ class BatchRunner:
         return [self._outcome(prompt, status, message) for prompt in prompts]
 
     def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
+        notes: List[str] = []  # which DICOM series of a folder was read
         try:
-            volume, geometry = read_scan(image, self.nan_as)
+            volume, geometry = read_scan(image, self.nan_as, on_note=notes.append)
         except (ValueError, OSError) as error:
             return self._all(prompts, "failed", str(error))
         regions: Dict[Prompt, Region] = {}
@@ -506,6 +517,8 @@ class BatchRunner:
                 for prompt in stack_group:
                     self._segment_prompt(prompt, stacked, volume.shape, cache, regions, outcomes[prompt])
         self._compose_and_write(volume.shape, regions, outcomes, geometry, output)
+        for outcome in outcomes.values():
+            outcome.message = " ".join(notes + [outcome.message]).strip()
         return list(outcomes.values())
 
     def _segment_prompt(self, prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int],
@@ -567,6 +580,57 @@ def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Opti
     if owner != image:
         return f"its output {output} is also the output of {owner}."
     return None
+
+
+def read_summary(path: Path) -> List[Outcome]:
+    """The outcomes of an earlier run's summary CSV at ``path`` (none when there is no file), for
+    :func:`merge_outcomes`; TableError when the file is not such a summary (it would be replaced by one)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            columns = reader.fieldnames or []
+            if not set(SUMMARY_KEY_COLUMNS) <= set(columns):
+                found = ", ".join(columns) or "none"
+                raise TableError(
+                    f"{path} exists and is not the summary of a batch (its columns are {found}); the summary of a "
+                    "resumed batch is merged into it, so name another --summary or move that file.")
+            return [_summary_outcome(path, reader.line_num, cells) for cells in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise TableError(f"Cannot read the earlier summary {path}: {error}") from error
+
+
+def _summary_outcome(path: Path, line: int, cells: Dict[str, str]) -> Outcome:
+    values: Dict[str, object] = {}
+    for column in fields(Outcome):
+        text = cells.get(column.name) or ""
+        try:
+            if column.name in ("row", "label"):
+                values[column.name] = int(text) if text else None
+            elif column.type in ("int", "float"):
+                values[column.name] = (int if column.type == "int" else float)(text or 0)
+            else:
+                values[column.name] = text
+        except ValueError:
+            raise TableError(f"The earlier summary {path}, line {line}: {column.name} {text!r} is not a number; "
+                             "name another --summary or move that file.") from None
+    return Outcome(**values)
+
+
+def merge_outcomes(previous: Sequence[Outcome], outcomes: Sequence[Outcome]) -> List[Outcome]:
+    """A resumed run's summary: this run's outcomes, except that a row skipped because its scan's output exists
+    keeps what the earlier run said of it (its figures), and the earlier run's rows this run has no outcome for
+    (not reached before a cancel, or no longer in the table) stay. One outcome per (table line, image)."""
+    def key(outcome: Outcome) -> Tuple[Optional[int], str]:
+        return outcome.row, outcome.image
+
+    merged = {key(outcome): outcome for outcome in previous}
+    for outcome in outcomes:
+        if outcome.status != "skipped" or key(outcome) not in merged:
+            merged[key(outcome)] = outcome
+    return list(merged.values())
 
 
 def write_summary(path: Path, outcomes: Sequence[Outcome]) -> None:

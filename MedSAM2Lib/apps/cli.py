@@ -30,37 +30,78 @@ USER_ERRORS = (CheckpointError, ConfigError, DownloadError, PromptError, Session
                OSError)
 
 
+MIB = 2**20
+# The package is not on PyPI yet: its Ray extra installs from a checkout.
+RAY_INSTALL = "pip install ray, or in a checkout of this project pip install -e '.[ray]'"
+
+
 class ProgressBar:
-    """One-line progress on stderr: bar, items done, seconds per item (a slice unless ``unit`` says otherwise)."""
+    """Progress on stderr, as a context manager that ends its line on leaving (an error or an early stop then
+    starts on a line of its own).
+
+    On a terminal: one line redrawn in place (bar, items done, seconds per item: a slice unless ``unit`` says
+    otherwise). In a log (the stream is not a terminal): no carriage returns, one line each time another tenth
+    of the items is done."""
+
+    TENTHS = 10
 
     def __init__(self, total: int, label: str, stream=None, width: int = 30, unit: str = "slice") -> None:
         self.total, self.label, self.width, self.unit = total, label, width, unit
         self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
         self.done = 0
         self.started = time.perf_counter()
-        self._line = ""
+        self._line = ""  # the bar drawn last on a terminal, "" once its line is ended
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.end_line()
 
     def advance(self, _item: Optional[object] = None) -> None:
-        self.done += 1
-        self._draw()
-        if self.done == self.total:
-            self.stream.write("\n")
+        self.update(self.done + 1)
+
+    def update(self, done: int) -> None:
+        """``done`` items of ``total`` are done."""
+        previous, self.done = self.done, done
+        if self.terminal:
+            self._draw()
+            if self.done >= self.total:
+                self.end_line()
+        elif self.done >= self.total or self._share(self.done, self.TENTHS) > self._share(previous, self.TENTHS):
+            percent = self._share(self.done, 100)
+            self.stream.write(f"{self.label} {self.done}/{self.total} ({percent}%, {self._pace()})\n")
         self.stream.flush()
 
     def note(self, message: str) -> None:
         """A line of its own above the bar (which is drawn again below it while unfinished)."""
-        self.stream.write(f"\r{message.ljust(len(self._line))}\n")
-        if 0 < self.done < self.total:
-            self._draw()
+        if not self.terminal:
+            self.stream.write(f"{message}\n")
+        else:
+            self.stream.write(f"\r{message.ljust(len(self._line))}\n")
+            if 0 < self.done < self.total:
+                self._draw()
         self.stream.flush()
 
+    def end_line(self) -> None:
+        """End the bar's line if it is on one (further output then starts on a line of its own)."""
+        if self._line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line = ""
+
+    def _share(self, done: int, parts: int) -> int:
+        """How many whole ``parts``-ths of the total ``done`` items are."""
+        return done * parts // max(self.total, 1)
+
+    def _pace(self) -> str:
+        return f"{(time.perf_counter() - self.started) / max(self.done, 1):.2f} s/{self.unit}"
+
     def _draw(self) -> None:
-        elapsed = time.perf_counter() - self.started
-        filled = self.width * self.done // max(self.total, 1)
-        self._line = (
-            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-            f"({elapsed / self.done:.2f} s/{self.unit})"
-        )
+        filled = self._share(min(self.done, self.total), self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        self._line = f"{self.label} [{bar}] {self.done}/{self.total} ({self._pace()})"
         self.stream.write(f"\r{self._line}")
 
 
@@ -237,7 +278,8 @@ def command_segment(args: argparse.Namespace) -> int:
     check_output(args.output, inputs=[args.image])
     document = segment_session(args)
     windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
-    volume, geometry = read_scan(args.image, args.nan_as)
+    volume, geometry = read_scan(args.image, args.nan_as, args.series,
+                                 on_note=lambda note: print(f"medsam2: {note}", file=sys.stderr))
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
     steps = document.steps
     check_steps(steps, stack, name_steps=args.prompts is not None)
@@ -248,13 +290,12 @@ def command_segment(args: argparse.Namespace) -> int:
     cache = predictor.single_pass_cache(stack) if single_pass else None
     session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
-        progress = ProgressBar(len(steps), "Session", unit="step")
-        run_steps(session, steps, on_step=progress.advance)
-    else:
-        progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
-        run_steps(session, steps, on_slice=progress.advance)
-        if 0 < progress.done < progress.total:  # an early stop: end the bar's line
-            progress.stream.write("\n")
+        with ProgressBar(len(steps), "Session", unit="step") as progress:
+            run_steps(session, steps, on_step=progress.advance)
+    else:  # an early stop ends the bar before its total
+        planned = planned_slices(stack.shape[0], args.slice, args.direction, None)
+        with ProgressBar(len(planned), "Propagating") as progress:
+            run_steps(session, steps, on_slice=progress.advance)
     for stop in session.stops.values():
         if stop.early:
             print(stop, file=sys.stderr)
@@ -265,7 +306,8 @@ def command_segment(args: argparse.Namespace) -> int:
 
 
 def command_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchRunner, read_deeplesion_table, read_prompt_table, write_summary
+    from .batch import (BatchRunner, merge_outcomes, read_deeplesion_table, read_prompt_table, read_summary,
+                        write_summary)
 
     if not args.images.is_dir():
         raise VolumeError(f"The images folder {args.images} does not exist or is not a folder.")
@@ -289,14 +331,16 @@ def command_batch(args: argparse.Namespace) -> int:
                              nan_as=args.nan_as)
     summary = args.summary or args.out / "summary.csv"
     check_writable(summary)
+    earlier = read_summary(summary)  # a resumed batch: the skipped scans keep the figures of the run that made them
     try:
-        runner.run(prompts)
+        with progress:
+            runner.run(prompts)
     except KeyboardInterrupt:
-        write_summary(summary, outcomes + runner.outcomes)
-        print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
+        write_summary(summary, merge_outcomes(earlier, outcomes + runner.outcomes))
+        print(f"medsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
         return 130
     outcomes += runner.outcomes
-    write_summary(summary, outcomes)
+    write_summary(summary, merge_outcomes(earlier, outcomes))
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} prompts segmented, {counts['skipped']} skipped, {counts['failed']} failed. Summary: {summary}")
     return 1 if counts["failed"] else 0
@@ -305,7 +349,7 @@ def command_batch(args: argparse.Namespace) -> int:
 def _ray_batch_runner(args: argparse.Namespace, scans: int):
     """``--ray``: the Ray runner, with a bar over scans (the single-process bar counts prompts)."""
     if importlib.util.find_spec("ray") is None:  # not imported here: a local Ray is set up before its import
-        raise ValueError("--ray needs Ray: pip install 'medsam2-slicer[ray]'.")
+        raise ValueError(f"--ray needs Ray: {RAY_INSTALL}.")
     from .ray_batch import LOCAL, RayBatchRunner, RayOptions
 
     options = RayOptions(None if args.ray == LOCAL else args.ray, args.workers or 1, args.cpus_per_worker or 1.0,
@@ -340,7 +384,7 @@ def _report_scan(report, progress: ProgressBar) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import format_table, mean_scores, paired_files, score_pair, write_scores_csv
+    from .evaluation import EMPTY_PAIR, format_table, mean_scores, paired_files, score_pair, write_scores_csv
 
     check_writable(args.csv)
     scores = []
@@ -350,10 +394,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
     print(format_table(scores + mean_scores(scores)))
     write_scores_csv(args.csv, scores)
     print(f"Wrote {args.csv}")
-    unscored = [score for score in scores if score.status != "ok"]
-    for score in unscored:
-        print(f"medsam2: {score.case}: {score.status}", file=sys.stderr)
-    return 1 if unscored else 0
+    for score in scores:
+        if score.status != "ok":
+            print(f"medsam2: {score.case}: {score.status}", file=sys.stderr)
+    return 1 if any(score.status not in ("ok", EMPTY_PAIR) for score in scores) else 0
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -372,8 +416,8 @@ def command_demo(args: argparse.Namespace) -> int:
             raise DownloadError(f"{error}\n{missing_weights_message(checkpoint)}") from error
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
-    progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
-    result = run_demo(predictor, args.out, on_slice=progress.advance)
+    with ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}") as progress:
+        result = run_demo(predictor, args.out, on_slice=progress.advance)
     print(f"Mask: {result.mask_path}")
     print(f"Picture: {result.png_path}")
     print(f"The {DEMO_PROMPT.structure}: {result.voxels} voxels ({result.millilitres:.1f} ml) on slices "
@@ -389,23 +433,18 @@ def command_download(args: argparse.Namespace) -> int:
 
 
 def download_weights(destination: Path, mirror: str) -> Path:
-    """The verified download with a progress line on stderr."""
-    from ..weights import WeightsSource, download_checkpoint
+    """The verified download with its progress on stderr (in MiB; the size is known once the download starts)."""
+    from ..weights import CLI_ALTERNATIVE, WeightsSource, download_checkpoint
 
-    shown = -1
+    with ProgressBar(0, "Downloading MedSAM2 weights", unit="MiB") as progress:
 
-    def report(done: int, total: int) -> None:
-        nonlocal shown
-        percent = 100 * done // max(total, 1)
-        if percent != shown:
-            shown = percent
-            sys.stderr.write(f"\rDownloading MedSAM2 weights: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({percent}%)")
-            sys.stderr.flush()
+        def report(done: int, total: int) -> None:
+            progress.total = -(-total // MIB)
+            if -(-done // MIB) != progress.done:
+                progress.update(-(-done // MIB))
 
-    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
-    if shown >= 0:
-        sys.stderr.write("\n")
-    return path
+        return download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror),
+                                   alternative=CLI_ALTERNATIVE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,7 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
                                                   "file of prompts on several slices)")
-    segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W) or a volume file SimpleITK reads")
+    segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W), a volume file SimpleITK reads, or a "
+                                                  "folder of DICOM files (the series with the most slices)")
+    segment.add_argument("--series", default=None, metavar="UID",
+                         help="with a DICOM folder: the Series Instance UID of the series to read")
     segment.add_argument("--slice", type=int, default=None, help="index K of the prompted slice along the first axis")
     segment.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                          help="box in pixels of slice K: x = column, y = row")
@@ -448,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--cache-slices", type=slice_count, default=None, metavar="N",
                        help="keep the features of at most N slices per scan (default: what fits in 512 MiB or a "
                             "quarter of the available memory; about 4 MB a slice in float32, 2 MB in bfloat16)")
-    cluster = batch.add_argument_group("Ray (pip install 'medsam2-slicer[ray]')")
+    cluster = batch.add_argument_group(f"Ray ({RAY_INSTALL})")
     cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                          help="segment the scans on Ray workers: alone (or 'local'), a Ray started on this machine, "
                               "on loopback only; else an existing cluster: auto, HOST:PORT or ray://HOST:PORT")

@@ -120,6 +120,10 @@ class LabelScore:
     status: str = "ok"  # ok, or why there are no scores (missing prediction, shape mismatch, ...)
 
 
+# The status of a pair with nothing to score: no failure (a scan without the structure, rightly found empty).
+EMPTY_PAIR = "both maps are empty: no label to score (--labels scores chosen labels as absent in both)"
+
+
 def present_labels(*label_maps: np.ndarray) -> List[int]:
     """The non-zero labels found in any of the maps, ascending."""
     found = set()
@@ -228,6 +232,8 @@ def score_pair(
     if spacing and prediction_spacing and not np.allclose(prediction_spacing, spacing, rtol=1e-4, atol=1e-6):
         return [LabelScore(case, None, status=f"spacings differ: prediction {prediction_spacing}, reference {spacing}")]
     spacing = spacing or prediction_spacing or (1.0,) * reference.ndim
+    if labels is None and not present_labels(prediction, reference):
+        return [LabelScore(case, None, status=EMPTY_PAIR)]
     return score_labels(case, prediction, reference, spacing, labels, tolerance_mm)
 
 

@@ -12,7 +12,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -106,13 +106,21 @@ def is_npz(path: str | Path) -> bool:
     return str(path).lower().endswith(".npz")
 
 
-def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
+def read_volume(path: str | Path, series: Optional[str] = None,
+                on_note: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, Geometry]:
     """A scalar 3D volume as a (D, H, W) array and its geometry.
 
     ``.npz`` files hold ``imgs`` (D, H, W) and optionally ``spacing`` (MedSAM2's npz layout, spacing in
-    z, y, x order); anything else is read with SimpleITK (NIfTI, NRRD, MHA, a DICOM file, ...).
+    z, y, x order); a folder is read as a DICOM series (:func:`read_dicom_series`: ``series`` is its Series
+    Instance UID, ``on_note`` hears which one was chosen among several); anything else is read with SimpleITK
+    (NIfTI, NRRD, MHA, a DICOM file, ...).
     """
     path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path, series, on_note)
+    if series is not None:
+        raise VolumeError(f"A series UID picks one DICOM series of a folder, and {path} is a file; give the folder "
+                          "that holds the series, or leave the series out.")
     if not path.is_file():
         raise VolumeError(f"No image file at {path}.")
     if is_npz(path):
@@ -124,6 +132,45 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
         image = sitk.ReadImage(str(path), imageIO=reader)
     except RuntimeError as error:
         raise VolumeError(f"Cannot read {path} as an image: {library_reason(error)}.") from error
+    return _scalar_volume(image, path)
+
+
+def read_dicom_series(folder: Path, series: Optional[str] = None,
+                      on_note: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, Geometry]:
+    """The DICOM series in ``folder`` (its files directly in it) as :func:`read_volume` gives a volume: the one
+    whose Series Instance UID is ``series``, else the one with the most slices (the first of those in GDCM's
+    order on a tie); when there are several, ``on_note`` hears which was read and what the others are. Slices
+    are ordered, and the geometry taken, from their positions (SimpleITK's ImageSeriesReader, GDCM)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    try:
+        files = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in reader.GetGDCMSeriesIDs(str(folder))}
+    except RuntimeError as error:
+        raise VolumeError(f"Cannot look for DICOM series in {folder}: {library_reason(error)}.") from error
+    if not files:
+        raise VolumeError(f"{folder} is a folder without a DICOM series in it; give a volume file (NIfTI, NRRD, MHA, "
+                          ".npz) or a folder holding the DICOM files of a series.")
+    listed = ", ".join(f"{uid} ({len(names)} slices)" for uid, names in files.items())
+    if series is None:
+        series = max(files, key=lambda uid: len(files[uid]))
+        if len(files) > 1 and on_note is not None:
+            on_note(f"{folder} holds {len(files)} DICOM series: {listed}; reading {series}, the one with the most "
+                    "slices (a series UID picks another).")
+    elif series not in files:
+        raise VolumeError(f"{folder} has no DICOM series {series}; it has {listed}.")
+    reader.SetFileNames(files[series])
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise VolumeError(f"Cannot read the DICOM series {series} in {folder}: {library_reason(error)}.") from error
+    return _scalar_volume(image, folder)
+
+
+def _scalar_volume(image, path: Path) -> Tuple[np.ndarray, Geometry]:
+    """A SimpleITK image read from ``path`` as (D, H, W) voxels and geometry; VolumeError unless scalar 3D."""
+    import SimpleITK as sitk
+
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a colour or vector image); "
@@ -135,12 +182,13 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), geometry
 
 
-def read_scan(path: str | Path, nan_as: Optional[float] = None) -> Tuple[np.ndarray, Geometry]:
+def read_scan(path: str | Path, nan_as: Optional[float] = None, series: Optional[str] = None,
+              on_note: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, Geometry]:
     """:func:`read_volume` for segmenting from the command line: NaN and infinite voxels are replaced by
     ``nan_as``, or refused with a sentence counting them (:class:`~MedSAM2Lib.inference.preprocessing.NonFiniteError`)."""
     from ..inference.preprocessing import check_finite, replace_non_finite  # imports torch
 
-    volume, geometry = read_volume(path)
+    volume, geometry = read_volume(path, series, on_note)
     if nan_as is not None:
         return replace_non_finite(volume, nan_as), geometry
     check_finite(volume, NAN_AS_FIX, name=str(path))

@@ -60,8 +60,20 @@ def select_device(name: str = "auto") -> torch.device:
     if name not in available:
         raise ValueError(f"Unknown device {name!r}; choose auto, cpu, cuda or mps.")
     if not available[name]:
+        if name == "cuda":
+            raise ValueError(cuda_unavailable_reason())
         raise ValueError(f"The device {name!r} is not available in this PyTorch installation; use auto or cpu.")
     return torch.device(name)
+
+
+def cuda_unavailable_reason() -> str:
+    """Why CUDA cannot be used: this PyTorch has no CUDA at all, or it has but finds no GPU (different fixes)."""
+    if torch.version.cuda is None:
+        return ("The device 'cuda' needs a PyTorch built with CUDA, and this one is a CPU-only build; install a CUDA "
+                "build of PyTorch (https://pytorch.org/get-started/locally/), or choose the device auto or cpu.")
+    return (f"This PyTorch is built with CUDA {torch.version.cuda} but finds no usable NVIDIA GPU (none in this "
+            "computer, no driver, or hidden by CUDA_VISIBLE_DEVICES; nvidia-smi tells which); choose the device auto "
+            "or cpu.")
 
 
 def planned_slices(num_slices: int, key_slice: int, direction: str, slice_range: Optional[Tuple[int, int]]) -> List[int]:
@@ -331,7 +343,13 @@ def check_box(box: Sequence[float], slice_shape: Tuple[int, int]) -> Tuple[float
     if values.size != 4 or not np.all(np.isfinite(values)):
         raise PromptError(f"The box must be four numbers x0 y0 x1 y1; got {box!r}.")
     x0, y0, x1, y1 = values
-    if x1 <= x0 or y1 <= y0:
+    if x1 < x0 or y1 < y0:
+        which = "x1 is left of x0" if x1 < x0 else "y1 is above y0"
+        raise PromptError(
+            f"The box ({x0:g}, {y0:g}) - ({x1:g}, {y1:g}) has its corners swapped: {which}; give the top-left corner "
+            f"first: {min(x0, x1):g} {min(y0, y1):g} {max(x0, x1):g} {max(y0, y1):g}."
+        )
+    if x1 == x0 or y1 == y0:
         raise PromptError(
             f"The box ({x0:g}, {y0:g}) - ({x1:g}, {y1:g}) has no area: x1 must exceed x0 and y1 must exceed y0."
         )
@@ -359,9 +377,19 @@ def validate_prompt(
     if direction not in DIRECTIONS:
         raise PromptError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
     if slice_range is not None:
-        first, last = slice_range
-        if not 0 <= first <= key_slice <= last < num_slices:
-            raise PromptError(
-                f"The slice range {first}..{last} must lie within 0..{num_slices - 1} and include the box's "
-                f"slice {key_slice}."
-            )
+        check_slice_range(slice_range, num_slices, key_slice, "the box's slice")
+
+
+def check_slice_range(slice_range: Sequence[int], num_slices: int, prompted: Optional[int] = None,
+                      prompted_name: str = "the prompted slice") -> None:
+    """Refuse an inclusive slice range (first, last) that is inverted, reaches outside 0..num_slices - 1, or
+    leaves out the slice ``prompted`` (named ``prompted_name``) a propagation starts from."""
+    first, last = slice_range
+    if first > last:
+        raise PromptError(f"The slice range {first}..{last} is inverted: its first slice comes after its last; give "
+                          f"{last}..{first}.")
+    if prompted is None and not 0 <= first <= last < num_slices:
+        raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1}.")
+    if prompted is not None and not 0 <= first <= prompted <= last < num_slices:
+        raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1} and include "
+                          f"{prompted_name} {prompted}.")

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from ..model.medsam2 import ImageFeatures, MemoryContext, SpatialMemory
 from .connected_components import largest_component
 from .early_stop import DEFAULT_ABSENT_SLICES, AbsenceWatch, DirectionStop, check_absent_slices
-from .predictor import DIRECTIONS, FeatureCache, PromptError, SliceResult, VolumePredictor, check_box, check_volume
+from .predictor import (DIRECTIONS, FeatureCache, PromptError, SliceResult, VolumePredictor, check_box,
+                        check_slice_range, check_volume)
 
 FORWARD, BACKWARD = "forward", "backward"
 CORRECTION_LOGIT_CLAMP = 32.0  # previous logits fed back as mask input are clamped to +-32 (as the reference)
@@ -245,11 +246,7 @@ class Session:
         num_slices = self.volume.shape[0]
         start = min(self._conditioning)
         first, last = slice_range if slice_range is not None else (0, num_slices - 1)
-        if not 0 <= first <= start <= last < num_slices:
-            raise PromptError(
-                f"The slice range {first}..{last} must lie within 0..{num_slices - 1} and include the first "
-                f"prompted slice {start}."
-            )
+        check_slice_range((first, last), num_slices, start, "the first prompted slice")
         return ([FORWARD, BACKWARD] if direction == "both" else [direction]), start, first, last
 
     # -- internals: decoding prompts ---------------------------------------------------------------------

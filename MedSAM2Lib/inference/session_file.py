@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -48,6 +48,9 @@ PROMPT_KEYS = {"slice", "box", "points", "labels", "mask", "add"}
 PROPAGATE_KEYS = {"propagate", "range"}
 REMOVE_KEYS = {"slice", "remove"}
 DOCUMENT_KEYS = {"steps", "stack", "window", "size_ijk", "options"}
+# Each step decodes a slice or propagates through the volume (a fraction of a second to minutes on a CPU); far
+# more steps than anyone gives by hand come from a generator gone wrong, refused before any work.
+MAX_STEPS = 1000
 OPTION_CHECKS = {  # an option's name -> (its check, what it must be)
     "precision": (lambda value: value in ("float32", "bfloat16"), '"float32" or "bfloat16"'),
     "early_stop": (lambda value: value is None or (type(value) is int and value >= 1), "a slice count or null"),
@@ -117,6 +120,9 @@ def read_session(path) -> SessionDocument:
     unknown = set(document) - DOCUMENT_KEYS
     if unknown:
         raise SessionFileError(f"The session file {path} has unknown entries: {', '.join(sorted(unknown))}.")
+    if len(document["steps"]) > MAX_STEPS:
+        raise SessionFileError(f"The session file {path} has {len(document['steps']):,} steps, more than the "
+                               f"{MAX_STEPS:,} a session file may hold; keep the steps that make the segment.")
     steps = [_checked_step(number, step, path.parent) for number, step in enumerate(document["steps"], start=1)]
     try:
         stack = StackGeometry.from_json(document["stack"]) if "stack" in document else ARRAY_ORDER
@@ -156,22 +162,44 @@ def read_session_file(path) -> List[Dict[str, Any]]:
 
 def check_steps(steps: Sequence[Dict[str, Any]], volume: np.ndarray, name_steps: bool = True) -> None:
     """Refuse, before any work, steps that cannot apply to a volume: a prompt outside it or not fitting its
-    slices, a range outside it. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step
-    (``name_steps``: steps of a file, not of command-line options)."""
-    from .predictor import PromptError, check_volume
+    slices, a range outside it, a propagation with no prompt or whose range surely leaves out the slice it starts
+    from. Raises :class:`PromptError`, or :class:`SessionFileError` naming the step (``name_steps``: steps of a
+    file, not of command-line options).
+
+    A propagation starts from the lowest conditioning slice (:class:`~MedSAM2Lib.inference.session.Session`).
+    Prompts given before the first propagation all condition; a later one conditions only where no propagation
+    reached its slice, which depends on early stops, so for it only what is sure is refused here (the session
+    refuses the rest when it gets there)."""
+    from .predictor import PromptError, check_slice_range, check_volume
     from .session import check_prompt
 
     check_volume(volume)
     num_slices = volume.shape[0]
+    conditioning: Set[int] = set()  # surely conditioning: prompted before any propagation and not removed
+    prompted: Set[int] = set()  # may be conditioning: every prompted slice not removed
+    propagated = False
     for number, step in enumerate(steps, start=1):
         try:
             if "propagate" in step:
-                first, last = step.get("range", (0, num_slices - 1))
-                if not 0 <= first <= last < num_slices:
-                    raise PromptError(f"The slice range {first}..{last} must lie within 0..{num_slices - 1}.")
-            elif not step.get("remove"):
+                slice_range = step.get("range", (0, num_slices - 1))
+                check_slice_range(slice_range, num_slices)
+                if not prompted:
+                    raise PromptError("Give a box, points or a mask on a slice before propagating.")
+                # The start lies between the lowest prompted slice and the lowest surely conditioning one.
+                if conditioning and min(conditioning) < slice_range[0]:
+                    check_slice_range(slice_range, num_slices, min(conditioning), "the first prompted slice")
+                if min(prompted) > slice_range[1]:
+                    check_slice_range(slice_range, num_slices, min(prompted), "the first prompted slice")
+                propagated = True
+            elif step.get("remove"):
+                conditioning.discard(step["slice"])
+                prompted.discard(step["slice"])
+            else:
                 check_prompt(volume.shape, step["slice"], step.get("box"), step.get("points"), step.get("labels"),
                              step.get("mask"))
+                prompted.add(step["slice"])
+                if not propagated:
+                    conditioning.add(step["slice"])
         except PromptError as error:
             if not name_steps:
                 raise
