@@ -129,12 +129,11 @@ class WriteRecord:
     session_id: str  # the session it belongs to: a tag left by an earlier session (before a Reset) is not this one's
     digests: Dict[int, str] = field(default_factory=dict)  # slice -> slice_digest of the segment there after the write
     kept: Set[int] = field(default_factory=set)  # slices left as the user edited them (their content is a mask prompt)
-    trimmed: Set[int] = field(default_factory=set)  # slices written with less than the model's output (3D component)
 
     def as_tag(self, geometry: StackGeometry) -> str:
         return json.dumps({"session": self.session_id, "stack": geometry.as_json(),
                            "slices": {str(index): digest for index, digest in sorted(self.digests.items())},
-                           "kept": sorted(self.kept), "trimmed": sorted(self.trimmed)})
+                           "kept": sorted(self.kept)})
 
     @classmethod
     def of_segment(cls, segmentation_node, segment_id: str, geometry: StackGeometry,
@@ -149,7 +148,7 @@ class WriteRecord:
                 if session_id in (None, document["session"]) and StackGeometry.from_json(document["stack"]) == geometry:
                     return cls(str(document["session"]),
                                {int(index): str(digest) for index, digest in document["slices"].items()},
-                               {int(index) for index in document["kept"]}, {int(index) for index in document["trimmed"]})
+                               {int(index) for index in document["kept"]})
             except (ValueError, KeyError, TypeError, AttributeError):  # not a record this version wrote: none
                 pass
         return cls(session_id or uuid.uuid4().hex)
@@ -289,11 +288,11 @@ class InteractiveSegmenter:
         return ActionResult(sentence, computed.slice_index, computed.recomputed, segment_id)
 
     def _changed_slices(self, state: SegmentSession, computed: Computed) -> Dict[int, np.ndarray]:
-        """slice -> the uint8 (H, W) content to write there: the slices the action recomputed (all computed ones
-        after a restore), and after a propagation also those where the largest component changed, less those
-        whose content is already written and those kept as the user edited them (unless the action prompted them)."""
+        """slice -> the uint8 (H, W) content to write there, where it differs from what the record says the
+        segment holds: on the slices the action recomputed, or after a propagation or a restore on every slice
+        the session computed or wrote (the largest component may change anywhere, and Undo may have reverted
+        any), less those kept as the user edited them (unless the action prompted them)."""
         session, record = state.session, state.record
-        whole = computed.propagated or bool(state.restored)
         if state.masks is None:  # a new or restored session: every computed slice
             state.masks = np.zeros(session.volume.shape, dtype=np.uint8)
             updated = set(session.results)
@@ -301,16 +300,11 @@ class InteractiveSegmenter:
             updated = set(computed.recomputed)
         for index in updated:
             state.masks[index] = session.results[index].mask
-        candidates, final = set(updated), state.masks
-        if state.restored:
-            candidates |= set(record.digests)
-        if whole:
-            candidates |= record.trimmed
-            record.trimmed = set()
+        candidates, final = updated, state.masks
+        if computed.propagated or state.restored:
+            candidates = set(session.results) | set(record.digests)
             if session.predictor.keep_largest_component:
                 final = largest_component(state.masks)
-                record.trimmed = set(np.flatnonzero((final != state.masks).any(axis=(1, 2))).tolist())
-                candidates |= record.trimmed
         contents = {}
         width = session.volume.shape[2]
         for index in sorted(candidates):
@@ -321,8 +315,6 @@ class InteractiveSegmenter:
                 content = content | np.unpackbits(state.baseline[index], axis=-1, count=width)
             if record.digests.get(index) != slice_digest(content):
                 contents[index] = content
-        if not whole:
-            record.trimmed -= set(contents)
         return contents
 
     # -- the actions --------------------------------------------------------------------------------
