@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
@@ -23,8 +24,8 @@ from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, I
                                                 InteractiveSegmenter, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
-from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, save_segmentation, view_geometry,
-                                          view_to_index)
+from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, labelmap_stamp, save_segmentation,
+                                          view_geometry, view_to_index)
 from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag, selected_has_saved_session
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
@@ -559,6 +560,8 @@ def test_a_slice_edited_with_another_effect_is_kept_and_corrects_the_session(app
     assert np.count_nonzero(clicked[1] != painted[1])
     assert backend.extents and all(extent[4:] == (1, 1) for _, extent in backend.extents)  # slice K = 1 only
     assert [mode for mode, _ in backend.extents] in (["add"], ["remove", "add"])
+    # Writing the tags does not change the voxels' stamp: the next action need not read the segment for edits.
+    assert state.seen == labelmap_stamp(segmentation, segment_id)
 
     segmenter.propagate(app.editor, LESION)  # Update
     updated = selected(app, volume_node)
@@ -655,6 +658,7 @@ def test_sessions_end_with_their_segment_or_segmentation_and_are_bounded_in_byte
     assert list(segmenter.sessions) == [(segmentation.GetID(), first)]
     app.scene.RemoveNode(segmentation)
     assert not segmenter.sessions
+    segmenter.close()  # its scene observers go
 
 
 def test_closing_the_scene_releases_the_image_features_at_once(app, volume_node, predictor):
@@ -666,3 +670,24 @@ def test_closing_the_scene_releases_the_image_features_at_once(app, volume_node,
     assert segmenter.held_bytes() == 0 and not segmenter.sessions
     gc.collect()
     assert cache() is None  # nothing else keeps the features
+    segmenter.close()
+
+
+def test_what_the_editable_intensity_range_cuts_is_not_mistaken_for_an_edit(app, volume_node, predictor):
+    """With the editor's intensity range on, the writes hold only voxels in range; the record is what the segment
+    holds, so the next actions find no edit."""
+    app.editor_node.SetSourceVolumeIntensityMask(True)
+    app.editor_node.SetSourceVolumeIntensityMaskRange(100.0, 1000.0)  # the lesion (about 160), not the tissue (40)
+    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    intensities = slicer.util.arrayFromVolume(volume_node)
+    segment = selected(app, volume_node)
+    state = segmenter.session_of(app.editor)
+    model = state.geometry.from_stack(state.session.mask())
+    np.testing.assert_array_equal(segment, model & (intensities >= 100))
+    assert np.count_nonzero(model != segment)  # the range cut something
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    result = segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    assert result.message.startswith("Point on slice 5") and not state.record.kept
+    state.seen = None  # check the voxels again, as after another effect's edit
+    assert segmenter.propagate(app.editor, LESION).message.startswith("Propagated")
+    assert not state.record.kept

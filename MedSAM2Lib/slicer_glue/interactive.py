@@ -19,8 +19,9 @@ slices are not touched. What MedSAM2 last wrote on each slice is recorded as a d
 :data:`WRITTEN_TAG` (Undo and Redo restore it with the voxels). A slice whose content differs from its digest at
 the start of an action was edited with another effect: it is left exactly as the user left it, from then on, and
 its content becomes the session's mask prompt there (a correction), so that tracking goes on from the user's fix;
-only a new prompt on that slice hands it back to MedSAM2. Undo reverts the segment; the session's prompts stay, so
-the next action recomputes from them. The prompts are stored with the segment in the tag :data:`SESSION_TAG`,
+only a new prompt on that slice hands it back to MedSAM2. Undo reverts the segment and the record with it, so
+nothing undone is mistaken for an edit; the session's prompts stay, and the next propagation writes their result
+again wherever the segment differs. The prompts are stored with the segment in the tag :data:`SESSION_TAG`,
 saved in ``.seg.nrrd`` files and scenes.
 
 **Largest component.** With the predictor's ``keep_largest_component``, an action that propagates (Propagate,

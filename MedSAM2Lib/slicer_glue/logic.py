@@ -2,9 +2,10 @@
 
 The Segment Editor effect (MedSAM2Slicer) and the tests drive the same :class:`MedSAM2Logic`; they differ
 only in the :class:`EditorBackend` through which the editor's state is read and the result written. Writing always goes
-through the segment editor's "modify selected segment by labelmap" in Set mode, after saving state for
-undo, so masking (editable area, intensity range), overwrite of other segments and undo behave as for
-Slicer's own effects.
+through the segment editor's "modify segment by labelmap", after saving state for undo: in Set mode for a whole
+result (:meth:`MedSAM2Logic.write`), as Remove then Add on the extent of the slices that changed for the
+interactive sessions (:func:`slab_modifications`); so masking (editable area, intensity range), overwrite of
+other segments and undo behave as for Slicer's own effects.
 
 Geometry: the box is mapped from the view to the voxel grid of the *aligned source volume* (the source
 volume resampled to the segmentation's geometry, as every segment editor effect sees it), so the result
@@ -21,6 +22,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..inference.connected_components import bounding_box
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
 from ..inference.preprocessing import Windowing, check_finite
 from .geometry import StackGeometry, StackPrompt, box_prompt, stack_geometry, transform_points
@@ -528,24 +530,13 @@ def slab_modifications(image: "slicer.vtkOrientedImageData", box_kji: Sequence[s
     segment", where Slicer lets Remove (as the Erase effect) clear this segment's voxels outside that segment too."""
     modifications = []
     for mode, voxels in (("remove", (current != 0) & (new == 0)), ("add", new != 0)):
-        occupied = _occupied_box(voxels)
+        occupied = bounding_box(voxels)
         if occupied is not None:
             part = tuple(slice(whole.start + inner.start, whole.start + inner.stop)
                          for whole, inner in zip(box_kji, occupied))
             labelmap = labelmap_like(grid_part(image, part), voxels[occupied].astype(np.uint8))
             modifications.append((mode, labelmap))
     return modifications
-
-
-def _occupied_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
-    """The smallest box (one slice per axis) holding every nonzero voxel of a 3D array; None if there is none."""
-    box = []
-    for axis in range(mask.ndim):
-        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if occupied.size == 0:
-            return None
-        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    return tuple(box)
 
 
 def labelmap_like(image: "slicer.vtkOrientedImageData", mask_kji: np.ndarray) -> "slicer.vtkOrientedImageData":

@@ -424,7 +424,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         logic = self.logicForRun()
         if self.segmenter is None or self.segmenter.logic is not logic:
+            if self.segmenter is not None:
+                self.segmenter.close()  # ends its sessions and stops its scene observers
             self.segmenter = InteractiveSegmenter(logic)
+            # Sessions end with their segment or segmentation; closing the scene releases the image features.
+            self.segmenter.watch(slicer.mrmlScene)
         return self.segmenter
 
     def sessionOptions(self):
@@ -536,11 +540,15 @@ class ScriptedEffectBackend:
     def save_state_for_undo(self):
         self.scriptedEffect.saveStateForUndo()
 
-    def modify_segment(self, segmentation_node, segment_id, labelmap):
+    def modify_segment(self, segmentation_node, segment_id, labelmap, mode="set"):
+        from MedSAM2Lib.slicer_glue.logic import MODIFICATION_MODES
+
         # qSlicerSegmentEditorAbstractEffect::modifySegmentByLabelmap(segmentationNode, segmentID, ...): the
-        # segment captured when the run started, not the one selected now.
+        # segment captured when the run started, not the one selected now; without an extent it modifies the
+        # labelmap's own extent (vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap, which it calls).
         self.scriptedEffect.modifySegmentByLabelmap(
-            segmentation_node, segment_id, labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+            segmentation_node, segment_id, labelmap,
+            getattr(slicer.qSlicerSegmentEditorAbstractEffect, MODIFICATION_MODES[mode])
         )
 
 
