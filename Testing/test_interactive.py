@@ -24,8 +24,8 @@ from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, I
                                                 InteractiveSegmenter, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
-from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, labelmap_stamp, save_segmentation,
-                                          view_geometry, view_to_index)
+from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, grid_part, labelmap_stamp,
+                                          save_segmentation, segment_mask_on, view_geometry, view_to_index)
 from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag, selected_has_saved_session
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
@@ -691,3 +691,25 @@ def test_what_the_editable_intensity_range_cuts_is_not_mistaken_for_an_edit(app,
     state.seen = None  # check the voxels again, as after another effect's edit
     assert segmenter.propagate(app.editor, LESION).message.startswith("Propagated")
     assert not state.record.kept
+
+
+def test_a_segment_is_read_from_its_own_labelmap_part_as_export_reads_it(app, volume_node):
+    """segment_mask_on reads a part of the grid straight from a labelmap two segments share (label values 1 and
+    2): the same voxels as Slicer's export of each segment."""
+    segmentation = app.segmentation_for(volume_node)
+    ids = [segmentation.GetSegmentation().AddEmptySegment("", name) for name in ("first", "second")]
+    masks = [np.zeros((7, 48, 64), np.uint8) for _ in ids]
+    masks[0][1:4, 10:30, 20:40] = 1
+    masks[1][3:6, 25:40, 35:60] = 1
+    masks[1][masks[0] != 0] = 0  # one layer holds both only where they do not overlap
+    for segment_id, mask in zip(ids, masks):
+        set_segment(segmentation, segment_id, mask, volume_node)
+    layers = segmentation.GetSegmentation()
+    assert layers.GetNumberOfLayers() == 1 and {layers.GetSegment(i).GetLabelValue() for i in ids} == {1, 2}
+    source = app.editor.source()
+    box = (slice(2, 5), slice(0, 48), slice(30, 64))
+    for segment_id, mask in zip(ids, masks):
+        np.testing.assert_array_equal(segment_mask_on(segmentation, segment_id, source.image),
+                                      segment_array(segmentation, segment_id, volume_node))
+        np.testing.assert_array_equal(segment_mask_on(segmentation, segment_id, grid_part(source.image, box)),
+                                      mask[box])

@@ -543,12 +543,13 @@ class ScriptedEffectBackend:
     def modify_segment(self, segmentation_node, segment_id, labelmap, mode="set"):
         from MedSAM2Lib.slicer_glue.logic import MODIFICATION_MODES
 
-        # qSlicerSegmentEditorAbstractEffect::modifySegmentByLabelmap(segmentationNode, segmentID, ...): the
-        # segment captured when the run started, not the one selected now; without an extent it modifies the
-        # labelmap's own extent (vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap, which it calls).
-        self.scriptedEffect.modifySegmentByLabelmap(
-            segmentation_node, segment_id, labelmap,
-            getattr(slicer.qSlicerSegmentEditorAbstractEffect, MODIFICATION_MODES[mode])
+        # The segment captured when the run started: EditorAccess.modify selects it while writing (and restores the
+        # user's selection after), so the selected segment is segment_id here. modifySelectedSegmentByLabelmap is
+        # the overload that takes the modification extent from Python, as a list (QList<int>; the Smoothing
+        # effect, SegmentEditorSmoothingEffect.py, calls it so); modifySegmentByLabelmap takes it only as int[6].
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            labelmap, getattr(slicer.qSlicerSegmentEditorAbstractEffect, MODIFICATION_MODES[mode]),
+            list(labelmap.GetExtent())
         )
 
 
