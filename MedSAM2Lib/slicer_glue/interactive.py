@@ -13,9 +13,9 @@ What the clinician does, and what happens (the Qt effect only forwards mouse eve
 
 **Writing.** An action writes, as one undoable, masking-aware edit of the segment captured when it started, only
 the slices whose MedSAM2 content changed in that action: the session's output there (Replace) or the segment's
-content from before the session plus the output (Add). Each slice is written on its own extent (Slicer's Remove
-then Add, so the editable area, the intensity range and overwriting other segments apply as to a Set); other
-slices are not touched. What MedSAM2 last wrote on each slice is recorded as a digest in the segment's tag
+content from before the session plus the output (Add). Each run of consecutive changed slices is written on its
+own extent (Slicer's Remove then Add, so the editable area, the intensity range and overwriting other segments
+apply as to a Set); other slices are not touched. What MedSAM2 last wrote on each slice is recorded as a digest in the segment's tag
 :data:`WRITTEN_TAG` (Undo and Redo restore it with the voxels). A slice whose content differs from its digest at
 the start of an action was edited with another effect: it is left exactly as the user left it, from then on, and
 its content becomes the session's mask prompt there (a correction), so that tracking goes on from the user's fix;
