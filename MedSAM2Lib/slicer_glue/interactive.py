@@ -243,6 +243,9 @@ class InteractiveSegmenter:
         one for a new-segment box), each on its own extent; record what the segment holds there now. The session
         is then the target's, and its prompts are stored in the segment's tag."""
         state, source = computed.state, computed.source
+        problem = target.problem(editor.backend.editor_node())
+        if problem is not None:  # before reading the segment: it may be gone
+            raise EditorStateError(problem)
         if computed.new_segment:
             target = replace(target, segment_id=None, segment_name=NEW_SEGMENT_NAME)
             state.record = WriteRecord(state.record.session_id)  # nothing of the new segment was written yet
@@ -260,9 +263,6 @@ class InteractiveSegmenter:
         if modifications or target.segment_id is None:
             segment_id = editor.modify(modifications, target)
         else:  # nothing changed: no edit, so no empty undo step; the tags still follow the session
-            problem = target.problem(editor.backend.editor_node())
-            if problem is not None:
-                raise EditorStateError(problem)
             segment_id = target.segment_id
         if computed.new_segment:
             editor.backend.editor_node().SetSelectedSegmentID(segment_id)
