@@ -175,11 +175,14 @@ def test_before_setup_nothing_but_the_box_is_shown(app, volume_node):
 # -- running --------------------------------------------------------------------------------------------------
 
 
-def test_a_new_logic_starts_without_sessions(predictor):
+def test_a_new_logic_starts_without_sessions(app, predictor):
     logic = MedSAM2Logic(predictor)
-    segmenter = segmenter_for(None, logic)
-    assert segmenter_for(segmenter, logic) is segmenter  # kept between clicks: its sessions go on
-    assert segmenter_for(segmenter, MedSAM2Logic(predictor)) is not segmenter  # model, device or precision changed
+    segmenter = segmenter_for(None, logic, app.scene)
+    assert segmenter_for(segmenter, logic, app.scene) is segmenter  # kept between clicks: its sessions go on
+    replaced = segmenter_for(segmenter, MedSAM2Logic(predictor), app.scene)  # model, device or precision changed
+    assert replaced is not segmenter
+    assert segmenter._scene_observers == [] and len(replaced._scene_observers) == 2  # the old one stopped watching
+    replaced.close()
 
 
 def test_actions_from_mouse_events_run_after_the_event_and_only_while_active():

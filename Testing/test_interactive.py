@@ -4,14 +4,18 @@ per segment, undo, refusals, the session stored with the segment."""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
+from MedSAM2Lib.inference.session import Session
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.apps.cli import main
@@ -20,7 +24,8 @@ from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, I
                                                 InteractiveSegmenter, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
-from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, save_segmentation, view_geometry, view_to_index
+from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, grid_part, labelmap_stamp,
+                                          save_segmentation, segment_mask_on, view_geometry, view_to_index)
 from MedSAM2Lib.slicer_glue.run_controller import RunController, saved_session_tag, selected_has_saved_session
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
@@ -518,3 +523,196 @@ def test_restoring_runs_on_the_run_controller_and_cancel_keeps_nothing(app, volu
     assert outcome.written and outcome.message.startswith(
         "Restored the segment's saved MedSAM2 session (2 steps). Nothing to update")
     np.testing.assert_array_equal(selected(app, volume_node), before)
+
+
+# -- what an action writes: only changed slices, never a slice the user edited ----------------------------
+
+
+class RecordingBackend(SegmentEditorLogicBackend):
+    """A test double that records the extent of every labelmap the segmenter writes, then writes it through the
+    real vtkSlicerSegmentEditorLogic."""
+
+    def __init__(self, editor_logic) -> None:
+        super().__init__(editor_logic)
+        self.extents = []
+
+    def modify_segment(self, segmentation_node, segment_id, labelmap, mode="set"):
+        self.extents.append((mode, labelmap.GetExtent()))
+        super().modify_segment(segmentation_node, segment_id, labelmap, mode)
+
+
+def test_a_slice_edited_with_another_effect_is_kept_and_corrects_the_session(app, volume_node, predictor):
+    """Paint a computed slice, click a point on another: only the clicked slice is written, the painted one stays
+    byte for byte and is the session's mask prompt; Update equals a library session given that mask step before
+    the point. Undo reverts each action, and after it nothing is mistaken for an edit."""
+    segmentation, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    segment_id = app.editor_node.GetSelectedSegmentID()
+    state = segmenter.session_of(app.editor)
+    painted = selected(app, volume_node)
+    painted[5, 14:26, 30:46] = 1  # on slice K = 5, tracked forward from the box on slice 3
+    painted[5, 20:23, 36:40] = 0
+    set_segment(segmentation, segment_id, painted, volume_node)  # as the Paint and Erase effects would
+    backend = app.editor.backend = RecordingBackend(app.editor_logic)
+    view1 = app.view(volume_node, "Axial", (40.3, 20.4, 1.0))
+    result = segmenter.points(app.editor, view1, [(xy_of(view1, volume_node, (44.0, 22.0, 1.0)), 1)], LESION)
+    assert result.message.startswith("Slice 5 kept as you painted it, used as a correction. Point on slice 1: a "
+                                     "correction of the backward tracking")
+    clicked = selected(app, volume_node)
+    np.testing.assert_array_equal(clicked[5], painted[5])
+    np.testing.assert_array_equal(np.delete(clicked, 1, axis=0), np.delete(painted, 1, axis=0))
+    assert np.count_nonzero(clicked[1] != painted[1])
+    assert backend.extents and all(extent[4:] == (1, 1) for _, extent in backend.extents)  # slice K = 1 only
+    assert [mode for mode, _ in backend.extents] in (["add"], ["remove", "add"])
+    # Writing the tags does not change the voxels' stamp: the next action need not read the segment for edits.
+    assert state.seen == labelmap_stamp(segmentation, segment_id)
+
+    segmenter.propagate(app.editor, LESION)  # Update
+    updated = selected(app, volume_node)
+    geometry = state.geometry
+    library = Session(predictor, state.session.volume, early_stop=predictor.early_stop)
+    library.add_prompt(3, box=list(state.prompts[3].box))
+    list(library.propagate())
+    library.add_prompt(5, mask=geometry.to_stack(painted)[5])
+    library.add_prompt(1, points=[list(state.prompts[1].points[0])], labels=[1], add=True)
+    list(library.propagate())
+    expected = geometry.from_stack(library.mask())
+    expected[5] = painted[5]
+    np.testing.assert_array_equal(updated, expected)
+    assert np.count_nonzero(updated != clicked)
+
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(selected(app, volume_node), clicked)
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(selected(app, volume_node), painted)
+    steps = len(state.session.steps)
+    result = segmenter.propagate(app.editor, LESION)  # the prompts stay: Update writes their result again
+    assert result.message.startswith("Slice 5 kept as you painted it, used as a correction. Nothing to update")
+    assert len(state.session.steps) == steps + 1  # the propagation only: slice 5 already is its mask prompt
+    np.testing.assert_array_equal(selected(app, volume_node), updated)
+
+
+def test_a_new_prompt_on_an_edited_slice_hands_it_back_to_medsam2(app, volume_node, predictor):
+    segmentation, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    painted = selected(app, volume_node)
+    painted[5, 14:26, 30:46] = 1
+    set_segment(segmentation, app.editor_node.GetSelectedSegmentID(), painted, volume_node)
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    result = segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    assert result.message.startswith("Your edit of slice 5 is the mask this prompt refines. Point on slice 5")
+    state = segmenter.session_of(app.editor)
+    assert 5 not in state.record.kept and state.prompts[5].mask is not None and state.prompts[5].labels == [0]
+    np.testing.assert_array_equal(selected(app, volume_node)[5],
+                                  state.geometry.from_stack(state.session.mask())[5])
+
+
+# -- the intensity window ------------------------------------------------------------------------------
+
+
+def test_changing_the_display_window_mid_session_changes_nothing(app, volume_node, predictor):
+    """A session started with the display window keeps it: the window changed between Propagate and a correction,
+    the session goes on (a box too), gives what it gives without the change, and is restored with its own window."""
+    display = volume_node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    as_displayed = InteractiveOptions()
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    click = [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)]
+
+    def corrected(change_window: bool):
+        display.SetWindowLevel(200.0, 100.0)
+        _, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor, as_displayed)
+        session = segmenter.session_of(app.editor)
+        if change_window:
+            display.SetWindowLevel(80.0, 30.0)
+        segmenter.points(app.editor, view5, click, as_displayed)
+        segmenter.box(app.editor, *box_in(app, volume_node, centre=(40.3, 20.4, 4.0)), as_displayed)
+        segmenter.propagate(app.editor, as_displayed)
+        assert segmenter.session_of(app.editor) is session
+        return selected(app, volume_node)
+
+    unchanged = corrected(False)
+    changed = corrected(True)
+    np.testing.assert_array_equal(changed, unchanged)
+    tag = saved_session_tag(app.editor_node.GetSegmentationNode(), app.editor_node.GetSelectedSegmentID())
+    assert json.loads(tag)["window"] == "0.0 200.0"
+    restored = InteractiveSegmenter(MedSAM2Logic(predictor))  # as after a reload, the display still at 80/30
+    assert restored.propagate(app.editor, as_displayed).message.startswith("Restored the segment's saved MedSAM2")
+    np.testing.assert_array_equal(selected(app, volume_node), unchanged)
+
+
+# -- memory --------------------------------------------------------------------------------------------
+
+
+def test_sessions_end_with_their_segment_or_segmentation_and_are_bounded_in_bytes(app, volume_node, predictor):
+    segmentation, segmenter, slice_node = boxed_and_propagated(app, volume_node, predictor)
+    segmenter.watch(app.scene)
+    first = app.editor_node.GetSelectedSegmentID()
+    first_bytes = segmenter.session_of(app.editor).nbytes()
+    assert first_bytes > 0
+    segmenter.max_session_bytes = first_bytes  # the next session goes beyond: the least recently used ends
+    second = segmentation.GetSegmentation().AddEmptySegment("", "second")
+    app.editor_node.SetSelectedSegmentID(second)
+    segmenter.box(app.editor, *box_in(app, volume_node, centre=(20.0, 30.0, 4.0)), LESION)
+    assert list(segmenter.sessions) == [(segmentation.GetID(), second)]
+    app.editor_node.SetSelectedSegmentID(first)
+    assert segmenter.restorable(app.editor)  # its segment keeps it: the next action restores it
+    segmentation.GetSegmentation().RemoveSegment(second)
+    assert not segmenter.sessions
+    segmenter.propagate(app.editor, LESION)
+    assert list(segmenter.sessions) == [(segmentation.GetID(), first)]
+    app.scene.RemoveNode(segmentation)
+    assert not segmenter.sessions
+    segmenter.close()  # its scene observers go
+
+
+def test_closing_the_scene_releases_the_image_features_at_once(app, volume_node, predictor):
+    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    segmenter.watch(app.scene)
+    cache = weakref.ref(segmenter.session_of(app.editor).session.cache)
+    assert segmenter.held_bytes() > cache().nbytes > 0
+    app.scene.Clear(False)
+    assert segmenter.held_bytes() == 0 and not segmenter.sessions
+    gc.collect()
+    assert cache() is None  # nothing else keeps the features
+    segmenter.close()
+
+
+def test_what_the_editable_intensity_range_cuts_is_not_mistaken_for_an_edit(app, volume_node, predictor):
+    """With the editor's intensity range on, the writes hold only voxels in range; the record is what the segment
+    holds, so the next actions find no edit."""
+    app.editor_node.SetSourceVolumeIntensityMask(True)
+    app.editor_node.SetSourceVolumeIntensityMaskRange(100.0, 1000.0)  # the lesion (about 160), not the tissue (40)
+    _, segmenter, _ = boxed_and_propagated(app, volume_node, predictor)
+    intensities = slicer.util.arrayFromVolume(volume_node)
+    segment = selected(app, volume_node)
+    state = segmenter.session_of(app.editor)
+    model = state.geometry.from_stack(state.session.mask())
+    np.testing.assert_array_equal(segment, model & (intensities >= 100))
+    assert np.count_nonzero(model != segment)  # the range cut something
+    view5 = app.view(volume_node, "Axial", (40.3, 20.4, 5.0))
+    result = segmenter.points(app.editor, view5, [(xy_of(view5, volume_node, (30.0, 15.0, 5.0)), 0)], LESION)
+    assert result.message.startswith("Point on slice 5") and not state.record.kept
+    state.seen = None  # check the voxels again, as after another effect's edit
+    assert segmenter.propagate(app.editor, LESION).message.startswith("Propagated")
+    assert not state.record.kept
+
+
+def test_a_segment_is_read_from_its_own_labelmap_part_as_export_reads_it(app, volume_node):
+    """segment_mask_on reads a part of the grid straight from a labelmap two segments share (label values 1 and
+    2): the same voxels as Slicer's export of each segment."""
+    segmentation = app.segmentation_for(volume_node)
+    ids = [segmentation.GetSegmentation().AddEmptySegment("", name) for name in ("first", "second")]
+    masks = [np.zeros((7, 48, 64), np.uint8) for _ in ids]
+    masks[0][1:4, 10:30, 20:40] = 1
+    masks[1][3:6, 25:40, 35:60] = 1
+    masks[1][masks[0] != 0] = 0  # one layer holds both only where they do not overlap
+    for segment_id, mask in zip(ids, masks):
+        set_segment(segmentation, segment_id, mask, volume_node)
+    layers = segmentation.GetSegmentation()
+    assert layers.GetNumberOfLayers() == 1 and {layers.GetSegment(i).GetLabelValue() for i in ids} == {1, 2}
+    source = app.editor.source()
+    box = (slice(2, 5), slice(0, 48), slice(30, 64))
+    for segment_id, mask in zip(ids, masks):
+        np.testing.assert_array_equal(segment_mask_on(segmentation, segment_id, source.image),
+                                      segment_array(segmentation, segment_id, volume_node))
+        np.testing.assert_array_equal(segment_mask_on(segmentation, segment_id, grid_part(source.image, box)),
+                                      mask[box])

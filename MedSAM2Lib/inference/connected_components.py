@@ -8,7 +8,7 @@ as ``scipy.ndimage.label`` and scikit-image do (the tests check this), so ties r
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -49,10 +49,13 @@ def fill_small_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1)
     return np.where(small, np.float32(fill_value), logits).astype(logits.dtype, copy=False)
 
 
-def _bounding_box(mask: np.ndarray) -> Tuple[slice, ...]:
+def bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The smallest box (one slice per axis) holding every nonzero voxel of an array; None if there is none."""
     box = []
     for axis in range(mask.ndim):
         occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if occupied.size == 0:
+            return None
         box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
     return tuple(box)
 
@@ -66,7 +69,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.uint8)
     # Label only the bounding box of the foreground: masks are usually small against the volume.
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     label_image = _label_image(mask[box])
     labels = sitk.GetArrayViewFromImage(label_image)  # a view: valid while label_image lives
     sizes = np.zeros(1, dtype=np.int64)

@@ -120,6 +120,11 @@ class FeatureCache:
     def __contains__(self, index: int) -> bool:
         return index in self._features
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the image features held now."""
+        return self._bytes
+
     def get(self, index: int) -> Optional[ImageFeatures]:
         features = self._features.get(index)
         if features is not None:

@@ -145,6 +145,18 @@ class Session:
         """What was done, as steps of a session file (masks as arrays)."""
         return [dict(step) for step in self._steps]
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors the session holds (decoded outputs, memories, logits), not counting the image
+        features of its cache, which sessions on one stack share."""
+        outputs = [*self._conditioning.values()]
+        for direction in self._directions.values():
+            outputs += [*direction.outputs.values(), *direction.pending.values(), *direction.conditioning.values()]
+        tensors = {id(tensor): tensor for output in outputs
+                   for tensor in (output.low_res, output.obj_ptr, output.object_score, output.memory)
+                   if tensor is not None}
+        tensors.update((id(tensor), tensor) for tensor in self._latest.values())
+        return sum(tensor.nbytes for tensor in tensors.values())
+
     def mask(self) -> np.ndarray:
         """uint8 (D, H, W): each slice's latest output, then (by default) its largest 26-connected component."""
         mask = np.zeros(self.volume.shape, dtype=np.uint8)

@@ -175,12 +175,20 @@ class SelectionWatch:
 # -- running --------------------------------------------------------------------------------------------------
 
 
-def segmenter_for(segmenter, logic):
+def segmenter_for(segmenter, logic, scene):
     """The InteractiveSegmenter on this logic. Sessions live on the logic (the model and its image features): a
-    new logic, after the model, device or precision changed, starts a segmenter without sessions."""
+    new logic, after the model, device or precision changed, starts a segmenter without sessions, and the one it
+    replaces is closed (its sessions end, it stops observing the scene). The new one watches ``scene``: sessions
+    end with their segment or segmentation, and closing the scene releases the image features at once."""
     from .interactive import InteractiveSegmenter
 
-    return segmenter if segmenter is not None and segmenter.logic is logic else InteractiveSegmenter(logic)
+    if segmenter is not None and segmenter.logic is logic:
+        return segmenter
+    if segmenter is not None:
+        segmenter.close()
+    segmenter = InteractiveSegmenter(logic)
+    segmenter.watch(scene)
+    return segmenter
 
 
 SETUP_DECLINED = "MedSAM2 is not set up yet: nothing was changed."

@@ -11,11 +11,25 @@ What the clinician does, and what happens (the Qt effect only forwards mouse eve
 - **Use the segment on this slice**: the segment's current content on the viewed slice (after Paint, Erase,
   ...) becomes that slice's mask prompt, and the session re-propagates from it.
 
-Every action writes the session's whole mask, through the segment editor's undoable, masking-aware Set, to the
-segment captured when the action started: the slices the session has computed get the session's mask (Replace)
-or the segment's content from before the session plus the mask (Add); other slices keep their content. Undo
-reverts the segment; the session's prompts stay, so the next action recomputes from them. The prompts are
-stored with the segment in the tag :data:`SESSION_TAG`, saved in ``.seg.nrrd`` files and scenes.
+**Writing.** An action writes, as one undoable, masking-aware edit of the segment captured when it started, only
+the slices whose MedSAM2 content changed in that action: the session's output there (Replace) or the segment's
+content from before the session plus the output (Add). Each run of consecutive changed slices is written on its
+own extent (Slicer's Remove then Add, so the editable area, the intensity range and overwriting other segments
+apply as to a Set); other slices are not touched. What MedSAM2 last wrote on each slice is recorded as a digest in the segment's tag
+:data:`WRITTEN_TAG` (Undo and Redo restore it with the voxels). A slice whose content differs from its digest at
+the start of an action was edited with another effect: it is left exactly as the user left it, from then on, and
+its content becomes the session's mask prompt there (a correction), so that tracking goes on from the user's fix;
+only a new prompt on that slice hands it back to MedSAM2. Undo reverts the segment and the record with it, so
+nothing undone is mistaken for an edit; the session's prompts stay, and the next propagation writes their result
+again wherever the segment differs. The prompts are stored with the segment in the tag :data:`SESSION_TAG`,
+saved in ``.seg.nrrd`` files and scenes.
+
+**Largest component.** With the predictor's ``keep_largest_component``, an action that propagates (Propagate,
+Update, a prompt with ``auto_update``) or restores a session writes the largest 26-connected component of the
+session's whole mask, as :meth:`Session.mask` gives it (slices where that component changed are written too). A
+prompt that re-segments one slice writes that slice as the model segments it, without a 3D pass over the volume
+(which costs a tenth of a second on a large structure, every click); the next propagation applies the component
+again.
 
 **Restore**: an action on a segment that has a saved session but no live one (after the scene was saved and
 loaded again, the module reloaded, or the session ended when the axis or window changed) first rebuilds the
@@ -27,10 +41,21 @@ is dropped only by Reset (the next box then starts a new one). With Add, a resto
 segment as it is when restored. A box that ends live sessions by changing the axis starts a new session on its
 segment, as before.
 
-Sessions live while the source volume, the stack axis and the intensity windowing stay the same: one session
+**Windowing.** A session keeps the intensity mapping it started with (the effect's option, or with the default
+"display window" the volume's window/level at its first box), stored in its tag: changing the display window
+later changes nothing for it. Only choosing another intensity option in the effect, or Reset, starts a session
+with another window. The live sessions share one stack and its image features, so a session started with
+another window (a box on another segment after the display window changed) ends the live sessions of the old
+one; their next action restores them from their tags (a replay, with progress).
+
+**Lifetime and memory.** Sessions live while the source volume and the stack axis stay the same: one session
 per segment, kept when another segment is selected. Reset (:meth:`InteractiveSegmenter.end_session`) ends the
-selected segment's; a change of any of these, or a closed scene (:meth:`InteractiveSegmenter.end_sessions`),
-ends them all. A point or a mask prompt in a view along another axis is refused with a sentence.
+selected segment's; a box along another axis ends them all. A session ends when its segment or segmentation is
+removed, and every session ends and the image features are released when the scene closes
+(:meth:`InteractiveSegmenter.watch` observes the scene). What sessions keep (outputs, memories, masks) is
+bounded in total by ``max_session_bytes`` (:data:`MAX_SESSION_BYTES`, 1 GiB): beyond it the least recently used
+sessions end, and are restored from their tags when next used. A point or a mask prompt in a view along
+another axis is refused with a sentence.
 """
 
 from __future__ import annotations
@@ -39,26 +64,37 @@ import base64
 import hashlib
 import io
 import json
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import slicer
+import vtk
 from PIL import Image
 
+from ..inference.connected_components import largest_component
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from ..inference.session_file import SessionFileError, run_steps, session_options, write_session_file
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
-from .logic import (EditorAccess, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing, labelmap_like,
-                    segment_mask_on, view_geometry, view_to_index)
+from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing,
+                    grid_part, labelmap_stamp, segment_mask_on, slab_modifications, view_geometry, view_to_index)
 from .run_controller import (NEW_SEGMENT_NAME, SESSION_TAG, RunController, RunOutcome, WriteTarget,
                              saved_session_tag)
 
 VIEW_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # usual view of slices along I, J, K (LPS/RAS volumes)
 # How a saved session that does not fit is dropped: only by the user's choice.
 RESET_ADVICE = "Click Reset to drop it and start a new session on this segment (its content is kept)."
+# Where a segment keeps what MedSAM2 last wrote on each slice of its session (WriteRecord): stored with the voxels,
+# so that Undo and Redo restore both together and a reloaded scene still knows which slices the user edited.
+WRITTEN_TAG = "MedSAM2.Written"
+# The most that sessions keep in all (outputs, memories and masks; the image features have their own bound): about
+# 4 sessions of 300 slices of 512 x 512. Beyond it the least recently used sessions end (their segments' tags
+# restore them when next used).
+MAX_SESSION_BYTES = 2**30
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -69,7 +105,7 @@ class InteractionError(ValueError):
 
 @dataclass(frozen=True)
 class InteractiveOptions:
-    windowing: Optional[Windowing] = None  # None: the volume's display window
+    windowing: Optional[Windowing] = None  # None: a session's own window (a new one: the display window now)
     direction: str = "both"  # of Propagate / Update
     slice_range: Optional[Tuple[int, int]] = None
     add: bool = False  # Add to the segment's earlier content instead of replacing it on computed slices
@@ -88,16 +124,58 @@ class SlicePrompts:
 
 
 @dataclass
+class WriteRecord:
+    """What MedSAM2 last wrote on each slice of a segment's session (stack slices), kept in :data:`WRITTEN_TAG`."""
+
+    session_id: str  # the session it belongs to: a tag left by an earlier session (before a Reset) is not this one's
+    digests: Dict[int, str] = field(default_factory=dict)  # slice -> slice_digest of the segment there after the write
+    kept: Set[int] = field(default_factory=set)  # slices left as the user edited them (their content is a mask prompt)
+
+    def as_tag(self, geometry: StackGeometry) -> str:
+        return json.dumps({"session": self.session_id, "stack": geometry.as_json(),
+                           "slices": {str(index): digest for index, digest in sorted(self.digests.items())},
+                           "kept": sorted(self.kept)})
+
+    @classmethod
+    def of_segment(cls, segmentation_node, segment_id: str, geometry: StackGeometry,
+                   session_id: Optional[str]) -> "WriteRecord":
+        """The record in the segment's tag if it belongs to that session (any session when session_id is None: a
+        restored one) on that stack; else an empty record of that session."""
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        tag = vtk.reference("")
+        if segment is not None and segment.GetTag(WRITTEN_TAG, tag):
+            try:
+                document = json.loads(str(tag))
+                if session_id in (None, document["session"]) and StackGeometry.from_json(document["stack"]) == geometry:
+                    return cls(str(document["session"]),
+                               {int(index): str(digest) for index, digest in document["slices"].items()},
+                               {int(index) for index in document["kept"]})
+            except (ValueError, KeyError, TypeError, AttributeError):  # not a record this version wrote: none
+                pass
+        return cls(session_id or uuid.uuid4().hex)
+
+
+@dataclass
 class SegmentSession:
-    """A segment's session: the tracker, the stack orientation it runs on, and its prompts per slice."""
+    """A segment's session: the tracker, the stack orientation and window it runs on, its prompts per slice, and
+    what it wrote."""
 
     session: Session
     geometry: StackGeometry
+    windowing: Windowing  # the intensity mapping it started with (kept when the display window changes)
+    record: WriteRecord
     prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
     point_order: List[int] = field(default_factory=list)  # slice of each point, in the order they were added
-    baseline: Optional[np.ndarray] = None  # packed bits of the segment before the session's first write (Add)
+    baseline: Optional[np.ndarray] = None  # (D, H, ceil(W / 8)) packed bits: the segment's stack before the session
     propagated: bool = False
     restored: str = ""  # what restoring it from the segment's tag did, not yet said in a result
+    masks: Optional[np.ndarray] = None  # uint8 (D, H, W): each computed slice's latest output, updated slice by slice
+    seen: Optional[Tuple[str, int]] = None  # the segment's labelmap_stamp when last written or checked for edits
+
+    def nbytes(self) -> int:
+        """Bytes it keeps (what :data:`MAX_SESSION_BYTES` bounds)."""
+        arrays = [array for array in (self.masks, self.baseline) if array is not None]
+        return self.session.nbytes() + sum(array.nbytes for array in arrays)
 
 
 @dataclass
@@ -119,6 +197,7 @@ class Computed:
     recomputed: List[int]
     sentence: str
     new_segment: bool = False
+    propagated: bool = False  # the action propagated: the largest component applies (module docstring)
 
 
 class InteractiveSegmenter:
@@ -129,15 +208,19 @@ class InteractiveSegmenter:
     run through :meth:`run` on the shared RunController (one run at a time, cancel, captured target).
     """
 
-    def __init__(self, logic: MedSAM2Logic) -> None:
+    def __init__(self, logic: MedSAM2Logic, max_session_bytes: int = MAX_SESSION_BYTES) -> None:
         self.logic = logic
-        self.sessions: Dict[Tuple[str, str], SegmentSession] = {}
-        # The context every session shares: the stack's orientation and its feature cache (which the logic
-        # replaces when the volume or the windowing changes).
+        self.max_session_bytes = max_session_bytes
+        self.sessions: Dict[Tuple[str, str], SegmentSession] = {}  # least recently written first
+        # The context every session shares: the stack's orientation, its window and its feature cache (which the
+        # logic replaces when the volume, the window or the orientation changes).
         self._geometry: Optional[StackGeometry] = None
+        self._windowing: Optional[Windowing] = None
         self._cache: Optional[FeatureCache] = None
         self._digest: Optional[Tuple[FeatureCache, str]] = None  # the digest of that cache's stack
         self._discarded: Dict[Tuple[str, str], str] = {}  # segment -> the saved tag its Reset dropped
+        self._segmentations: Dict[str, Tuple[Any, int]] = {}  # node ID -> (segmentation node, SegmentRemoved observer)
+        self._scene_observers: List[Tuple[Any, int]] = []
 
     # -- running and writing ------------------------------------------------------------------------
 
@@ -156,39 +239,84 @@ class InteractiveSegmenter:
         )
 
     def write(self, editor: EditorAccess, computed: Computed, target: WriteTarget) -> ActionResult:
-        """Write the session's mask undoably to the target segment (a new one for a new-segment box).
-
-        The slices the session has computed get its mask (with Add: or the segment's content from before the
-        session); the others keep the target's current content. The session is then the target's, and its
-        prompts are stored in the segment's tag.
-        """
+        """Write the slices whose content changed (:meth:`_changed_slices`) undoably to the target segment (a new
+        one for a new-segment box), each on its own extent; record what the segment holds there now. The session
+        is then the target's, and its prompts are stored in the segment's tag."""
         state, source = computed.state, computed.source
+        problem = target.problem(editor.backend.editor_node())
+        if problem is not None:  # before reading the segment: it may be gone
+            raise EditorStateError(problem)
         if computed.new_segment:
             target = replace(target, segment_id=None, segment_name=NEW_SEGMENT_NAME)
-        axis = 2 - state.geometry.slice_axis  # the slice axis in (K, J, I) arrays
-        computed_slices = np.zeros(source.shape_ijk[state.geometry.slice_axis], dtype=bool)
-        computed_slices[sorted(state.session.results)] = True
-        modifier = state.geometry.from_stack(state.session.mask())
-        if computed.options.add and state.baseline is not None:
-            baseline = np.unpackbits(state.baseline, count=modifier.size).reshape(modifier.shape)
-            modifier |= baseline
-        if target.segment_id is not None and not computed_slices.all():
-            current = segment_mask_on(target.segmentation_node, target.segment_id, source.image)
-            untouched = np.nonzero(~computed_slices)[0]
-            np.put_along_axis(modifier, untouched.reshape([-1 if a == axis else 1 for a in range(3)]),
-                              np.take(current, untouched, axis=axis), axis=axis)
-        segment_id = editor.write(labelmap_like(source.image, modifier), target)
+            state.record = WriteRecord(state.record.session_id)  # nothing of the new segment was written yet
+        contents = self._changed_slices(state, computed)
+        node, geometry = target.segmentation_node, state.geometry
+        parts = []  # (first slice, last slice, box in the (K, J, I) array, new content there)
+        modifications = []
+        for first, last in _runs(sorted(contents)):
+            box = _slab(source, geometry, first, last)
+            new = geometry.from_stack(np.stack([contents[index] for index in range(first, last + 1)]))
+            current = (segment_mask_on(node, target.segment_id, grid_part(source.image, box))
+                       if target.segment_id is not None else np.zeros_like(new))
+            modifications += slab_modifications(source.image, box, current, new)
+            parts.append((first, last, box, new))
+        if modifications or target.segment_id is None:
+            segment_id = editor.modify(modifications, target)
+        else:  # nothing changed: no edit, so no empty undo step; the tags still follow the session
+            segment_id = target.segment_id
         if computed.new_segment:
             editor.backend.editor_node().SetSelectedSegmentID(segment_id)
-        self.sessions[(target.segmentation_node.GetID(), segment_id)] = state
-        segment = target.segmentation_node.GetSegmentation().GetSegment(segment_id)
-        windowing = computed.options.windowing or display_windowing(source.volume_node)
+        masking = editor.masking_applies()
+        for first, last, box, new in parts:  # what the segment holds there now (the editable area may have cut it)
+            stored = geometry.to_stack(segment_mask_on(node, segment_id, grid_part(source.image, box)) if masking
+                                       else new)
+            for index in range(first, last + 1):
+                state.record.digests[index] = slice_digest(stored[index - first])
+                state.record.kept.discard(index)
+        key = (node.GetID(), segment_id)
+        self.sessions.pop(key, None)
+        self.sessions[key] = state  # the most recently used last
+        self._observe(node)
+        segment = node.GetSegmentation().GetSegment(segment_id)
         digest = self._stack_digest(state.session.volume, state.session.cache)
-        segment.SetTag(SESSION_TAG, session_tag(state, windowing, source, digest))
+        segment.SetTag(SESSION_TAG, session_tag(state, state.windowing, source, digest))
+        segment.SetTag(WRITTEN_TAG, state.record.as_tag(geometry))
+        state.seen = labelmap_stamp(node, segment_id)
+        self._bound_memory()
         sentence = computed.sentence
         if state.restored:
             sentence, state.restored = f"{state.restored} {sentence}", ""
         return ActionResult(sentence, computed.slice_index, computed.recomputed, segment_id)
+
+    def _changed_slices(self, state: SegmentSession, computed: Computed) -> Dict[int, np.ndarray]:
+        """slice -> the uint8 (H, W) content to write there, where it differs from what the record says the
+        segment holds: on the slices the action recomputed, or after a propagation or a restore on every slice
+        the session computed or wrote (the largest component may change anywhere, and Undo may have reverted
+        any), less those kept as the user edited them (unless the action prompted them)."""
+        session, record = state.session, state.record
+        if state.masks is None:  # a new or restored session: every computed slice
+            state.masks = np.zeros(session.volume.shape, dtype=np.uint8)
+            updated = set(session.results)
+        else:
+            updated = set(computed.recomputed)
+        for index in updated:
+            state.masks[index] = session.results[index].mask
+        candidates, final = updated, state.masks
+        if computed.propagated or state.restored:
+            candidates = set(session.results) | set(record.digests)
+            if session.predictor.keep_largest_component:
+                final = largest_component(state.masks)
+        contents = {}
+        width = session.volume.shape[2]
+        for index in sorted(candidates):
+            if index in record.kept and index != computed.slice_index:
+                continue
+            content = final[index]
+            if computed.options.add and state.baseline is not None:
+                content = content | np.unpackbits(state.baseline[index], axis=-1, count=width)
+            if record.digests.get(index) != slice_digest(content):
+                contents[index] = content
+        return contents
 
     # -- the actions --------------------------------------------------------------------------------
 
@@ -220,18 +348,19 @@ class InteractiveSegmenter:
         key = None if options.new_segment_per_box else self._selected_key(editor)
         if key is not None and key not in self.sessions:  # a saved session is restored first (or refused)
             self._restored(editor, source, key, options, view.slice_axis, progress, should_cancel)
-        geometry = self._shared_geometry(source, view, options)
-        prompt = self.logic.prompt_from_view(source, slice_node, xy_corners, geometry)
         state = self.sessions.get(key) if key is not None else None
-        if state is None:
-            state = self._start(editor, source, key, geometry, options)
+        if state is None or state.geometry.slice_axis != view.slice_axis or not self._fits(state, source, options):
+            state = self._start(editor, source, key, view, options)
+        prompt = self.logic.prompt_from_view(source, slice_node, xy_corners, state.geometry)
         index = prompt.stack.slice_index
+        taken = self._take_edits(editor, source, state, exclude=index)  # the box replaces what was on its slice
         kind = self._kind(state, index, replacing=True)
-        recomputed = [state.session.add_prompt(index, box=list(prompt.stack.box)).index]
+        recomputed = taken + [state.session.add_prompt(index, box=list(prompt.stack.box)).index]
         state.prompts[index] = SlicePrompts(box=prompt.stack.box)
         state.point_order = [s for s in state.point_order if s != index]
-        return self._then(source, state, options, index, recomputed, f"Box on slice {index}: {kind}", progress,
-                          should_cancel, new_segment=options.new_segment_per_box)
+        return self._then(source, state, options, index, recomputed,
+                          edits_sentence(taken, index) + f"Box on slice {index}: {kind}", progress, should_cancel,
+                          new_segment=options.new_segment_per_box)
 
     def compute_points(self, editor: EditorAccess, slice_node, clicks: Sequence[Tuple[Sequence[float], int]],
                        options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
@@ -244,6 +373,7 @@ class InteractiveSegmenter:
         if any(slice_index != index for slice_index, _ in located):
             raise InteractionError("The points are on different slices; give the points of one slice at a time.")
         labels = [int(label) for _, label in clicks]
+        taken = self._take_edits(editor, source, state)  # an edit of this slice is the mask the points refine
         kind = self._kind(state, index, replacing=False)
         result = state.session.add_prompt(index, points=[list(xy) for _, xy in located], labels=labels, add=True)
         slice_prompts = state.prompts.setdefault(index, SlicePrompts())
@@ -251,7 +381,8 @@ class InteractiveSegmenter:
         slice_prompts.labels += labels
         state.point_order += [index] * len(located)
         what = "Point" if len(labels) == 1 else f"{len(labels)} points"
-        return self._then(source, state, options, index, [result.index], f"{what} on slice {index}: {kind}",
+        return self._then(source, state, options, index, taken + [result.index],
+                          edits_sentence(taken, index) + f"{what} on slice {index}: {kind}",
                           progress, should_cancel)
 
     def compute_use_segment_on_slice(self, editor: EditorAccess, slice_node,
@@ -262,28 +393,31 @@ class InteractiveSegmenter:
         state = self._session_for(editor, source, slice_node, options, "Use the segment on this slice", progress,
                                   should_cancel)
         index = self._slice_at(source, slice_node, state.geometry, (0.0, 0.0))
-        segmentation_node, segment_id = editor.segmentation_node(), editor.selected_segment_id()
-        content = state.geometry.to_stack(segment_mask_on(segmentation_node, segment_id, source.image))
-        mask = content[index].astype(bool)
+        mask = self._segment_stack(editor, source, state.geometry, index, index)[0].astype(bool)
         if not mask.any():
             raise InteractionError(f"The segment is empty on slice {index}; paint the structure there first.")
+        taken = self._take_edits(editor, source, state, exclude=index)
         kind = self._kind(state, index, replacing=True)
-        recomputed = [state.session.add_prompt(index, mask=mask).index]
+        recomputed = taken + [state.session.add_prompt(index, mask=mask).index]
         state.prompts[index] = SlicePrompts(mask=mask)
         state.point_order = [s for s in state.point_order if s != index]
         return self._then(source, state, replace(options, auto_update=True), index, recomputed,
-                          f"The segment on slice {index} is its prompt: {kind}", progress, should_cancel)
+                          edits_sentence(taken, index) + f"The segment on slice {index} is its prompt: {kind}",
+                          progress, should_cancel)
 
     def compute_propagate(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
                           progress=None, should_cancel=None) -> Computed:
         """Propagate, or Update after corrections: the session recomputes only what its prompts change."""
         source = editor.source()
         state = self._session_for(editor, source, None, options, "Propagate", progress, should_cancel)
-        recomputed, stops = self._propagate(state, options, progress, should_cancel)
-        sentence = (f"Propagated: {len(recomputed)} slice(s) recomputed." if recomputed
+        taken = self._take_edits(editor, source, state)
+        propagated, stops = self._propagate(state, options, progress, should_cancel)
+        recomputed = taken + [index for index in propagated if index not in taken]
+        sentence = (f"Propagated: {len(propagated)} slice(s) recomputed." if propagated
                     else "Nothing to update: every slice is up to date.")
-        return Computed(state, source, options, None, recomputed, " ".join([sentence, *stops,
-                                                                            "Undo (Ctrl+Z) reverts it."]))
+        return Computed(state, source, options, None, recomputed,
+                        " ".join([edits_sentence(taken, None) + sentence, *stops, "Undo (Ctrl+Z) reverts it."]),
+                        propagated=True)
 
     def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
                    ) -> Optional[Tuple[int, int]]:
@@ -301,6 +435,7 @@ class InteractiveSegmenter:
         loses its prompt when nothing remains."""
         source = editor.source()
         state = self._session_for(editor, source, None, options, "removing a point", progress, should_cancel)
+        taken = self._take_edits(editor, source, state, exclude=index)  # the slice is prompted again below
         slice_prompts = state.prompts[index]
         points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
         labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
@@ -315,8 +450,8 @@ class InteractiveSegmenter:
             recomputed = [state.session.add_prompt(index, **prompt).index]
             slice_prompts.points, slice_prompts.labels = points, labels
         del state.point_order[[i for i, s in enumerate(state.point_order) if s == index][number]]
-        return self._then(source, state, options, index, recomputed, f"Point removed from slice {index}", progress,
-                          should_cancel)
+        return self._then(source, state, options, index, taken + recomputed,
+                          edits_sentence(taken, index) + f"Point removed from slice {index}", progress, should_cancel)
 
     def compute_remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
                                   progress=None, should_cancel=None) -> Computed:
@@ -356,9 +491,40 @@ class InteractiveSegmenter:
                 self._discarded[key] = tag
 
     def end_sessions(self) -> None:
-        """Every session ends (another volume, axis or windowing; scene closed)."""
+        """Every session ends (another volume, axis or window; scene closed) and the image features are released
+        (the segments keep their sessions in their tags)."""
         self.sessions.clear()
-        self._geometry = self._cache = None
+        self._geometry = self._windowing = self._cache = self._digest = None
+        self.logic.clear_cache()
+        self._forget_segmentations()
+
+    def watch(self, scene) -> None:
+        """Follow the scene: a removed segmentation ends its segments' sessions (a removed segment its own, see
+        :meth:`write`), and closing the scene ends every session and releases the image features at once."""
+        self._scene_observers += [
+            (scene, scene.AddObserver(scene.NodeRemovedEvent, lambda caller, event: self.drop_removed())),
+            (scene, scene.AddObserver(scene.EndCloseEvent, lambda caller, event: self.end_sessions())),
+        ]
+
+    def close(self) -> None:
+        """End every session and stop observing (before this segmenter is replaced, e.g. on another model)."""
+        self.end_sessions()
+        for scene, tag in self._scene_observers:
+            scene.RemoveObserver(tag)
+        self._scene_observers = []
+
+    def drop_removed(self) -> None:
+        """End the sessions whose segment or segmentation is no longer there."""
+        for key in list(self.sessions):
+            node = self._segmentations.get(key[0], (None, 0))[0]
+            scene = node.GetScene() if node is not None else None
+            if scene is None or not scene.IsNodePresent(node) or node.GetSegmentation().GetSegment(key[1]) is None:
+                del self.sessions[key]
+        self._forget_segmentations({node_id for node_id, _ in self.sessions})
+
+    def held_bytes(self) -> int:
+        """Bytes kept for segmenting: the image features and every session's outputs, memories and masks."""
+        return self.logic.feature_bytes() + sum(state.nbytes() for state in self.sessions.values())
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -371,28 +537,100 @@ class InteractiveSegmenter:
         node = editor.segmentation_node()
         return (node.GetID(), segment_id) if segment_id and node is not None else None
 
-    def _shared_geometry(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions) -> StackGeometry:
-        """The sessions' stack orientation if they run along the view's axis on the current volume and
-        windowing; otherwise they all end and the view's orientation starts a new context."""
-        if self._geometry is not None and self._geometry.slice_axis == view.slice_axis and self._same_context(
-                source, self._geometry, options):
-            return self._geometry
-        self.end_sessions()
-        return view
+    def _fits(self, state: SegmentSession, source: SourceImage, options: InteractiveOptions) -> bool:
+        """True if the session goes on here: the effect's intensity option is its window or the default (the
+        session's own window, whatever the display shows now) and its stack is still the volume's."""
+        return options.windowing in (None, state.windowing) and self._same_stack(source, state.geometry,
+                                                                                 state.windowing)
 
-    def _same_context(self, source: SourceImage, geometry: StackGeometry, options: InteractiveOptions) -> bool:
-        """True if the sessions' stack still applies (same volume content and windowing)."""
-        return self.logic.stack_for(source, geometry, options.windowing)[1] is self._cache
+    def _same_stack(self, source: SourceImage, geometry: StackGeometry, windowing: Windowing) -> bool:
+        """True if the live sessions run on this orientation and window and the volume's voxels are unchanged."""
+        return (self._cache is not None and (self._geometry, self._windowing) == (geometry, windowing)
+                and self.logic.stack_for(source, geometry, windowing)[1] is self._cache)
 
-    def _start(self, editor, source: SourceImage, key, geometry: StackGeometry,
-               options: InteractiveOptions) -> SegmentSession:
-        stack, cache = self.logic.stack_for(source, geometry, options.windowing)
-        self._geometry, self._cache = geometry, cache
+    def _start(self, editor, source: SourceImage, key, view: StackGeometry, options: InteractiveOptions,
+               geometry: Optional[StackGeometry] = None, windowing: Optional[Windowing] = None,
+               session_id: Optional[str] = None) -> SegmentSession:
+        """A new session (restored: on the saved geometry and window, with the saved session's ID), joining the live
+        sessions' stack if it runs along the view's axis with the same window; otherwise the live sessions end."""
+        windowing = windowing or options.windowing or display_windowing(source.volume_node)
+        if geometry is None:
+            joins = self._geometry is not None and self._geometry.slice_axis == view.slice_axis
+            geometry = self._geometry if joins and self._same_stack(source, self._geometry, windowing) else view
+        if self._cache is not None and not self._same_stack(source, geometry, windowing):
+            self.end_sessions()
+        stack, cache = self.logic.stack_for(source, geometry, windowing)
+        self._geometry, self._windowing, self._cache = geometry, windowing, cache
         baseline = None
         if key is not None:  # the segment's content before the session, for Add
-            baseline = np.packbits(segment_mask_on(editor.segmentation_node(), key[1], source.image).astype(bool))
+            content = geometry.to_stack(segment_mask_on(editor.segmentation_node(), key[1], source.image))
+            baseline = np.packbits(content.astype(bool), axis=2)
         session = Session(self.logic.predictor, stack, cache, early_stop=self.logic.predictor.early_stop)
-        return SegmentSession(session, geometry, baseline=baseline)
+        record = WriteRecord(session_id or uuid.uuid4().hex)
+        return SegmentSession(session, geometry, windowing, record, baseline=baseline)
+
+    def _take_edits(self, editor, source: SourceImage, state: SegmentSession, exclude: Optional[int] = None
+                    ) -> List[int]:
+        """The slices of the selected segment edited with another effect since MedSAM2 last wrote them (their
+        content differs from the record's digest), except ``exclude``: each becomes the session's mask prompt
+        there (unless it already is) and is kept as it is from now on. Returns them, in order."""
+        key = self._selected_key(editor)
+        if key is None:
+            return []
+        stamp = labelmap_stamp(editor.segmentation_node(), key[1])
+        if stamp is not None and stamp == state.seen:  # the voxels did not change since the last check
+            return []
+        # The tag, not memory: Undo and Redo restore it with the voxels.
+        state.record = WriteRecord.of_segment(editor.segmentation_node(), key[1], state.geometry,
+                                              state.record.session_id)
+        state.seen = stamp
+        digests = state.record.digests
+        if not digests:
+            return []
+        first = min(digests)
+        content = self._segment_stack(editor, source, state.geometry, first, max(digests))
+        taken = [index for index, digest in sorted(digests.items())
+                 if index != exclude and slice_digest(content[index - first]) != digest]
+        for index in taken:
+            mask = content[index - first].astype(bool)
+            given = state.prompts.get(index)
+            if given is None or given.mask is None or not np.array_equal(given.mask, mask):
+                state.session.add_prompt(index, mask=mask)
+                state.prompts[index] = SlicePrompts(mask=mask)
+                state.point_order = [s for s in state.point_order if s != index]
+            digests[index] = slice_digest(content[index - first])
+            state.record.kept.add(index)
+        return taken
+
+    def _segment_stack(self, editor, source: SourceImage, geometry: StackGeometry, first: int, last: int
+                       ) -> np.ndarray:
+        """uint8 (last - first + 1, H, W): the selected segment on stack slices first..last (only those read)."""
+        part = grid_part(source.image, _slab(source, geometry, first, last))
+        return geometry.to_stack(segment_mask_on(editor.segmentation_node(), editor.selected_segment_id(), part))
+
+    def _observe(self, segmentation_node) -> None:
+        """Drop a segment's session when the segment is removed."""
+        node_id = segmentation_node.GetID()
+        if node_id not in self._segmentations:
+            tag = segmentation_node.AddObserver(slicer.vtkSegmentation.SegmentRemoved,
+                                                lambda caller, event: self.drop_removed())
+            self._segmentations[node_id] = (segmentation_node, tag)
+
+    def _forget_segmentations(self, keep: Set[str] = frozenset()) -> None:
+        for node_id in [node_id for node_id in self._segmentations if node_id not in keep]:
+            node, tag = self._segmentations.pop(node_id)
+            node.RemoveObserver(tag)
+
+    def _bound_memory(self) -> None:
+        """End the least recently used sessions while all keep more than max_session_bytes (the last stays)."""
+        sizes = {key: state.nbytes() for key, state in self.sessions.items()}
+        total = sum(sizes.values())
+        for key in list(self.sessions)[:-1]:
+            if total <= self.max_session_bytes:
+                break
+            total -= sizes[key]
+            del self.sessions[key]
+        self._forget_segmentations({node_id for node_id, _ in self.sessions})
 
     def _restored(self, editor, source: SourceImage, key, options: InteractiveOptions, view_axis: Optional[int],
                   progress, should_cancel) -> Optional[SegmentSession]:
@@ -417,9 +655,10 @@ class InteractiveSegmenter:
             raise InteractionError(
                 f"The segment's saved MedSAM2 session was made on a volume of {_size(saved.size_ijk)} voxels; the "
                 f"source volume here has {_size(source.shape_ijk)}. Select the volume it was made on. {RESET_ADVICE}")
-        windowing = options.windowing or display_windowing(source.volume_node)
-        if self._geometry in (None, saved.geometry):
-            digest = self._stack_digest(*self.logic.stack_for(source, saved.geometry, options.windowing))
+        # Its own window, whatever the display shows now, unless the effect's option names another.
+        windowing = options.windowing or Windowing.parse(saved.window)
+        if self._cache is None or self._same_stack(source, saved.geometry, windowing):
+            digest = self._stack_digest(*self.logic.stack_for(source, saved.geometry, windowing))
         else:  # checked without replacing the live sessions' stack (the logic keeps one)
             digest = stack_digest(saved.geometry.to_stack(windowing.apply(source.array())))
         if digest != saved.digest:
@@ -430,10 +669,11 @@ class InteractiveSegmenter:
                 if now != saved.window else
                 f"The segment's saved MedSAM2 session was made on other images: the source volume's voxels differ "
                 f"from those it was made on. Select the volume it was made on. {RESET_ADVICE}")
-        if self._geometry is not None and not (self._geometry == saved.geometry and self._same_context(
-                source, saved.geometry, options)):
-            self.end_sessions()  # the sessions of another context end (their segments keep their tags)
-        state = self._start(editor, source, key, saved.geometry, options)
+        # The sessions of another stack end (their segments keep their tags).
+        record = WriteRecord.of_segment(editor.segmentation_node(), key[1], saved.geometry, None)
+        state = self._start(editor, source, key, saved.geometry, options, saved.geometry, windowing,
+                            record.session_id)
+        state.record = record
         # Replayed as it computed (the next propagation follows the current setting again).
         state.session.early_stop = saved.options.get("early_stop", state.session.early_stop)
         self._replay(state, saved.steps, progress, should_cancel)
@@ -507,12 +747,17 @@ class InteractiveSegmenter:
                     f"{AXIS_NAMES[view_axis]}. Use a view along {AXIS_NAMES[axis]}, or draw a new box here to start "
                     "over along this axis."
                 )
-        if not self._same_context(source, state.geometry, options):
+        if not self._fits(state, source, options):
             self.end_sessions()
+            if options.windowing not in (None, state.windowing):
+                raise InteractionError(
+                    f"The intensity windowing changed in the effect's options: the session runs on the window "
+                    f"{window_text(state.windowing)}, the option is {window_text(options.windowing)}, which ends "
+                    "MedSAM2's sessions. Set the option back to go on with it (it is restored from the segment), or "
+                    "draw a box to start a new session.")
             raise InteractionError(
-                "The source volume or its intensity windowing changed since the box was drawn, which ends MedSAM2's "
-                "sessions. Draw a box to start again."
-            )
+                "The source volume changed since the box was drawn, which ends MedSAM2's sessions. Draw a box to "
+                "start again.")
         return state
 
     def _slice_at(self, source, slice_node, geometry, xy) -> int:
@@ -584,7 +829,8 @@ class InteractiveSegmenter:
               new_segment: bool = False) -> Computed:
         """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
         stops: List[str] = []
-        if options.auto_update and state.propagated:
+        propagates = options.auto_update and state.propagated
+        if propagates:
             propagated, stops = self._propagate(state, options, progress, should_cancel)
             recomputed += [i for i in propagated if i not in recomputed]
             sentence += f"; {len(propagated)} slice(s) re-propagated"
@@ -592,7 +838,8 @@ class InteractiveSegmenter:
             sentence += ". Click Update to re-propagate from it"
         else:
             sentence += ". Propagate to follow it through the volume"
-        return Computed(state, source, options, index, recomputed, " ".join([sentence + ".", *stops]), new_segment)
+        return Computed(state, source, options, index, recomputed, " ".join([sentence + ".", *stops]), new_segment,
+                        propagates)
 
 
 def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage, digest: str) -> str:
@@ -653,6 +900,45 @@ def write_session_from_tag(tag: str, path: Path) -> None:
             "segmentation the source volume's geometry (Segment Editor: Specify geometry) and segment again."
         )
     write_session_file(path, saved.steps, saved.geometry, saved.window, saved.size_ijk, saved.options)
+
+
+def slice_digest(mask: np.ndarray) -> str:
+    """A digest of a 0/1 (H, W) slice: the same exactly when the same voxels are set."""
+    digest = hashlib.blake2b(str(mask.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(mask, dtype=np.uint8).data)
+    return digest.hexdigest()
+
+
+def edits_sentence(taken: Sequence[int], prompted: Optional[int]) -> str:
+    """What an action did with slices the user edited (:meth:`InteractiveSegmenter._take_edits`), as the start of
+    its status line ("" if none)."""
+    kept = [index for index in taken if index != prompted]
+    sentences = []
+    if len(kept) == 1:
+        sentences.append(f"Slice {kept[0]} kept as you painted it, used as a correction. ")
+    elif kept:
+        sentences.append(f"Slices {', '.join(map(str, kept))} kept as you painted them, used as corrections. ")
+    if prompted is not None and prompted in taken:
+        sentences.append(f"Your edit of slice {prompted} is the mask this prompt refines. ")
+    return "".join(sentences)
+
+
+def _runs(indices: Sequence[int]) -> List[Tuple[int, int]]:
+    """Sorted indices as (first, last) runs of consecutive ones."""
+    runs: List[Tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def _slab(source: SourceImage, geometry: StackGeometry, first: int, last: int) -> Tuple[slice, slice, slice]:
+    """The part of the (K, J, I) array that holds stack slices first..last."""
+    box = [slice(0, size) for size in source.shape_ijk[::-1]]
+    box[2 - geometry.slice_axis] = slice(first, last + 1)
+    return tuple(box)
 
 
 def stack_digest(stack: np.ndarray) -> str:

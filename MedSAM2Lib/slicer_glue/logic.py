@@ -2,9 +2,10 @@
 
 The Segment Editor effect (MedSAM2Slicer) and the tests drive the same :class:`MedSAM2Logic`; they differ
 only in the :class:`EditorBackend` through which the editor's state is read and the result written. Writing always goes
-through the segment editor's "modify selected segment by labelmap" in Set mode, after saving state for
-undo, so masking (editable area, intensity range), overwrite of other segments and undo behave as for
-Slicer's own effects.
+through the segment editor's "modify segment by labelmap", after saving state for undo: in Set mode for a whole
+result (:meth:`MedSAM2Logic.write`), as Remove then Add on the extent of the slices that changed for the
+interactive sessions (:func:`slab_modifications`); so masking (editable area, intensity range), overwrite of
+other segments and undo behave as for Slicer's own effects.
 
 Geometry: the box is mapped from the view to the voxel grid of the *aligned source volume* (the source
 volume resampled to the segmentation's geometry, as every segment editor effect sees it), so the result
@@ -21,6 +22,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..inference.connected_components import bounding_box
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
 from ..inference.preprocessing import Windowing, check_finite
 from .geometry import StackGeometry, StackPrompt, box_prompt, stack_geometry, transform_points
@@ -137,6 +139,11 @@ def display_windowing(volume_node) -> Windowing:
 # -- editor access: read state, write results ------------------------------------------------------------
 
 
+# The editor's modification modes by name, as vtkSlicerSegmentEditorLogic and qSlicerSegmentEditorAbstractEffect
+# spell them.
+MODIFICATION_MODES = {"set": "ModificationModeSet", "add": "ModificationModeAdd", "remove": "ModificationModeRemove"}
+
+
 class EditorBackend(Protocol):
     """The four things a segment editor must provide; implemented for vtkSlicerSegmentEditorLogic here and
     for the Segment Editor's effect API in MedSAM2Slicer."""
@@ -148,8 +155,13 @@ class EditorBackend(Protocol):
 
     def save_state_for_undo(self) -> None: ...
 
-    def modify_segment(self, segmentation_node, segment_id: str, labelmap: "slicer.vtkOrientedImageData") -> None:
-        """Set mode into that segment, honouring the editor's masking and overwrite settings."""
+    def modify_segment(self, segmentation_node, segment_id: str, labelmap: "slicer.vtkOrientedImageData",
+                       mode: str = "set") -> None:
+        """Modify that segment by the labelmap, honouring the editor's masking and overwrite settings. mode (one of
+        :data:`MODIFICATION_MODES`): "set" replaces the whole segment (Slicer's Set first clears all of it), "add"
+        adds the labelmap's voxels and "remove" removes them, both only within the labelmap's extent, which must be
+        passed as the modification extent: without one, Slicer's Remove thresholds the segment's whole labelmap
+        (vtkSegmentationModifier::ModifyBinaryLabelmap, MODE_MERGE_MIN), a tenth of a second on a large segment."""
 
 
 class SegmentEditorLogicBackend:
@@ -167,10 +179,10 @@ class SegmentEditorLogicBackend:
     def save_state_for_undo(self) -> None:
         self.editor_logic.SaveStateForUndo()
 
-    def modify_segment(self, segmentation_node, segment_id: str, labelmap) -> None:
-        self.editor_logic.ModifySegmentByLabelmap(
-            segmentation_node, segment_id, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False
-        )
+    def modify_segment(self, segmentation_node, segment_id: str, labelmap, mode: str = "set") -> None:
+        mode_value = getattr(slicer.vtkSlicerSegmentEditorLogic, MODIFICATION_MODES[mode])
+        self.editor_logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode_value,
+                                                  labelmap.GetExtent(), True, False)
 
 
 class EditorAccess:
@@ -201,7 +213,14 @@ class EditorAccess:
 
     def write(self, labelmap: "slicer.vtkOrientedImageData", target: Optional[WriteTarget] = None) -> str:
         """Save state for undo, then set the target segment (default: the selected one; a new segment when there
-        is none) to labelmap; returns the segment's ID. EditorStateError if the target is gone.
+        is none) to labelmap; returns the segment's ID. EditorStateError if the target is gone."""
+        return self.modify([("set", labelmap)], target)
+
+    def modify(self, modifications: Sequence[Tuple[str, "slicer.vtkOrientedImageData"]],
+               target: Optional[WriteTarget] = None) -> str:
+        """Save state for undo once, then apply each (mode, labelmap) to the target segment in order (one undo
+        step; a new segment when none is selected, also when there is nothing to apply); returns the segment's ID.
+        EditorStateError if the target is gone.
 
         The editor builds its editable-area mask for the *selected* segment
         (vtkSlicerSegmentEditorLogic::UpdateMaskLabelmap passes GetSelectedSegmentID to GenerateEditMask), so the
@@ -218,15 +237,31 @@ class EditorAccess:
         selected = editor_node.GetSelectedSegmentID()
         editor_node.SetSelectedSegmentID(segment_id)
         try:
-            self.backend.modify_segment(target.segmentation_node, segment_id, labelmap)
+            for mode, labelmap in modifications:
+                self.backend.modify_segment(target.segmentation_node, segment_id, labelmap, mode)
         finally:
             if selected and selected != segment_id and segmentation.GetSegment(selected) is not None:
                 editor_node.SetSelectedSegmentID(selected)
         return segment_id
 
+    def masking_applies(self) -> bool:
+        """True if the editor's editable area or intensity range can make a write differ from its labelmap."""
+        editor_node = self.backend.editor_node()
+        return (editor_node.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere
+                or bool(editor_node.GetSourceVolumeIntensityMask()))
+
 
 def segment_mask_on(segmentation_node, segment_id: str, reference: "slicer.vtkOrientedImageData") -> np.ndarray:
-    """A segment's current content as a 0/1 (K, J, I) array on a reference image's grid."""
+    """A segment's current content as a 0/1 (K, J, I) array on a reference image's grid and extent (a part of
+    the grid from :func:`grid_part` reads only that part)."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment is not None else None
+    if isinstance(labelmap, slicer.vtkOrientedImageData) and slicer.vtkOrientedImageDataResample.DoGeometriesMatch(
+            labelmap, reference):
+        # The segment's own labelmap (maybe shared with other segments: its label value) is on the reference's grid:
+        # read the part they share, instead of extracting and resampling the whole labelmap.
+        return _label_on_extent(labelmap, segment.GetLabelValue(), reference.GetExtent())
     segment_image = slicer.vtkOrientedImageData()
     if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentation_node, segment_id, segment_image, False
@@ -237,6 +272,30 @@ def segment_mask_on(segmentation_node, segment_id: str, reference: "slicer.vtkOr
     if resampled.GetPointData().GetScalars() is None:
         return np.zeros(reference.GetDimensions()[::-1], dtype=np.uint8)
     return (array_from_image(resampled) > 0).astype(np.uint8)
+
+
+def _label_on_extent(labelmap: "slicer.vtkOrientedImageData", label: int, extent: Sequence[int]) -> np.ndarray:
+    """0/1 (K, J, I) array over ``extent`` (a VTK extent on the labelmap's grid): where the labelmap holds label."""
+    result = np.zeros([extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0)], dtype=np.uint8)
+    held = labelmap.GetExtent()
+    low = [max(extent[2 * axis], held[2 * axis]) for axis in range(3)]
+    high = [min(extent[2 * axis + 1], held[2 * axis + 1]) for axis in range(3)]
+    if labelmap.GetPointData().GetScalars() is None or any(l > h for l, h in zip(low, high)):
+        return result
+    values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(labelmap.GetDimensions()[::-1])
+    source = tuple(slice(low[axis] - held[2 * axis], high[axis] - held[2 * axis] + 1) for axis in (2, 1, 0))
+    target = tuple(slice(low[axis] - extent[2 * axis], high[axis] - extent[2 * axis] + 1) for axis in (2, 1, 0))
+    result[target] = values[source] == label
+    return result
+
+
+def labelmap_stamp(segmentation_node, segment_id: str) -> Optional[Tuple[str, int]]:
+    """The segment's labelmap object and its modification time: the same stamp means the segment's voxels have not
+    changed (a labelmap shared with other segments also changes when they do)."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment is not None else None
+    return (labelmap.GetAddressAsString("vtkObject"), labelmap.GetMTime()) if labelmap is not None else None
 
 
 # -- the logic -------------------------------------------------------------------------------------------
@@ -438,6 +497,10 @@ class MedSAM2Logic:
     def clear_cache(self) -> None:
         self._cache_key = self._cache = None
 
+    def feature_bytes(self) -> int:
+        """Bytes of image features kept (0 after clear_cache)."""
+        return self._cache.nbytes if self._cache is not None else 0
+
     def stack_for(
         self, source: SourceImage, geometry: StackGeometry, windowing: Optional[Windowing] = None
     ) -> Tuple[np.ndarray, FeatureCache]:
@@ -467,8 +530,44 @@ def view_geometry(source: SourceImage, slice_node) -> StackGeometry:
     return stack_geometry(xy_to_index[:3, 0], xy_to_index[:3, 1])
 
 
+def grid_part(image: "slicer.vtkOrientedImageData", box_kji: Sequence[slice]) -> "slicer.vtkOrientedImageData":
+    """An oriented image without voxels on ``image``'s grid, its extent the part ``box_kji`` of :meth:`array`
+    indices (three slices with start and stop, K, J, I): a reference for reading or writing only there."""
+    start = image.GetExtent()[0::2]
+    extent = []
+    for axis, part in zip(range(3), box_kji[::-1]):  # I, J, K
+        extent += [start[axis] + part.start, start[axis] + part.stop - 1]
+    part_image = slicer.vtkOrientedImageData()
+    part_image.SetExtent(extent)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    part_image.SetImageToWorldMatrix(matrix)
+    return part_image
+
+
+def slab_modifications(image: "slicer.vtkOrientedImageData", box_kji: Sequence[slice], current: np.ndarray,
+                       new: np.ndarray) -> List[Tuple[str, "slicer.vtkOrientedImageData"]]:
+    """The editor modifications (:meth:`EditorAccess.modify`) that set the part ``box_kji`` of ``image``'s grid,
+    where the segment holds ``current``, to ``new`` (both 0/1 arrays of that part's shape) and leave the rest
+    alone: Remove where ``current`` has voxels that ``new`` has not, then Add ``new``, each cropped to the box of
+    its voxels. Slicer's Set would clear the whole segment first (vtkSlicerSegmentEditorLogic::
+    ModifySegmentByLabelmap thresholds its whole labelmap in Set mode). The editable area, the intensity range and
+    overwriting other segments apply to Remove and Add as to Set, except with the editable area "inside a
+    segment", where Slicer lets Remove (as the Erase effect) clear this segment's voxels outside that segment too."""
+    modifications = []
+    for mode, voxels in (("remove", (current != 0) & (new == 0)), ("add", new != 0)):
+        occupied = bounding_box(voxels)
+        if occupied is not None:
+            part = tuple(slice(whole.start + inner.start, whole.start + inner.stop)
+                         for whole, inner in zip(box_kji, occupied))
+            labelmap = labelmap_like(grid_part(image, part), voxels[occupied].astype(np.uint8))
+            modifications.append((mode, labelmap))
+    return modifications
+
+
 def labelmap_like(image: "slicer.vtkOrientedImageData", mask_kji: np.ndarray) -> "slicer.vtkOrientedImageData":
-    """A uint8 oriented image with ``image``'s geometry and extent holding ``mask_kji``."""
+    """A uint8 oriented image with ``image``'s geometry and extent (which ``mask_kji``'s shape must match)
+    holding ``mask_kji``."""
     labelmap = slicer.vtkOrientedImageData()
     labelmap.SetExtent(image.GetExtent())
     matrix = vtk.vtkMatrix4x4()

@@ -417,7 +417,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         with moduleLogic().runs.computing():
             fillHoles, largestComponent = post_processing(self.scriptedEffect.parameterSetNode())
             logic = self.logic or moduleLogic().segmentation_logic(fillHoles, largestComponent)
-            self.segmenter = segmenter_for(self.segmenter, logic)
+            self.segmenter = segmenter_for(self.segmenter, logic, slicer.mrmlScene)
         return self.segmenter.run(moduleLogic().runs, self.editorAccess(), action, *arguments,
                                   session_options(self.scriptedEffect.parameterSetNode()), owner=self,
                                   progress=self.onProgress, confirm_target=self.confirmTargetVisible)
@@ -486,11 +486,16 @@ class ScriptedEffectBackend:
     def save_state_for_undo(self):
         self.scriptedEffect.saveStateForUndo()
 
-    def modify_segment(self, segmentation_node, segment_id, labelmap):
-        # qSlicerSegmentEditorAbstractEffect::modifySegmentByLabelmap(segmentationNode, segmentID, ...): the
-        # segment captured when the run started, not the one selected now.
-        self.scriptedEffect.modifySegmentByLabelmap(
-            segmentation_node, segment_id, labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+    def modify_segment(self, segmentation_node, segment_id, labelmap, mode="set"):
+        from MedSAM2Lib.slicer_glue.logic import MODIFICATION_MODES
+
+        # The segment captured when the run started: EditorAccess.modify selects it while writing (and restores the
+        # user's selection after), so the selected segment is segment_id here. modifySelectedSegmentByLabelmap is
+        # the overload that takes the modification extent from Python, as a list (QList<int>; the Smoothing
+        # effect, SegmentEditorSmoothingEffect.py, calls it so); modifySegmentByLabelmap takes it only as int[6].
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            labelmap, getattr(slicer.qSlicerSegmentEditorAbstractEffect, MODIFICATION_MODES[mode]),
+            list(labelmap.GetExtent())
         )
 
 
