@@ -224,3 +224,24 @@ def test_a_video_file_without_pyav_names_the_extra(tmp_path, capsys, monkeypatch
     message = refused(capsys, [video, "--masks", MASKS, "-o", tmp_path / "o"], tmp_path)
     assert message == (f"medsam2: error: Reading echo.mp4 needs PyAV, the optional video extra: {VIDEO_EXTRA} (or "
                        "give a folder of JPEG frames).")
+
+
+def test_a_video_file_is_decoded_with_pyav(tmp_path, capsys):
+    av = pytest.importorskip("av")  # the video extra; the test extra installs it
+    path = tmp_path / "cine.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for number in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 48, 3), 40 * number, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = read_frames(path)
+    assert frames.names == ("00000", "00001", "00002", "00003") and frames.images.shape == (4, 32, 48, 3)
+    assert [round(float(image.mean()) / 40) for image in frames.images] == [0, 1, 2, 3]  # lossy, in order
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"not a video")
+    message = refused(capsys, [broken, "--masks", MASKS, "-o", tmp_path / "o"], tmp_path)
+    assert message.startswith(f"medsam2: error: Cannot decode the video {broken}: ")
