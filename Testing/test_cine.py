@@ -11,15 +11,30 @@ import vtk
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.inference.session import Session
-from MedSAM2Lib.slicer_glue.cine import SegmentationSequenceEdit, cine_of, propagate_through_time, time_stack
-from MedSAM2Lib.slicer_glue.logic import EditorStateError, display_windowing
+from MedSAM2Lib.slicer_glue.cine import (SegmentationSequenceEdit, cine_of, frame_source, propagate_through_time,
+                                         time_stack)
+from MedSAM2Lib.slicer_glue.logic import EditorStateError, MedSAM2Logic, display_windowing
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
-from slicer_support import app  # noqa: F401 (fixture)
+from slicer_support import app, ras_of  # noqa: F401 (fixture)
 
 FRAMES, SLICE = 6, 1
 SHOWN = 2
-BOX = [14.0, 12.0, 38.0, 34.0]  # around the disc on the shown frame, x = I, y = J
+BOX_IJK = [(14.0, 12.0, SLICE), (38.0, 34.0, SLICE)]  # corners around the disc on the shown frame
+
+
+def box_prompt_on(cine):
+    """The box given as two RAS corners on slice 1 of the frames, as the effect's logic takes a box."""
+    corners = [ras_of(cine.proxy, ijk) for ijk in BOX_IJK]
+    return MedSAM2Logic(predictor=None).prompt_from_ras(frame_source(cine), corners).stack
+
+
+def on_frame_grid(prompt, mask_2d: np.ndarray) -> np.ndarray:
+    """A (rows, columns) mask of the prompt's slice as (J, I), computed from the geometry's flags here."""
+    geometry = prompt.geometry
+    assert geometry.slice_axis == 2 and prompt.slice_index == SLICE  # a K slice: rows and columns are J and I
+    mask_2d = mask_2d[:: -1 if geometry.flip_rows else 1, :: -1 if geometry.flip_columns else 1]
+    return mask_2d if geometry.row_axis == 1 else mask_2d.T
 
 
 def cine_frames(num_frames: int = FRAMES, shape_kji=(2, 48, 64)) -> np.ndarray:
@@ -79,18 +94,26 @@ def test_a_proxy_volume_is_found_as_a_cine_and_its_slice_through_time_is_the_sta
     assert cine_of(add_volume(app.scene, frames[0], np.eye(4), "alone")) is None
     windowing = display_windowing(proxy)
     assert windowing == Windowing("window", (-20.0, 180.0))
-    stack = time_stack(cine, SLICE, windowing)
-    np.testing.assert_array_equal(stack, windowing.apply(frames[:, SLICE]))
-    with pytest.raises(EditorStateError, match=r"Slice 2 is outside the frames, which have slices 0\.\.1\."):
-        time_stack(cine, 2, windowing)
+    prompt = box_prompt_on(cine)
+    stack = time_stack(cine, prompt, windowing)
+    expected = windowing.apply(frames[:, SLICE])
+    for number in range(FRAMES):
+        np.testing.assert_array_equal(on_frame_grid(prompt, stack[number]), expected[number])
+    x0, y0, x1, y1 = prompt.box  # the box's corners on the stack are the corners given, wherever they went
+    corners = {(round(x), round(y)) for x in (x0, x1) for y in (y0, y1)}
+    marked = np.zeros(stack.shape[1:], np.uint8)
+    for x, y in corners:
+        marked[y, x] = 1
+    assert {tuple(ij) for ij in np.argwhere(on_frame_grid(prompt, marked))} >= {(12, 14), (34, 38)}
 
 
 def test_frames_of_another_grid_are_refused(app, sequences_logic):  # noqa: F811
     browser, sequence, proxy = add_cine(app, sequences_logic, cine_frames(2))
     odd = add_volume(app.scene, cine_frames(1, (2, 40, 64))[0], oblique_ijk_to_ras(), "odd")
     sequence.SetDataNodeAtValue(odd, "80")
+    cine = cine_of(proxy)
     with pytest.raises(EditorStateError, match=r"differ in size \(\(64, 40, 2\) and \(64, 48, 2\) voxels\)"):
-        time_stack(cine_of(proxy), SLICE, display_windowing(proxy))
+        time_stack(cine, box_prompt_on(cine), display_windowing(proxy))
 
 
 def test_propagation_through_time_is_written_as_a_segmentation_sequence_played_with_the_volume(
@@ -98,18 +121,19 @@ def test_propagation_through_time_is_written_as_a_segmentation_sequence_played_w
     frames = cine_frames()
     browser, sequence, proxy = add_cine(app, sequences_logic, frames)
     cine = cine_of(proxy)
-    stack = time_stack(cine, SLICE, display_windowing(proxy))
+    prompt = box_prompt_on(cine)
+    stack = time_stack(cine, prompt, display_windowing(proxy))
     predictor = VolumePredictor(tiny_model, precision="float32")
-    masks = propagate_through_time(predictor, stack, cine.shown_frame, BOX)
+    masks = propagate_through_time(predictor, stack, cine.shown_frame, prompt.box)
     # The same as a session on the stack, box on the shown frame, propagated both ways in time.
     session = Session(predictor, stack, early_stop=None)
-    session.add_prompt(SHOWN, box=BOX)
+    session.add_prompt(SHOWN, box=prompt.box)
     list(session.propagate())
     np.testing.assert_array_equal(masks, np.stack([session.results[t].mask for t in range(FRAMES)]))
     assert masks[SHOWN].any()
 
     edit = SegmentationSequenceEdit(cine, sequences_logic)
-    target = edit.write(masks, SLICE, "heart")
+    target = edit.write(masks, prompt, "heart")
     assert browser.IsSynchronizedSequenceNodeID(target.GetID())
     assert [target.GetNthIndexValue(n) for n in range(target.GetNumberOfDataNodes())] == \
         [str(40 * n) for n in range(FRAMES)]
@@ -121,7 +145,7 @@ def test_propagation_through_time_is_written_as_a_segmentation_sequence_played_w
         segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("heart")
         segment_ids.add(segment_id)
         written = segment_array(segmentation, segment_id, proxy)
-        np.testing.assert_array_equal(written[SLICE], masks[number], err_msg=f"frame {number}")
+        np.testing.assert_array_equal(written[SLICE], on_frame_grid(prompt, masks[number]), err_msg=f"frame {number}")
         assert not written[0].any()
     assert len(segment_ids) == 1  # one ID on every frame: the segment stays selected while the browser plays
 
@@ -133,20 +157,24 @@ def test_propagation_through_time_is_written_as_a_segmentation_sequence_played_w
 def test_a_second_run_into_the_same_sequence_is_undone_to_the_first(app, sequences_logic):  # noqa: F811
     browser, sequence, proxy = add_cine(app, sequences_logic, cine_frames())
     cine = cine_of(proxy)
-    first = np.zeros((FRAMES, 48, 64), np.uint8)
+    prompt = box_prompt_on(cine)
+    shape = time_stack(cine, prompt, display_windowing(proxy)).shape
+    first = np.zeros(shape, np.uint8)
     first[:, 20:30, 10:20] = 1
-    target = SegmentationSequenceEdit(cine, sequences_logic).write(first, SLICE, "heart")
+    first[4, 0, 0] = 1  # one frame differs
+    target = SegmentationSequenceEdit(cine, sequences_logic).write(first, prompt, "heart")
     second = np.zeros_like(first)
     second[:, 5:9, 40:50] = 1
     again = SegmentationSequenceEdit(cine, sequences_logic, target)
-    assert again.write(second, SLICE, "heart") is target
+    assert again.write(second, prompt, "heart") is target
     show(browser, sequences_logic, 4)
     heart = again.proxy.GetSegmentation().GetSegmentIdBySegmentName("heart")
-    np.testing.assert_array_equal(segment_array(again.proxy, heart, proxy)[SLICE], second[4])
+    np.testing.assert_array_equal(segment_array(again.proxy, heart, proxy)[SLICE], on_frame_grid(prompt, second[4]))
     again.undo()
     for number in (0, 4):
         show(browser, sequences_logic, number)
-        np.testing.assert_array_equal(segment_array(again.proxy, heart, proxy)[SLICE], first[number])
+        np.testing.assert_array_equal(segment_array(again.proxy, heart, proxy)[SLICE],
+                                      on_frame_grid(prompt, first[number]))
     assert target.GetNumberOfDataNodes() == FRAMES
 
     other = app.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "elsewhere")

@@ -5,9 +5,11 @@ In Slicer a sequence browser (``vtkMRMLSequenceBrowserNode``) shows one item of 
 through a proxy node; the Segment Editor's source volume is then that proxy. Here:
 
 - :func:`cine_of` finds the browser and the volume sequence whose proxy a volume is;
-- :func:`time_stack` takes one slice (index K of the frames' voxel grid) from every frame: a (T, J, I) stack,
-  windowed as the proxy is displayed, which a :class:`~MedSAM2Lib.inference.session.Session` tracks through
-  time as it tracks through slices;
+- :func:`frame_source` is the frames' voxel grid as the prompt functions of :mod:`.logic` take it, so that a
+  box drawn on a view (``MedSAM2Logic.prompt_from_view``) or given by RAS points (``prompt_from_ras``) becomes a
+  :class:`~.geometry.StackPrompt`: the slice the view shows, oriented as it shows it, and the box on it;
+- :func:`time_stack` takes that slice from every frame: a (T, rows, columns) stack, windowed as the proxy is
+  displayed, which a :class:`~MedSAM2Lib.inference.session.Session` tracks through time as through slices;
 - :class:`SegmentationSequenceEdit` writes the result into a segmentation Sequence of the same index values
   (a new one, synchronised with the browser, or the one an earlier run made), and undoes it as one action.
 
@@ -28,7 +30,8 @@ import vtk
 from ..inference.predictor import VolumePredictor
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
-from .logic import EditorStateError, array_from_image, labelmap_like
+from .geometry import StackPrompt
+from .logic import EditorStateError, SourceImage, array_from_image, labelmap_like, world_to_node_matrix
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,14 @@ def cine_of(volume_node) -> Optional[Cine]:
     return None
 
 
-def time_stack(cine: Cine, slice_index: int, windowing: Windowing) -> np.ndarray:
-    """uint8 (T, J, I): slice K = ``slice_index`` of every frame, windowed together; frames of one grid only."""
+def frame_source(cine: Cine) -> SourceImage:
+    """The frames' voxel grid (the proxy's) as a :class:`~.logic.SourceImage` for the prompt functions."""
+    return SourceImage(_frame_image(cine.proxy), cine.proxy, world_to_node_matrix(cine.proxy))
+
+
+def time_stack(cine: Cine, prompt: StackPrompt, windowing: Windowing) -> np.ndarray:
+    """uint8 (T, rows, columns): the prompt's slice of every frame, oriented as its geometry says, windowed
+    together; frames of one grid only."""
     if cine.num_frames < 2:
         raise EditorStateError(f"The sequence '{cine.sequence.GetName()}' has {cine.num_frames} frame; propagating "
                                "through time needs at least two.")
@@ -80,15 +89,13 @@ def time_stack(cine: Cine, slice_index: int, windowing: Windowing) -> np.ndarray
     if len(shapes) > 1:
         raise EditorStateError(f"The frames of '{cine.sequence.GetName()}' differ in size ({shapes[0][::-1]} and "
                                f"{shapes[1][::-1]} voxels); propagating through time needs frames of one grid.")
-    if not 0 <= slice_index < shapes[0][0]:
-        raise EditorStateError(f"Slice {slice_index} is outside the frames, which have slices 0..{shapes[0][0] - 1}.")
-    return windowing.apply(np.stack([frame[slice_index] for frame in frames]))
+    return windowing.apply(np.stack([prompt.geometry.to_stack(frame)[prompt.slice_index] for frame in frames]))
 
 
 def propagate_through_time(predictor: VolumePredictor, stack: np.ndarray, frame: int, box: Sequence[float],
                            early_stop: Optional[int] = None) -> np.ndarray:
-    """uint8 (T, J, I) masks: a box (x = I, y = J, in voxels of the slice) on ``frame``, tracked forward and
-    backward in time; frames the tracking did not reach stay empty."""
+    """uint8 (T, rows, columns) masks: a box (x = column, y = row, as in a StackPrompt) on ``frame``, tracked
+    forward and backward in time; frames the tracking did not reach stay empty."""
     session = Session(predictor, stack, predictor.single_pass_cache(stack), early_stop=early_stop)
     session.add_prompt(frame, box=box)
     masks = np.zeros(stack.shape, dtype=np.uint8)
@@ -113,9 +120,10 @@ class SegmentationSequenceEdit:
         self.created = False
         self._previous: Dict[str, Optional["slicer.vtkMRMLSegmentationNode"]] = {}
 
-    def write(self, masks: np.ndarray, slice_index: int, segment_name: str) -> "slicer.vtkMRMLSequenceNode":
-        """Set the segment ``segment_name`` on each frame's segmentation to slice K of ``masks`` (T, J, I), the
-        frame's other slices empty; the browser's proxy segmentation then shows the selected frame's."""
+    def write(self, masks: np.ndarray, prompt: StackPrompt, segment_name: str) -> "slicer.vtkMRMLSequenceNode":
+        """Set the segment ``segment_name`` on each frame's segmentation to ``masks`` (T, rows, columns) on the
+        prompt's slice, the frame's other slices empty; the browser's proxy segmentation then shows the
+        selected frame's."""
         cine = self.cine
         if masks.shape[0] != cine.num_frames:
             raise EditorStateError(f"{masks.shape[0]} masks for {cine.num_frames} frames.")
@@ -132,10 +140,10 @@ class SegmentationSequenceEdit:
             self._previous[value] = _copy(previous) if previous is not None else None
             frame = cine.frame(number)
             segmentation = _copy(previous) if previous is not None else _segmentation_on(frame)
-            volume_mask = np.zeros(array_from_image(frame.GetImageData()).shape, dtype=np.uint8)
-            volume_mask[slice_index] = masks[number]
+            stack = prompt.geometry.to_stack(np.zeros(array_from_image(frame.GetImageData()).shape, np.uint8))
+            stack[prompt.slice_index] = masks[number]
             segment_id = _set_segment(segmentation, segment_id, segment_name,
-                                      labelmap_like(_frame_image(frame), volume_mask))
+                                      labelmap_like(_frame_image(frame), prompt.geometry.from_stack(stack)))
             self.target.SetDataNodeAtValue(segmentation, value)
         if self.created:
             cine.browser.AddSynchronizedSequenceNodeID(self.target.GetID())
