@@ -11,12 +11,13 @@ import vtk
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.inference.session import Session
+from MedSAM2Lib.slicer_glue import cine as cine_module
 from MedSAM2Lib.slicer_glue.cine import (SegmentationSequenceEdit, cine_of, frame_source, propagate_through_time,
-                                         time_stack)
+                                         run_through_time, time_stack)
 from MedSAM2Lib.slicer_glue.logic import EditorStateError, MedSAM2Logic, display_windowing
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
 
-from slicer_support import app, ras_of  # noqa: F401 (fixture)
+from slicer_support import app, ras_of, xy_of  # noqa: F401 (fixture)
 
 FRAMES, SLICE = 6, 1
 SHOWN = 2
@@ -180,3 +181,56 @@ def test_a_second_run_into_the_same_sequence_is_undone_to_the_first(app, sequenc
     other = app.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "elsewhere")
     with pytest.raises(EditorStateError, match="is not played by the browser"):
         SegmentationSequenceEdit(cine, sequences_logic, other)
+
+
+def test_a_box_drawn_on_a_view_of_the_proxy_is_propagated_through_time(app, sequences_logic, tiny_model):  # noqa: F811
+    """What the effect's "propagate through time" calls: the box in view XY, the rest as above."""
+    browser, sequence, proxy = add_cine(app, sequences_logic, cine_frames())
+    cine = cine_of(proxy)
+    view = app.view(proxy, "Axial", (32.0, 24.0, SLICE))
+    logic = MedSAM2Logic(VolumePredictor(tiny_model, precision="float32"))
+    edit = run_through_time(logic, cine, view, [xy_of(view, proxy, ijk) for ijk in BOX_IJK], sequences_logic,
+                            "heart")
+    prompt = logic.prompt_from_view(frame_source(cine), view, [xy_of(view, proxy, ijk) for ijk in BOX_IJK]).stack
+    assert prompt.slice_index == SLICE
+    expected = propagate_through_time(logic.predictor, time_stack(cine, prompt, display_windowing(proxy)), SHOWN,
+                                      prompt.box)
+    show(browser, sequences_logic, SHOWN)
+    heart = edit.proxy.GetSegmentation().GetSegmentIdBySegmentName("heart")
+    np.testing.assert_array_equal(segment_array(edit.proxy, heart, proxy)[SLICE],
+                                  on_frame_grid(prompt, expected[SHOWN]))
+    assert expected[SHOWN].any()
+
+
+def test_a_write_that_fails_leaves_every_frame_as_it_was(app, sequences_logic, monkeypatch):  # noqa: F811
+    browser, sequence, proxy = add_cine(app, sequences_logic, cine_frames())
+    cine = cine_of(proxy)
+    prompt = box_prompt_on(cine)
+    masks = np.ones(time_stack(cine, prompt, display_windowing(proxy)).shape, np.uint8)
+    target = SegmentationSequenceEdit(cine, sequences_logic).write(masks, prompt, "heart")
+    set_segment = cine_module._set_segment
+    written = []
+
+    def fail_on_the_fourth_frame(*args):
+        written.append(args)
+        if len(written) == 4:
+            raise RuntimeError("disk full")
+        return set_segment(*args)
+
+    monkeypatch.setattr(cine_module, "_set_segment", fail_on_the_fourth_frame)
+    with pytest.raises(RuntimeError, match="disk full"):
+        SegmentationSequenceEdit(cine, sequences_logic, target).write(np.zeros_like(masks), prompt, "heart")
+    monkeypatch.setattr(cine_module, "_set_segment", set_segment)
+    for number in range(FRAMES):  # the first run's content on every frame
+        show(browser, sequences_logic, number)
+        proxy_segmentation = browser.GetProxyNode(target)
+        heart = proxy_segmentation.GetSegmentation().GetSegmentIdBySegmentName("heart")
+        assert segment_array(proxy_segmentation, heart, proxy)[SLICE].all(), f"frame {number}"
+    written.clear()
+    monkeypatch.setattr(cine_module, "_set_segment", fail_on_the_fourth_frame)
+    sequences = app.scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems()
+    with pytest.raises(RuntimeError, match="disk full"):
+        SegmentationSequenceEdit(cine, sequences_logic).write(masks, prompt, "heart")  # a new sequence: removed
+    assert app.scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == sequences
+    assert browser.GetNumberOfSynchronizedSequenceNodes() == 1  # the first run's (the master is not counted)
+    assert browser.IsSynchronizedSequenceNodeID(target.GetID())

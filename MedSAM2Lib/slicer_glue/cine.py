@@ -31,7 +31,8 @@ from ..inference.predictor import VolumePredictor
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from .geometry import StackPrompt
-from .logic import EditorStateError, SourceImage, array_from_image, labelmap_like, world_to_node_matrix
+from .logic import (EditorStateError, MedSAM2Logic, SourceImage, array_from_image, display_windowing, labelmap_like,
+                    world_to_node_matrix)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,22 @@ def propagate_through_time(predictor: VolumePredictor, stack: np.ndarray, frame:
     return masks
 
 
+def run_through_time(logic: MedSAM2Logic, cine: Cine, slice_node, xy_corners: Sequence[Sequence[float]],
+                     sequences_logic: "slicer.vtkSlicerSequencesLogic", segment_name: str,
+                     windowing: Optional[Windowing] = None, target: Optional["slicer.vtkMRMLSequenceNode"] = None,
+                     early_stop: Optional[int] = None) -> "SegmentationSequenceEdit":
+    """What "propagate through time" does: a box drawn on a view of the proxy (two XY corners, as
+    ``MedSAM2Logic.prompt_from_view`` takes them) tracked from the shown frame through all frames, on the slice
+    the view shows, and written into a segmentation Sequence; returns the edit, whose ``undo()`` takes it back.
+    windowing: None for the proxy's display window."""
+    prompt = logic.prompt_from_view(frame_source(cine), slice_node, xy_corners).stack
+    stack = time_stack(cine, prompt, windowing or display_windowing(cine.proxy))
+    masks = propagate_through_time(logic.predictor, stack, cine.shown_frame, prompt.box, early_stop)
+    edit = SegmentationSequenceEdit(cine, sequences_logic, target)
+    edit.write(masks, prompt, segment_name)
+    return edit
+
+
 class SegmentationSequenceEdit:
     """One run's result written as a segment on every frame of a segmentation Sequence, undoable as one action.
 
@@ -133,6 +150,18 @@ class SegmentationSequenceEdit:
                                                   scene.GenerateUniqueName(f"{cine.sequence.GetName()} MedSAM2"))
             self.target.CopySequenceIndex(cine.sequence)
             self.created = True
+        try:
+            self._write_frames(masks, prompt, segment_name)
+        except BaseException:  # nothing half written: every frame back as it was
+            self.undo()
+            raise
+        if self.created:
+            cine.browser.AddSynchronizedSequenceNodeID(self.target.GetID())
+        self.logic.UpdateProxyNodesFromSequences(cine.browser)
+        return self.target
+
+    def _write_frames(self, masks: np.ndarray, prompt: StackPrompt, segment_name: str) -> None:
+        cine = self.cine
         segment_id = None  # one ID on every frame, so that the segment stays selected while the browser plays
         for number in range(cine.num_frames):
             value = cine.index_value(number)
@@ -145,10 +174,6 @@ class SegmentationSequenceEdit:
             segment_id = _set_segment(segmentation, segment_id, segment_name,
                                       labelmap_like(_frame_image(frame), prompt.geometry.from_stack(stack)))
             self.target.SetDataNodeAtValue(segmentation, value)
-        if self.created:
-            cine.browser.AddSynchronizedSequenceNodeID(self.target.GetID())
-        self.logic.UpdateProxyNodesFromSequences(cine.browser)
-        return self.target
 
     @property
     def proxy(self) -> Optional["slicer.vtkMRMLSegmentationNode"]:
@@ -162,7 +187,8 @@ class SegmentationSequenceEdit:
             return
         if self.created:
             proxy = self.proxy
-            cine.browser.RemoveSynchronizedSequenceNode(target.GetID())
+            if cine.browser.IsSynchronizedSequenceNodeID(target.GetID()):
+                cine.browser.RemoveSynchronizedSequenceNode(target.GetID())
             scene = cine.proxy.GetScene()
             if proxy is not None:
                 scene.RemoveNode(proxy)
