@@ -151,16 +151,26 @@ def _prompts_appearing_later(reader: _MaskReader, frames: Frames, use_all_masks:
 
 @dataclass
 class VideoResult:
-    """Per written frame (index -> ...) the objects' logits at frame size, (N, H, W) float32 in ``object_ids``
-    order, before the non-overlap rule (objects without an output there score -1024)."""
+    """The tracked objects of a clip and the frames to write. Logits are made per frame on access from what the
+    sessions keep (low-resolution logits), so a long clip is never held at frame size."""
 
-    object_ids: List[int]
-    logits: Dict[int, np.ndarray]
+    session: MultiObjectSession
+    frames: List[int]  # the frames to write, in order
     options: VideoOptions
+
+    @property
+    def object_ids(self) -> List[int]:
+        return self.session.object_ids
+
+    def logits(self, index: int) -> np.ndarray:
+        """(N, H, W) float32 logits of frame ``index`` before the non-overlap rule, objects in id order (-1024
+        for an object without an output there)."""
+        return self.session.logits(index)
 
     def merged(self, index: int) -> np.ndarray:
         """The logits after the non-overlap rule where one label PNG is written (as they are per object)."""
-        return self.logits[index] if self.options.per_object_png else non_overlapping(self.logits[index])
+        logits = self.logits(index)
+        return logits if self.options.per_object_png else non_overlapping(logits)
 
     def masks(self, index: int) -> Dict[int, np.ndarray]:
         merged = self.merged(index)
@@ -168,7 +178,8 @@ class VideoResult:
                 for number, object_id in enumerate(self.object_ids)}
 
     def labels(self, index: int) -> np.ndarray:
-        return label_map(self.masks(index), self.logits[index].shape[1:])
+        masks = self.masks(index)
+        return label_map(masks, next(iter(masks.values())).shape)
 
 
 def track(predictor: VolumePredictor, frames: Frames, prompts: VideoPrompts, options: VideoOptions,
@@ -183,8 +194,7 @@ def track(predictor: VolumePredictor, frames: Frames, prompts: VideoPrompts, opt
         if on_result is not None:
             on_result(object_id, result)
     first = 0 if options.objects_appearing_later else min(min(given) for given in prompts.masks.values())
-    logits = {index: session.logits(index) for index in range(first, len(frames.names))}
-    return VideoResult(prompts.object_ids, logits, options)
+    return VideoResult(session, list(range(first, len(frames.names))), options)
 
 
 def planned_results(frames: Frames, prompts: VideoPrompts) -> int:
@@ -215,7 +225,7 @@ def write_result(output: Path, frames: Frames, result: VideoResult, palette: Opt
     ``OUTPUT/<id:03d>/<frame>.png`` 0/1 masks per object; the input masks' palette, else DAVIS's."""
     palette = palette or voc_palette()
     written = []
-    for index in sorted(result.logits):
+    for index in result.frames:
         name = f"{frames.names[index]}.png"
         if result.options.per_object_png:
             for object_id, mask in result.masks(index).items():
