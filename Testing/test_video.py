@@ -250,3 +250,43 @@ def test_a_video_file_is_decoded_with_pyav(tmp_path, capsys):
     broken.write_bytes(b"not a video")
     message = refused(capsys, [broken, "--masks", MASKS, "-o", tmp_path / "o"], tmp_path)
     assert message.startswith(f"medsam2: error: Cannot decode the video {broken}: ")
+
+
+def test_objects_appearing_later_are_tracked_from_their_first_mask(video_checkpoint, tmp_path, monkeypatch):
+    """--track-objects-appearing-later: object 2's first mask is on frame 3, so frames 0-2 have no object 2;
+    every frame gets a PNG. The official rule also skips empty masks and, without --use-all-masks, later ones."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    labels = REFERENCE["labels"]
+    first = np.where(labels[0] == 1, 1, 0).astype(np.uint8)
+    Image.fromarray(first).save(masks / "00000.png")
+    Image.fromarray(labels[3]).save(masks / "00003.png")
+    Image.fromarray(labels[6]).save(masks / "00006.png")  # not used: each object's first mask only
+    out = tmp_path / "out"
+    status, result = run_video(tmp_path, monkeypatch, [FRAMES, "--masks", masks, "-o", out,
+                                                       "--track-objects-appearing-later",
+                                                       *model_arguments(video_checkpoint)])
+    assert status == 0 and result.object_ids == [1, 2] and result.frames == list(range(12))
+    assert result.session.session(1).prompted_slices == [0] and result.session.session(2).prompted_slices == [3]
+    written = [np.asarray(Image.open(out / f"{index:05d}.png")) for index in range(12)]
+    assert all(not (frame == 2).any() for frame in written[:3])
+    assert all((frame == 2).any() for frame in written[3:]) and all((frame == 1).any() for frame in written)
+    np.testing.assert_array_equal(result.logits(1)[1], np.full((72, 96), -1024.0, np.float32))
+
+
+def test_all_masks_prompt_and_an_object_missing_from_one_gets_an_empty_mask(video_checkpoint, tmp_path,
+                                                                            monkeypatch):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    labels = REFERENCE["labels"]
+    shutil.copy(MASKS / "00000.png", masks / "00000.png")
+    Image.fromarray(np.where(labels[5] == 1, 1, 0).astype(np.uint8)).save(masks / "00005.png")  # no object 2
+    out = tmp_path / "out"
+    status, result = run_video(tmp_path, monkeypatch, [FRAMES, "--masks", masks, "-o", out, "--use-all-masks",
+                                                       *model_arguments(video_checkpoint)])
+    assert status == 0
+    assert [result.session.session(object_id).prompted_slices for object_id in (1, 2)] == [[0, 5], [0, 5]]
+    frame5 = np.asarray(Image.open(out / "00005.png"))
+    np.testing.assert_array_equal(frame5 == 1, labels[5] == 1)  # a mask prompt is its frame's answer
+    assert not (frame5 == 2).any()  # the empty mask: object 2 absent there
+    assert (np.asarray(Image.open(out / "00004.png")) == 2).any()
