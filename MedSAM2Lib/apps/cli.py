@@ -154,26 +154,35 @@ def resource_amount(text: str) -> float:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, volume: bool = True) -> None:
+    """The model and how it computes; ``volume`` False: for video, where no hole filling or component choice
+    applies by default and tracking runs to the last frame unless told to stop early."""
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"MedSAM2 checkpoint (default: {default_checkpoint_path()}; get it with medsam2 download)")
     parser.add_argument("--config", type=Path, default=None,
                         help="official model yaml for another architecture (default: MedSAM2 sam2.1_hiera_t512)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="where the network runs (default: auto, a CUDA or Apple GPU when there is one, else cpu)")
-    parser.add_argument("--no-fill-holes", action="store_true",
-                        help="do not fill background holes of <= 8 pixels in each slice's low-resolution mask")
-    parser.add_argument("--all-components", action="store_true",
-                        help="keep every connected component instead of the largest one")
+    if volume:
+        parser.add_argument("--no-fill-holes", action="store_true",
+                            help="do not fill background holes of <= 8 pixels in each slice's low-resolution mask")
+        parser.add_argument("--all-components", action="store_true",
+                            help="keep every connected component instead of the largest one")
     # Defaults None: a session file's options apply where the command line names none (computing_options).
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="float32: exact; bfloat16: about 1.6x faster where the hardware has it, masks nearly "
                              "identical; auto (default): bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX")
     stop = parser.add_mutually_exclusive_group()
-    stop.add_argument("--early-stop", type=int, default=None, metavar="N",
-                      help="end each direction after N slices in a row on which the model sees no object "
-                           f"(default {DEFAULT_ABSENT_SLICES})")
-    stop.add_argument("--no-early-stop", action="store_true", help="track every slice to the end")
+    if volume:
+        stop.add_argument("--early-stop", type=int, default=None, metavar="N",
+                          help="end each direction after N slices in a row on which the model sees no object "
+                               f"(default {DEFAULT_ABSENT_SLICES})")
+        stop.add_argument("--no-early-stop", action="store_true", help="track every slice to the end")
+    else:
+        stop.add_argument("--early-stop", type=int, default=None, metavar="N",
+                          help="stop tracking an object after N frames in a row on which the model sees it not "
+                               "(default: track every object to the last frame, as the official script)")
+        stop.add_argument("--no-early-stop", action="store_true", help="track to the last frame (the default)")
 
 
 def add_mirror_argument(parser: argparse.ArgumentParser) -> None:
@@ -235,9 +244,10 @@ def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dic
     }
 
 
-def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None):
+def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None,
+                    options: Optional[Mapping[str, Any]] = None):
     """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
-    file's, for what the arguments leave open)."""
+    file's, for what the arguments leave open; ``options``: the predictor's options, instead of both)."""
     from ..model.checkpoint import load_model
     from ..model.config import MEDSAM2_T512, load_config
     from ..inference.predictor import VolumePredictor, select_device
@@ -245,7 +255,7 @@ def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[st
     config = load_config(args.config) if args.config else MEDSAM2_T512
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
-    return VolumePredictor(model, **computing_options(args, saved_options or {}))
+    return VolumePredictor(model, **(options if options is not None else computing_options(args, saved_options or {})))
 
 
 def segment_session(args: argparse.Namespace):
@@ -302,6 +312,37 @@ def command_segment(args: argparse.Namespace) -> int:
     mask = document.stack.from_stack(session.mask())  # back to the image's voxel grid
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
+    return 0
+
+
+def command_video(args: argparse.Namespace) -> int:
+    from ..video.frames import read_frames
+    from ..video.tracking import (VideoOptions, check_output_folder, planned_results, read_prompts, track,
+                                  write_result)
+
+    # Everything that can be refused is refused before the model loads: the output, the frames, the masks.
+    check_output_folder(args.output, (args.frames, args.masks))
+    if args.early_stop is not None and args.early_stop < 1:
+        raise ValueError(f"--early-stop {args.early_stop}: give at least 1 frame.")
+    options = VideoOptions(args.use_all_masks, args.per_object_png, args.track_objects_appearing_later,
+                           args.score_thresh)
+    frames = read_frames(args.frames)
+    prompts = read_prompts(args.masks, frames, options)
+    predictor = build_predictor(args, options={
+        "precision": args.precision or "auto",
+        "early_stop": args.early_stop,
+        # The official script's post-processing switch: hole filling, and prompts entering the memory binarised.
+        "fill_holes": args.apply_postprocessing,
+        "binarize_prompt_memory": args.apply_postprocessing,
+        "keep_largest_component": False,
+    })
+    progress = ProgressBar(planned_results(frames, prompts), "Tracking", unit="frame")
+    result = track(predictor, frames, prompts, options, args.early_stop, on_result=lambda *_: progress.advance())
+    if 0 < progress.done < progress.total:  # an early stop: end the bar's line
+        progress.stream.write("\n")
+    written = write_result(args.output, frames, result, prompts.palette)
+    print(f"Wrote {len(written)} mask PNGs of {len(result.object_ids)} objects "
+          f"({', '.join(map(str, result.object_ids))}) to {args.output}.")
     return 0
 
 
@@ -502,6 +543,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_window_arguments(batch)
     add_model_arguments(batch)
     batch.set_defaults(run=command_batch)
+
+    video = commands.add_parser("video", help="track objects through video frames from masks on some frames (the "
+                                              "official medsam2_infer_video.py)")
+    video.add_argument("frames", type=Path,
+                       help="a folder of JPEG or PNG frames, in the order of their names; or a video file "
+                            "(.mp4, .avi, .mov, .mkv) with the video extra: pip install 'medsam2-slicer[video]'")
+    video.add_argument("--masks", type=Path, required=True,
+                       help="folder of label PNGs named like the frames (00000.png: one value per object), by "
+                            "default only the first frame's")
+    video.add_argument("-o", "--output", type=Path, required=True,
+                       help="folder for the label PNGs (one per frame, named like the frames, with the input "
+                            "masks' palette); each file is replaced only once the new one is complete")
+    video.add_argument("--use-all-masks", action="store_true",
+                       help="prompt with every mask PNG named like a frame, not only the first")
+    video.add_argument("--per-object-png", action="store_true",
+                       help="masks in and out as one folder per object (001/00000.png, ...), 0/1 PNGs that may "
+                            "overlap; without it, overlapping objects give each pixel to the higher logit")
+    video.add_argument("--track-objects-appearing-later", action="store_true",
+                       help="track each object from the first frame whose mask holds it (objects absent from the "
+                            "first frame's mask)")
+    video.add_argument("--score-thresh", type=finite_number, default=0.0, metavar="T",
+                       help="a pixel belongs to an object where its logit exceeds T (default 0)")
+    video.add_argument("--apply-postprocessing", action="store_true",
+                       help="fill small holes and put the prompt masks into the memory binarised (the official "
+                            "script's --apply_postprocessing; off by default, as there)")
+    add_model_arguments(video, volume=False)
+    video.set_defaults(run=command_video)
 
     evaluate = commands.add_parser("evaluate", help="per-label Dice and normalised surface Dice against references")
     evaluate.add_argument("prediction", type=Path, help="label map, or a folder of them")

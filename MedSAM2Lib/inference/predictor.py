@@ -155,16 +155,21 @@ class VolumePredictor:
         precision: str = "float32",
         early_stop: Optional[int] = None,
         encode_batch: Optional[int] = None,
+        binarize_prompt_memory: bool = True,
     ) -> None:
         """precision: ``float32`` (exact), ``bfloat16`` (fast) or ``auto`` (see :mod:`..model.precision`);
         early_stop: end each direction after this many slices in a row without the object (None: never);
         encode_batch: slices encoded in one batch ahead of the tracker (default 4 on CUDA, where one batch
-        keeps the GPU busier than four single slices; 1 elsewhere: a CPU computes a batch no faster)."""
+        keeps the GPU busier than four single slices; 1 elsewhere: a CPU computes a batch no faster);
+        binarize_prompt_memory: a prompted slice's mask enters the memory binarised, as the official 3D scripts
+        build the predictor (post-processing on); False: as sigmoid probabilities, as the official video script
+        builds it (post-processing off)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()  # else each slice page-faults its tensors in afresh (see cpu_memory)
         self.fill_holes = fill_holes
+        self.binarize_prompt_memory = binarize_prompt_memory
         self.keep_largest_component = keep_largest_component
         self.dtype = resolve_precision(precision, self.device)
         check_absent_slices(early_stop)
@@ -214,7 +219,7 @@ class VolumePredictor:
     ) -> np.ndarray:
         """Whole-volume uint8 (D, H, W) mask: union of every yielded slice, then (by default) its largest
         26-connected component. ``on_slice`` sees each result and may raise :class:`Cancelled`."""
-        mask = np.zeros(volume.shape, dtype=np.uint8)
+        mask = np.zeros(volume.shape[:3], dtype=np.uint8)
         for result in self.propagate(volume, key_slice, box, direction, slice_range, cache):
             mask[result.index] |= result.mask
             if on_slice is not None:
@@ -325,10 +330,13 @@ class VolumePredictor:
 
 
 def check_volume(volume: np.ndarray) -> None:
-    """Raise :class:`PromptError` unless the volume is a non-empty uint8 (D, H, W) array."""
-    if not isinstance(volume, np.ndarray) or volume.ndim != 3:
+    """Raise :class:`PromptError` unless the volume is a non-empty uint8 (D, H, W) array, or (D, H, W, 3): the RGB
+    frames of a video."""
+    frames = isinstance(volume, np.ndarray) and volume.ndim == 4 and volume.shape[3] == 3
+    if not isinstance(volume, np.ndarray) or not (volume.ndim == 3 or frames):
         shape = getattr(volume, "shape", None)
-        raise PromptError(f"MedSAM2 needs a 3D volume (slices, rows, columns); got an array of shape {shape}.")
+        raise PromptError(f"MedSAM2 needs a 3D volume (slices, rows, columns) or RGB video frames (frames, rows, "
+                          f"columns, 3); got an array of shape {shape}.")
     if volume.dtype != np.uint8:
         raise PromptError(f"The volume must be windowed to uint8 first; got {volume.dtype}.")
     if min(volume.shape) < 1:
@@ -378,7 +386,7 @@ def validate_prompt(
     num_slices = volume.shape[0]
     if not 0 <= key_slice < num_slices:
         raise PromptError(f"Slice {key_slice} is outside the volume, which has slices 0..{num_slices - 1}.")
-    check_box(box, volume.shape[1:])
+    check_box(box, volume.shape[1:3])
     if direction not in DIRECTIONS:
         raise PromptError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
     if slice_range is not None:

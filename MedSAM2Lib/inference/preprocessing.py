@@ -2,6 +2,7 @@
 
 A volume is first windowed to uint8 (D, H, W); each slice is then resized to 512x512 with Pillow's bicubic
 filter (still uint8), repeated to RGB and normalised with ImageNet statistics in float64, then cast to float32.
+Video frames are RGB (D, H, W, 3) uint8 and are normalised as the official video script does it.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ class Windowing:
 
 
 def resize_slice(slice_u8: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) uint8 -> (size, size) uint8 with Pillow's bicubic filter, as the official script does."""
+    """(H, W) or (H, W, 3) uint8 -> (size, size[, 3]) uint8 with Pillow's bicubic filter, as the official scripts
+    do."""
     return np.asarray(Image.fromarray(np.ascontiguousarray(slice_u8)).resize((size, size), Image.BICUBIC))
 
 
@@ -209,6 +211,19 @@ def normalise(resized_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(normalised.astype(np.float32))
 
 
+def normalise_frame(resized_rgb: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 video frame -> (3, S, S) float32 model input as the official video loader makes it: /255
+    in float64, cast to float32, then minus the ImageNet mean and over the std in float32 (the slice path above
+    stays in float64 to the end; the two differ by a rounding step)."""
+    scaled = torch.from_numpy(resized_rgb.astype(np.float64) / 255.0).permute(2, 0, 1).float()
+    mean = torch.from_numpy(IMAGENET_MEAN.astype(np.float32))[:, None, None]
+    std = torch.from_numpy(IMAGENET_STD.astype(np.float32))[:, None, None]
+    return (scaled - mean) / std
+
+
 def model_input(slice_u8: np.ndarray, size: int) -> torch.Tensor:
-    """One volume slice (H, W) uint8 -> (3, size, size) float32 network input."""
+    """One volume slice (H, W) uint8, or one RGB video frame (H, W, 3) uint8 -> (3, size, size) float32 network
+    input (frames as the official video script prepares them, see :func:`normalise_frame`)."""
+    if slice_u8.ndim == 3:
+        return normalise_frame(resize_slice(slice_u8, size))
     return normalise(resize_slice(slice_u8, size))

@@ -97,7 +97,8 @@ class _Direction:
 
 
 class Session:
-    """One object in one uint8 (D, H, W) volume. See the module docstring for the semantics."""
+    """One object in one uint8 (D, H, W) volume, or in (D, H, W, 3) RGB video frames. See the module docstring for
+    the semantics."""
 
     def __init__(self, predictor: VolumePredictor, volume: np.ndarray, cache: Optional[FeatureCache] = None,
                  early_stop: Optional[int] = DEFAULT_ABSENT_SLICES) -> None:
@@ -111,6 +112,7 @@ class Session:
             raise ValueError("The feature cache belongs to another volume.")
         self.predictor = predictor
         self.volume = volume
+        self.shape: Tuple[int, int, int] = volume.shape[:3]  # (D, H, W); video frames have a colour axis after
         self.cache = cache if cache is not None else FeatureCache(volume)
         self._conditioning: Dict[int, _Output] = {}
         self._conditioning_prompts: Dict[int, SlicePrompt] = {}
@@ -159,7 +161,7 @@ class Session:
 
     def mask(self) -> np.ndarray:
         """uint8 (D, H, W): each slice's latest output, then (by default) its largest 26-connected component."""
-        mask = np.zeros(self.volume.shape, dtype=np.uint8)
+        mask = np.zeros(self.shape, dtype=np.uint8)
         for index, result in self.results.items():
             mask[index] = result.mask
         return largest_component(mask) if self.predictor.keep_largest_component else mask
@@ -180,7 +182,7 @@ class Session:
         add: the points join the slice's earlier points (official ``clear_old_points=False``); otherwise they
         replace them. Routing (conditioning slice, correction, new conditioning slice): module docstring.
         """
-        prompt = check_prompt(self.volume.shape, slice_index, box, points, labels, mask)
+        prompt = check_prompt(self.shape, slice_index, box, points, labels, mask)
         self._steps.append(_prompt_step(slice_index, prompt, add))
         direction = self._directions.get(self.tracked_by(slice_index) or "")
         if direction is not None:
@@ -298,7 +300,7 @@ class Session:
             else:
                 if mask_input is not None:
                     mask_input = mask_input.clamp(-CORRECTION_LOGIT_CLAMP, CORRECTION_LOGIT_CLAMP)
-                points = predictor.model_points(prompt.box, prompt.points, prompt.labels, self.volume.shape[1:])
+                points = predictor.model_points(prompt.box, prompt.points, prompt.labels, self.shape[1:])
                 output = predictor.model.segment(features, points, mask_input, memory)
         return _Output(predictor.filled(output.low_res_logits), output.obj_ptr, output.object_score_logits)
 
@@ -383,7 +385,7 @@ class Session:
     def _prompt_memory(self, index: int, output: _Output) -> torch.Tensor:
         with self.predictor.compute():
             return self.predictor.model.encode_memory(self._features(index), output.low_res, output.object_score,
-                                                      binarize=True)
+                                                      binarize=self.predictor.binarize_prompt_memory)
 
     def _memory(self, direction: _Direction, index: int) -> MemoryContext:
         """The memory bank a slice attends to in one direction (the reference's choice of frames):
@@ -420,7 +422,7 @@ class Session:
 
     def _result(self, index: int) -> SliceResult:
         return self.predictor.slice_result(index, self._latest[index], self._object_scores[index],
-                                           self.volume.shape[1:])
+                                           self.shape[1:])
 
     def _clear(self) -> None:
         self.stops.clear()
