@@ -223,7 +223,7 @@ def segment_session(args: argparse.Namespace):
         step["box"] = list(args.box)
     if args.point:
         step["points"] = [[x, y] for x, y, _ in args.point]
-        step["labels"] = [int(label) for _, _, label in args.point]
+        step["labels"] = [label for _, _, label in args.point]  # checked as given: 0.9 is refused, not truncated
     return SessionDocument(args.image, [step, {"propagate": args.direction}])
 
 
