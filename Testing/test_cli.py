@@ -289,12 +289,16 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
 # -- inputs and arguments ------------------------------------------------------------------------------------
 
 
-def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, box_sessions, capsys):
+@pytest.mark.parametrize("suffix", [".npz", ".nrrd", ".nii.gz"])  # SimpleITK reads a NIfTI's NaN as 0
+def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, box_sessions, capsys, suffix):
     ct = np.load(DATA / "input_volume.npz")["imgs"].astype(np.float32) * 4 - 500
     ct[0, 0, :26] = np.nan
     ct[1, 0, 0] = -np.inf
-    source, output = tmp_path / "ct.npz", tmp_path / "mask.npz"
-    np.savez(source, imgs=ct)
+    source, output = tmp_path / f"ct{suffix}", tmp_path / "mask.npz"
+    if suffix == ".npz":
+        np.savez(source, imgs=ct)
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(ct), str(source))
     arguments = ["segment", str(source)] + SEGMENT[2:] + ["-o", str(output), "--window", "-500", "520"]
     assert main(arguments) == 1
     assert capsys.readouterr().err == (

@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 
 from ..atomic import check_writable, reason, write_atomically
+from .nifti_voxels import non_finite_voxels
 
 # Files a 3D mask can be written to with its geometry, each read and written as one file (so it can be replaced
 # atomically), and the ITK reader/writer of each (ITK matches extensions case-sensitively; we do not).
@@ -110,7 +111,8 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
     """A scalar 3D volume as a (D, H, W) array and its geometry.
 
     ``.npz`` files hold ``imgs`` (D, H, W) and optionally ``spacing`` (MedSAM2's npz layout, spacing in
-    z, y, x order); anything else is read with SimpleITK (NIfTI, NRRD, MHA, a DICOM file, ...).
+    z, y, x order); anything else is read with SimpleITK (NIfTI, NRRD, MHA, a DICOM file, ...). NaN and infinite
+    voxels are kept as they are in the file (SimpleITK's NIfTI reader would make them 0).
     """
     path = Path(path)
     if not path.is_file():
@@ -132,7 +134,23 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
     if image.GetDimension() != 3:
         raise VolumeError(f"{path} is a {image.GetDimension()}D image; MedSAM2 needs a 3D volume.")
     geometry = Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
-    return sitk.GetArrayFromImage(image), geometry
+    volume = sitk.GetArrayFromImage(image)
+    if np.issubdtype(volume.dtype, np.floating):
+        _restore_non_finite(path, volume)
+    return volume, geometry
+
+
+def _restore_non_finite(path: Path, volume: np.ndarray) -> None:
+    """Put back in ``volume`` (read by SimpleITK from ``path``) the NaN and infinite voxels that SimpleITK's NIfTI
+    reader set to 0 (see :mod:`MedSAM2Lib.apps.nifti_voxels`); nothing for other formats, which keep them."""
+    found = non_finite_voxels(path)
+    if found is None:
+        return
+    indices, values = found
+    if indices.size and indices[-1] >= volume.size:
+        raise VolumeError(f"Cannot check {path} for NaN voxels: its header describes more voxels than SimpleITK "
+                          f"read ({volume.size:,}).")
+    volume.reshape(-1)[indices] = values  # a view: the array SimpleITK returned is contiguous
 
 
 def read_scan(path: str | Path, nan_as: Optional[float] = None) -> Tuple[np.ndarray, Geometry]:
