@@ -22,7 +22,7 @@ from ..model.config import ConfigError
 from ..model.precision import PRECISIONS
 from ..inference.session_file import SessionFileError
 from ..weights import DownloadError, default_checkpoint_path
-from ..atomic import check_writable
+from ..atomic import FileUses, check_writable
 from .volume_io import VolumeError, check_output, mask_formats
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
@@ -194,6 +194,15 @@ def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dic
     }
 
 
+def model_files(args: argparse.Namespace) -> FileUses:
+    """The files of a command, starting with the model's that it reads: the checkpoint and the configuration."""
+    files = FileUses()
+    files.read("the checkpoint", args.checkpoint or default_checkpoint_path())
+    if args.config is not None:
+        files.read("the model configuration", args.config)
+    return files
+
+
 def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None):
     """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
     file's, for what the arguments leave open)."""
@@ -234,7 +243,11 @@ def command_segment(args: argparse.Namespace) -> int:
     from .volume_io import read_scan, write_mask
 
     # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
-    check_output(args.output, inputs=[args.image])
+    files = model_files(args)
+    files.read("the input image", args.image)
+    if args.prompts is not None:
+        files.read("the session file", args.prompts)
+    files.write("the mask", check_output(args.output))
     document = segment_session(args)
     windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
     volume, geometry = read_scan(args.image, args.nan_as)
@@ -267,6 +280,9 @@ def command_segment(args: argparse.Namespace) -> int:
 def command_batch(args: argparse.Namespace) -> int:
     from .batch import BatchRunner, read_deeplesion_table, read_prompt_table, write_summary
 
+    files = model_files(args)
+    files.read("the prompt table", args.prompts)
+
     if not args.images.is_dir():
         raise VolumeError(f"The images folder {args.images} does not exist or is not a folder.")
     if args.out.exists() and not args.out.is_dir():
@@ -287,10 +303,10 @@ def command_batch(args: argparse.Namespace) -> int:
         runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
                              on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress),
                              nan_as=args.nan_as)
-    summary = args.summary or args.out / "summary.csv"
-    check_writable(summary)
+    planned = runner.plan(prompts, files)  # a scan whose label map would replace a file of the batch fails
+    summary = files.write("the summary", check_writable(args.summary or args.out / "summary.csv"))
     try:
-        runner.run(prompts)
+        runner.run_plan(planned)
     except KeyboardInterrupt:
         write_summary(summary, outcomes + runner.outcomes)
         print(f"\nmedsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
@@ -343,8 +359,14 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import format_table, mean_scores, paired_files, score_pair, write_scores_csv
 
     check_writable(args.csv)
+    pairs = paired_files(args.prediction, args.reference)
+    files = FileUses()
+    for _, prediction, reference in pairs:
+        files.read("the prediction", prediction)
+        files.read("the reference", reference)
+    files.write("the scores", args.csv)
     scores = []
-    for case, prediction, reference in paired_files(args.prediction, args.reference):
+    for case, prediction, reference in pairs:
         scores += score_pair(case, prediction, reference, args.labels, args.tolerance)
     print(f"Dice and normalised surface Dice at {args.tolerance:g} mm")
     print(format_table(scores + mean_scores(scores)))
@@ -360,7 +382,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from ..model.checkpoint import CheckpointError
     from .demo import CREDIT, DEMO_PROMPT, check_demo_outputs, confirm_download, missing_weights_message, run_demo
 
-    check_demo_outputs(args.out)  # before any download
+    check_demo_outputs(args.out, model_files(args))  # before any download
     checkpoint = args.checkpoint or default_checkpoint_path()
     if not checkpoint.is_file():
         # Only the default path is filled in; a --checkpoint the user named is theirs.
@@ -383,7 +405,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
-    path = download_weights(args.output or default_checkpoint_path(), args.mirror)
+    path = download_weights(check_writable(args.output or default_checkpoint_path()), args.mirror)
     print(f"Verified MedSAM2 weights (published SHA256) at {path}")
     return 0
 

@@ -6,7 +6,6 @@ Arrays are (D, H, W) = (slices, rows, columns), i.e. SimpleITK's k, j, i order. 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import zipfile
@@ -62,12 +61,12 @@ def mask_formats() -> str:
     return ", ".join(MASK_SUFFIXES[:-1]) + " or " + MASK_SUFFIXES[-1]
 
 
-def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+def check_output(path: str | Path) -> Path:
     """Refuse, with a sentence, an output path a mask cannot be written to as named; returns it as a Path.
 
-    Checked before any work: the extension is a 3D mask format (any case), the path is not a folder nor one of
-    ``inputs`` (same resolved path or same file through a link), and its folder exists or can be created and is
-    writable."""
+    Checked before any work: the extension is a 3D mask format (any case), the path is not a folder, and its
+    folder exists or can be created and is writable. (Whether it is a file the command reads is
+    :class:`~MedSAM2Lib.atomic.FileUses`'s to say.)"""
     path = Path(path)
     if path.is_dir():
         raise VolumeError(f"The output {path} is a folder; name a file in it, such as {path / ('mask' + MASK_SUFFIXES[0])}.")
@@ -80,20 +79,7 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         else:
             why = f"{path.suffix or 'a name without an extension'} is not a 3D mask format"
         raise VolumeError(f"Cannot write the mask to {path}: {why}; name the output {mask_formats()}.")
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise VolumeError(f"The output {path} is the input image {source}; the mask would replace the scan, so "
-                              "choose another output name.")
     return check_writable(path)
-
-
-def _same_file(first: Path, second: Path) -> bool:
-    if first.resolve() == second.resolve():
-        return True
-    try:
-        return os.path.samefile(first, second)  # hard links: one inode under two names
-    except OSError:
-        return False  # one of them does not exist
 
 
 @dataclass(frozen=True)
