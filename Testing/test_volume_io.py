@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAM2Lib.apps.nifti_voxels import non_finite_voxels
+from MedSAM2Lib.apps.nifti_voxels import float_voxels, non_finite_voxels
 from MedSAM2Lib.apps.volume_io import read_scan, read_volume
 from MedSAM2Lib.inference.preprocessing import NonFiniteError
 
@@ -84,7 +84,7 @@ def test_the_voxel_data_is_found_in_either_version_byte_order_and_compression(tm
     data = nifti_bytes(volume, version, order)
     path = tmp_path / ("scan.nii.gz" if compressed else "scan.nii")
     path.write_bytes(gzip.compress(data) if compressed else data)
-    indices, values = non_finite_voxels(path)
+    indices, values = non_finite_voxels(float_voxels(path))
     expected = [flat_index(volume, 0, 0, 0), flat_index(volume, 0, 0, 1), flat_index(volume, 0, 0, 2),
                 flat_index(volume, 2, 3, 4), flat_index(volume, 3, 4, 5)]
     assert indices.tolist() == expected
@@ -114,7 +114,7 @@ def test_a_header_and_image_pair_keeps_its_non_finite_voxels(tmp_path):
 def test_files_without_float_nifti_voxels_are_not_read_again(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.int16)), str(tmp_path / "int.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(volume_with_non_finite()), str(tmp_path / "float.nrrd"))
-    assert non_finite_voxels(tmp_path / "int.nii.gz") is None and non_finite_voxels(tmp_path / "float.nrrd") is None
+    assert float_voxels(tmp_path / "int.nii.gz") is None and float_voxels(tmp_path / "float.nrrd") is None
     np.testing.assert_array_equal(read_volume(tmp_path / "float.nrrd")[0], volume_with_non_finite())
 
 

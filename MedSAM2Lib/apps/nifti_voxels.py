@@ -1,12 +1,13 @@
 """The NaN and infinite voxels of a float NIfTI file, found in the file's own voxel data.
 
-SimpleITK's NIfTI reader (ITK's NiftiImageIO, through niftilib's ``nifti_read_buffer``) sets every NaN and
-infinite float voxel to 0 as it reads, without a word, so a scan with such voxels would be segmented as if they
-were 0. :func:`non_finite_voxels` reads the header itself (NIfTI-1 or NIfTI-2, either byte order, gzip-compressed
-or not, one ``.nii`` file or a ``.hdr``/``.img`` pair) and, for float voxels only, streams the data block a chunk
-at a time, keeping just the positions and values of the non-finite ones; ``read_volume`` puts them back. Other
-files cost one header read; a float NIfTI costs one more pass over its voxels (decompressing it again), in memory
-of one chunk.
+SimpleITK's NIfTI reader (ITK's NiftiImageIO, built on niftilib) sets every NaN and infinite float voxel to 0 as
+it reads, without a word (SimpleITK 2.5 with ITK 5.4; ``test_volume_io`` checks it on the SimpleITK it runs
+with), so a scan with such voxels would be segmented as if they were 0. :func:`float_voxels` reads the header
+itself (NIfTI-1 or NIfTI-2, either byte order, gzip-compressed or not, one ``.nii`` file or a ``.hdr``/``.img``
+pair) and, for float voxels only, :func:`non_finite_voxels` streams the data block a chunk at a time, keeping
+just the positions and values of the non-finite ones; ``read_volume`` puts them back. Other files cost one
+header read; a float NIfTI costs one more pass over its voxels (decompressing it again), in the memory of one
+chunk.
 """
 
 from __future__ import annotations
@@ -91,13 +92,10 @@ def _pair_data(header: Path) -> Optional[Path]:
     return None
 
 
-def non_finite_voxels(path: str | Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+def non_finite_voxels(voxels: FloatVoxels) -> Tuple[np.ndarray, np.ndarray]:
     """(flat indices, values) of the NaN and infinite voxels of a float NIfTI, in file order (the indices of a
-    SimpleITK (D, H, W) array's ``ravel()``); None for a file that is not a float NIfTI. Values are as stored,
-    before any scl_slope/scl_inter scaling (which keeps them NaN or infinite)."""
-    voxels = float_voxels(path)
-    if voxels is None:
-        return None
+    SimpleITK (D, H, W) array's ``ravel()``). Values are as stored, before any scl_slope/scl_inter scaling
+    (which keeps them NaN or infinite)."""
     indices: List[np.ndarray] = [np.empty(0, np.intp)]
     values: List[np.ndarray] = [np.empty(0, voxels.dtype)]
     done = 0

@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 
 from ..atomic import check_writable, reason, write_atomically
-from .nifti_voxels import non_finite_voxels
+from .nifti_voxels import float_voxels, non_finite_voxels
 
 # Files a 3D mask can be written to with its geometry, each read and written as one file (so it can be replaced
 # atomically), and the ITK reader/writer of each (ITK matches extensions case-sensitively; we do not).
@@ -129,14 +129,14 @@ def read_volume(path: str | Path) -> Tuple[np.ndarray, Geometry]:
 def _restore_non_finite(path: Path, volume: np.ndarray) -> None:
     """Put back in ``volume`` (read by SimpleITK from ``path``) the NaN and infinite voxels that SimpleITK's NIfTI
     reader set to 0 (see :mod:`MedSAM2Lib.apps.nifti_voxels`); nothing for other formats, which keep them."""
-    found = non_finite_voxels(path)
-    if found is None:
+    voxels = float_voxels(path)
+    if voxels is None:
         return
-    indices, values = found
-    if indices.size and indices[-1] >= volume.size:
-        raise VolumeError(f"Cannot check {path} for NaN voxels: its header describes more voxels than SimpleITK "
-                          f"read ({volume.size:,}).")
-    volume.reshape(-1)[indices] = values  # a view: the array SimpleITK returned is contiguous
+    if voxels.count != volume.size:
+        raise VolumeError(f"Cannot check {path} for NaN voxels: its header describes {voxels.count:,} voxels and "
+                          f"SimpleITK read {volume.size:,}.")
+    indices, values = non_finite_voxels(voxels)
+    volume.flat[indices] = values
 
 
 def read_scan(path: str | Path, nan_as: Optional[float] = None) -> Tuple[np.ndarray, Geometry]:
