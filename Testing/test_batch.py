@@ -433,7 +433,7 @@ def test_a_summary_that_is_a_file_of_the_batch_is_refused_before_any_work(tmp_pa
     session = tmp_path / "session.json"
     session.write_text('{"steps": [{"slice": 1, "box": [1, 1, 5, 5]}, {"propagate": "both"}]}')
     table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1,session", "scan.npz,1,1,1,5,5,",
-                        "other.npz,,,,,,session.json")
+                        "other.npz,,,,,,session.json", "scan.npz,1,x,1,5,5,")  # an unusable row: not reported
     files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     cases = [
         (table, "that is the prompt table, which it would replace"),

@@ -292,8 +292,6 @@ def command_batch(args: argparse.Namespace) -> int:
         prompts, outcomes = read_deeplesion_table(args.prompts, args.images)
     else:
         prompts, outcomes = read_prompt_table(args.prompts, args.images, window_choice(args))
-    for outcome in outcomes:
-        print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
     if args.ray is not None:
         runner, progress = _ray_batch_runner(args, len({prompt.image for prompt in prompts}))
     elif (args.workers, args.cpus_per_worker, args.gpus_per_worker) != (None, None, None):
@@ -305,6 +303,8 @@ def command_batch(args: argparse.Namespace) -> int:
                              nan_as=args.nan_as)
     planned = runner.plan(prompts, files)  # a scan whose label map would replace a file of the batch fails
     summary = files.write("the summary", check_writable(args.summary or args.out / "summary.csv"))
+    for outcome in outcomes:  # the table's unusable rows, once the batch as a whole is accepted
+        print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
     try:
         runner.run_plan(planned)
     except KeyboardInterrupt:
