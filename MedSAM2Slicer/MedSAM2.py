@@ -257,22 +257,18 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
             # Extension build machines have the PyTorch extension but not torch itself.
             self.delayDisplay(f"MedSAM2 {what} self-test SKIPPED: {torch_state().sentence()}")
             return None
-        from MedSAM2Lib.slicer_glue.runtime import ModelCache, ModelChoice
+        from MedSAM2Lib.slicer_glue.runtime import ModelCache
+        from MedSAM2Lib.slicer_glue.scenario import self_test_model
 
-        realWeights = moduleLogic().settings.checkpoint_path()
-        if realWeights.is_file():
-            choice = ModelChoice(realWeights, precision="float32")
-        else:
-            choice = ModelChoice(SELF_TEST_DATA / "medsam2_tiny_random_seed0.pt", SELF_TEST_DATA / "medsam2_tiny_test.yaml",
-                                 precision="float32")
-        # Exact mode, every slice: the scenario compares voxel for voxel with the official pipeline.
+        choice, realWeights = self_test_model(moduleLogic().settings.checkpoint_path(), SELF_TEST_DATA)
+        # Exact mode, every slice: the scenario compares with the official pipeline's mask.
         predictor = ModelCache().predictor(choice, early_stop=None)
 
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
         editorWidget.setMRMLSegmentEditorNode(editorNode)
-        return (predictor, realWeights.is_file(), editorWidget, editorNode,
+        return (predictor, realWeights, editorWidget, editorNode,
                 slicer.app.layoutManager().sliceWidget("Red"))
 
     def activateEffect(self, editorWidget, scenario, predictor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from functools import lru_cache
 from typing import Dict
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from MedSAM2Lib.model.checkpoint import load_model
+from MedSAM2Lib.inference.reference_check import ReferenceMasks, relative_error  # noqa: F401 (for the tests)
 from MedSAM2Lib.model.config import load_config
 
 DATA = Path(__file__).resolve().parent / "Data"
@@ -26,9 +28,12 @@ FIXTURE_SETS = {
 }
 
 
-def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
-    """max |ours - reference| / max |reference| (the fixtures' tolerance measure)."""
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+@lru_cache(maxsize=None)
+def reference_masks(name: str) -> ReferenceMasks:
+    """An official fixture's seg_union / seg_final and the logits that decided them, to compare masks with as
+    float32 allows on any CPU (MedSAM2Lib.inference.reference_check): "tiny_fillholes" (a CT-pipeline set,
+    expected_<name>.npz) or "session_<scenario>"."""
+    return ReferenceMasks.from_file(DATA / (f"{name}.npz" if name.startswith("session_") else f"expected_{name}.npz"))
 
 
 @pytest.fixture(scope="session")

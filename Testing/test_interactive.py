@@ -87,7 +87,7 @@ def test_correction_by_points_equals_the_official_session(app, predictor, orient
     actions = HeadlessActions(app, predictor)
     scenario = slicer_scenario.run_correction(app.scene, app.slice_logic(), DATA, orientation, "points", actions,
                                               app.editor_logic.Undo, editor_node=app.editor_node)
-    assert scenario.expected.sum() > 0
+    assert scenario.reference.final.sum() > 0
     assert "correction of the forward tracking" in actions.messages[2]
     assert "correction of the backward tracking" in actions.messages[3]
 
@@ -119,7 +119,7 @@ def test_the_session_file_of_a_segment_reproduces_it_from_the_volume_file(app, p
     actions.propagate()  # Update again: run_correction ends by undoing it
     segment_id = app.editor_node.GetSelectedSegmentID()
     expected = segment_array(scenario.segmentation_node, segment_id, scenario.volume_node)
-    np.testing.assert_array_equal(expected, scenario.storage.from_stack(scenario.expected))
+    scenario.reference.check(scenario.storage.to_stack(expected), "The updated segment")
     write_volume(scenario.volume_node, tmp_path / "volume.nrrd")
     write_session_from_tag(saved_session_tag(scenario.segmentation_node, segment_id), tmp_path / "session.json")
     document = json.loads((tmp_path / "session.json").read_text())

@@ -21,9 +21,10 @@ from MedSAM2Lib.inference.session_file import (SessionFileError, read_session, r
                                                session_options, write_session_file)
 from MedSAM2Lib.slicer_glue.geometry import StackGeometry
 
-from conftest import DATA, relative_error
+from MedSAM2Lib.inference.reference_check import LOGIT_TOLERANCE as TOLERANCE
 
-TOLERANCE = 1e-4
+from conftest import DATA, reference_masks, relative_error
+
 EXACT = ["--precision", "float32", "--no-early-stop"]  # the command line's defaults are the fast modes
 BOX = [104, 70, 183, 131]
 KEYFRAME_BOX = [108, 73, 179, 128]
@@ -107,8 +108,8 @@ def test_scenario_matches_official_video_predictor(name, tiny_model, input_volum
     union = np.zeros(volume.shape, dtype=np.uint8)
     for index, result in session.results.items():
         union[index] = result.mask
-    np.testing.assert_array_equal(union, ref["seg_union"])
-    np.testing.assert_array_equal(session.mask(), ref["seg_final"])
+    reference_masks(f"session_{name}").check(union, "The union", union=True)
+    reference_masks(f"session_{name}").check(session.mask())
 
 
 def test_prompt_results_are_the_reference_add_call_outputs(tiny_model, input_volume):
@@ -163,7 +164,7 @@ def test_points_added_to_the_key_slice_after_propagation_give_box_and_points(tin
     assert yielded[0] == 12 and len(yielded) == volume.shape[0]  # everything is recomputed
     check_against_reference(session, ref, "fwd", 1, yielded)
     check_against_reference(session, ref, "rev", 1, yielded)
-    np.testing.assert_array_equal(session.mask(), ref["seg_final"])
+    reference_masks("session_box_and_points").check(session.mask())
 
 
 def test_box_predictor_is_the_one_box_session(tiny_model, input_volume):
@@ -267,7 +268,7 @@ def test_cli_prompts_file_gives_the_official_mask(name, tmp_path, checkpoints, i
                    *EXACT, "--checkpoint", str(checkpoints["tiny"]),
                    "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
-    np.testing.assert_array_equal(np.load(out)["mask"], reference(name)["seg_final"])
+    reference_masks(f"session_{name}").check(np.load(out)["mask"])
 
 
 def test_cli_points_with_a_box(tmp_path, checkpoints, input_volume):
@@ -279,7 +280,7 @@ def test_cli_points_with_a_box(tmp_path, checkpoints, input_volume):
                    *EXACT, "--checkpoint", str(checkpoints["tiny"]),
                    "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
-    np.testing.assert_array_equal(np.load(out)["mask"], reference("box_and_points")["seg_final"])
+    reference_masks("session_box_and_points").check(np.load(out)["mask"])
 
 
 def test_session_file_round_trip(tmp_path, tiny_model, input_volume):
@@ -293,7 +294,7 @@ def test_session_file_round_trip(tmp_path, tiny_model, input_volume):
                                            "keep_largest_component": True}
     again = Session(VolumePredictor(tiny_model), volume)
     run_steps(again, read_session_file(saved))
-    np.testing.assert_array_equal(again.mask(), reference("correct_tracked_with_mask")["seg_final"])
+    reference_masks("session_correct_tracked_with_mask").check(again.mask())
     assert sorted(p.name for p in saved.parent.iterdir()) == [
         "session.json", "session.step3.slice17.npy", "session.step4.slice7.npy"]
 
@@ -351,7 +352,7 @@ def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volu
                    "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
     labels = np.load(tmp_path / "out" / "case.npz")["mask"]
-    np.testing.assert_array_equal(labels == 1, reference("two_boxes")["seg_final"] == 1)
+    reference_masks("session_two_boxes").check(labels == 1)
     assert (labels == 2).any()
 
 
@@ -385,8 +386,7 @@ def test_batch_session_row_on_the_stack_its_file_names(tmp_path, checkpoints, in
                    "lung", *EXACT, "--checkpoint", str(checkpoints["tiny"]),  # the file's window wins over the default
                    "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "case.npz")["mask"],
-                                  SAGITTAL.from_stack(reference("two_boxes")["seg_final"]))
+    reference_masks("session_two_boxes").check(SAGITTAL.to_stack(np.load(tmp_path / "out" / "case.npz")["mask"]))
 
 
 @pytest.mark.parametrize("entries, options, message", [

@@ -4,8 +4,9 @@ slices with points or a repainted slice, update, check, undo) in axial, coronal 
 
 The volume is the parity fixture (24 x 224 x 256) placed in the scene with oblique axes, 0.7 x 0.7 x 2.5 mm
 voxels and a non-zero origin. The box is drawn in an axial view rotated to the volume plane. With the tiny
-fixture model, the segment must equal the official pipeline's final mask voxel for voxel; with the real
-weights only its plausibility can be checked.
+fixture model, the segment must equal the official pipeline's final mask voxel for voxel, except at the few
+voxels whose reference logit is within float32's reach of 0 on another CPU family or device
+(``MedSAM2Lib.inference.reference_check``); with the real weights only its plausibility can be checked.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..inference.reference_check import ReferenceMasks
 from .geometry import StackGeometry
 from .logic import array_from_image, labelmap_like, matrix_to_array
+from .runtime import ModelChoice
 
 KEY_SLICE = 12
 BOX_IJK = ((104.0, 70.0), (183.0, 131.0))  # (I, J) corners on slice K = 12, as the fixture's box
@@ -71,7 +74,12 @@ class BoxScenario:
     editor_node: "slicer.vtkMRMLSegmentEditorNode"
     slice_node: "slicer.vtkMRMLSliceNode"
     xy_corners: tuple  # two opposite box corners in the view's XY coordinates
-    expected_mask: np.ndarray  # (K, J, I) the official pipeline's mask for this box
+    reference: ReferenceMasks  # (K, J, I) the official pipeline's masks and logits for this box
+
+    @property
+    def expected_mask(self) -> np.ndarray:
+        """(K, J, I) the official pipeline's final mask for this box."""
+        return self.reference.final
 
 
 def _scene_with_view(scene, slice_logic, volume_kji, ijk_to_ras, name: str, orientation: str, editor_node=None):
@@ -103,9 +111,9 @@ def set_up(scene, slice_logic, data_dir: Path, editor_node=None) -> BoxScenario:
 
     ras_to_xy = np.linalg.inv(matrix_to_array(slice_node.GetXYToRAS()))
     corners = [ras_to_xy @ ijk_to_ras @ np.array([i, j, KEY_SLICE, 1.0]) for i, j in BOX_IJK]
-    expected = np.load(Path(data_dir) / "expected_tiny_fillholes.npz")["seg_final"]
     return BoxScenario(volume_node, segmentation_node, editor_node, slice_node,
-                       tuple(tuple(c[:2]) for c in corners), expected)
+                       tuple(tuple(c[:2]) for c in corners),
+                       ReferenceMasks.from_file(Path(data_dir) / "expected_tiny_fillholes.npz"))
 
 
 def run(
@@ -119,7 +127,8 @@ def run(
 ) -> BoxScenario:
     """Draw the box, propagate with ``segment_box``, check the segment, undo, check it is gone.
 
-    exact: the model is the tiny fixture model, so the segment must equal the reference mask; otherwise
+    exact: the model is the tiny fixture model, so the segment must equal the reference mask (except at a
+    handful of borderline voxels, see ``ReferenceMasks.check``); otherwise
     (real weights) it must be non-empty and overlap the box's region on the key slice.
     """
     scenario = set_up(scene, slice_logic, data_dir, editor_node)
@@ -129,9 +138,7 @@ def run(
         raise AssertionError("No segment was created and selected.")
     mask = segment_array(scenario.segmentation_node, segment_id, scenario.volume_node)
     if exact:
-        different = int(np.count_nonzero(mask != scenario.expected_mask))
-        if different:
-            raise AssertionError(f"The segment differs from the reference mask in {different} voxels.")
+        scenario.reference.check(mask, "The segment")
     else:
         (i0, j0), (i1, j1) = np.asarray(BOX_IJK, dtype=int)
         if not mask[KEY_SLICE, j0 : j1 + 1, i0 : i1 + 1].any():
@@ -143,6 +150,18 @@ def run(
     ).any():
         raise AssertionError("Undo did not restore the empty segmentation.")
     return scenario
+
+
+def self_test_model(settings_checkpoint: Path, data_dir: Path) -> Tuple[ModelChoice, bool]:
+    """The model the self-test runs (and whether it is the real one): the user's real weights when they are
+    downloaded, whose result can only be checked for plausibility; otherwise the tiny fixture model, always on the
+    CPU in float32, because its result is compared with the official pipeline's CPU float32 run, and a GPU's
+    float32 (TF32 matrix products, other kernels) can move logits further than the tolerance allows."""
+    if Path(settings_checkpoint).is_file():
+        return ModelChoice(Path(settings_checkpoint), precision="float32"), True
+    data_dir = Path(data_dir)
+    return ModelChoice(data_dir / "medsam2_tiny_random_seed0.pt", data_dir / "medsam2_tiny_test.yaml", device="cpu",
+                       precision="float32"), False
 
 
 def default_slice_logic(scene, app_logic) -> "slicer.vtkMRMLSliceLogic":
@@ -211,7 +230,7 @@ class CorrectionScenario:
     storage: StackGeometry  # the (D, H, W) fixture array <-> the volume's (K, J, I) array
     ijk_to_ras: np.ndarray
     calls: dict  # the official calls of each direction ("fwd", "rev")
-    expected: np.ndarray  # (D, H, W) the official session's final mask
+    reference: ReferenceMasks  # (D, H, W) the official session's masks and logits
     masks: Dict[int, np.ndarray]  # the masks it gives as prompts, by slice
 
     def show_slice(self, index: int) -> None:
@@ -261,10 +280,11 @@ def set_up_correction(scene, slice_logic, data_dir: Path, orientation: str, corr
     volume_node, segmentation_node, editor_node, slice_node = _scene_with_view(
         scene, slice_logic, storage.from_stack(volume_dhw), ijk_to_ras, f"{orientation.lower()} correction",
         orientation, editor_node)
-    reference = np.load(Path(data_dir) / f"session_{CORRECTIONS[correction]}.npz")
+    path = Path(data_dir) / f"session_{CORRECTIONS[correction]}.npz"
+    reference = np.load(path)
     masks = {int(key[5:]): reference[key].astype(bool) for key in reference.files if key.startswith("mask_")}
     return CorrectionScenario(volume_node, segmentation_node, editor_node, slice_node, storage, ijk_to_ras,
-                              json.loads(str(reference["calls_json"])), reference["seg_final"], masks)
+                              json.loads(str(reference["calls_json"])), ReferenceMasks.from_file(path), masks)
 
 
 def run_correction(scene, slice_logic, data_dir: Path, orientation: str, correction: str, actions: CorrectionActions,
@@ -303,9 +323,7 @@ def run_correction(scene, slice_logic, data_dir: Path, orientation: str, correct
             actions.use_segment_on_slice(scenario.slice_node)
     mask = scenario.segment()
     if exact:
-        different = int(np.count_nonzero(mask != scenario.expected))
-        if different:
-            raise AssertionError(f"The segment differs from the official session's mask in {different} voxels.")
+        scenario.reference.check(mask, "The segment")
     elif not mask[key, int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].any():
         raise AssertionError("The segment does not overlap the box on its slice.")
     undo()
