@@ -2,24 +2,26 @@
 effect and the demo scan in Sample Data, and holds the self-test. Segmenting happens in the Segment Editor's
 MedSAM2 effect.
 
-A thin Qt layer: readiness, the one-confirmation setup and the settings are MedSAM2Lib.slicer_glue.setup_flow's,
-one-run-at-a-time is slicer_glue.run_controller's; both import without torch (Slicer loads this file at startup,
-when PyTorch may not be installed yet) and are tested headless with Slicer's installers replaced by doubles.
+A thin Qt layer: what the module and the effect share (settings, model, runs, setup, the scene observation) is
+MedSAM2Lib.slicer_glue.module_state's, readiness and the one-confirmation setup slicer_glue.setup_flow's; they
+import without torch (Slicer loads this file at startup, when PyTorch may not be installed yet) and are tested
+headless with Slicer's installers replaced by doubles.
 """
 
+import contextlib
 from pathlib import Path
 
 import qt
 
 import slicer
 from MedSAM2Lib.resources import resource_path
-from MedSAM2Lib.slicer_glue.run_controller import RunController
-from MedSAM2Lib.slicer_glue.runtime import ModelCache
-from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupFlow
+from MedSAM2Lib.slicer_glue.module_state import ModuleState
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent
 SELF_TEST_DATA = MODULE_DIR / "Resources" / "Testing"
+# Where CMake puts the module icon (MedSAM2Slicer/CMakeLists.txt, MODULE_ICON), also the Sample Data thumbnail.
+MODULE_ICON = MODULE_DIR / "Resources" / "Icons" / "MedSAM2.png"
 DEVICES = [("Automatic (CUDA, then Apple MPS, then CPU)", "auto"), ("NVIDIA CUDA", "cuda"), ("Apple MPS", "mps"),
            ("CPU", "cpu")]
 PRECISIONS = [("Automatic (bfloat16 where the hardware is fast at it)", "auto"),
@@ -60,7 +62,7 @@ def registerSampleData():
     scan = resource_path("mni152_t1_demo.nii.gz")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="MedSAM2", sampleName="MNI152 T1 brain (MedSAM2 demo)", uris=scan.as_uri(), fileNames=scan.name,
-        nodeNames="MNI152 T1 demo", thumbnailFileName=str(resource_path("MedSAM2.png")), loadFileTypes="VolumeFile")
+        nodeNames="MNI152 T1 demo", thumbnailFileName=str(MODULE_ICON), loadFileTypes="VolumeFile")
 
 
 _moduleLogic = None
@@ -72,6 +74,16 @@ def moduleLogic():
     if _moduleLogic is None:
         _moduleLogic = MedSAM2ModuleLogic()
     return _moduleLogic
+
+
+def cleanupModuleLogic():
+    """Slicer is unloading or reloading this module (slicer.util.reloadScriptedModule calls the widget's
+    cleanup, then runs this file again as a new module): the old logic stops observing the scene, so that
+    neither it nor its model stays alive."""
+    global _moduleLogic
+    if _moduleLogic is not None:
+        _moduleLogic.cleanup()
+        _moduleLogic = None
 
 
 def pyTorchUtilsLogic():
@@ -105,48 +117,27 @@ class SetupProgress:
             self.dialog = None
 
 
-class MedSAM2ModuleLogic:
-    """Settings, setup on consent, the loaded model and the run controller shared by the module and the effect."""
+@contextlib.contextmanager
+def waitCursor():
+    """Around computation only (RunController.computing): never over a dialog."""
+    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    finally:
+        slicer.app.restoreOverrideCursor()
+
+
+class MedSAM2ModuleLogic(ModuleState):
+    """slicer_glue.module_state.ModuleState on Slicer's settings, scene, installers, dialogs and cursor."""
 
     def __init__(self):
-        self.settings = MedSAM2Settings(qt.QSettings())
-        self.models = ModelCache()
-        self.runs = RunController()
         self.progress = SetupProgress()
-        self.setup = SetupFlow(self.settings, pyTorchUtilsLogic, slicer.util.pip_install, self.confirm,
-                               progress=self.progress, should_cancel=self.progress.wasCanceled)
-        # Image features belong to the scene's volumes: drop them when it closes (the model stays loaded).
-        slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, lambda caller, event: self.models.forget_features())
+        ModuleState.__init__(self, qt.QSettings(), slicer.mrmlScene, pyTorchUtilsLogic, slicer.util.pip_install,
+                             self.confirm, self.progress, self.progress.wasCanceled, self.progress.close, waitCursor)
 
     @staticmethod
     def confirm(question):
         return slicer.util.confirmOkCancelDisplay(question, "MedSAM2 setup")
-
-    def setUp(self, owner=None):
-        """The one-confirmation setup, as one run of the shared controller (RunRefused while another runs);
-        False if the user declined or cancelled the download."""
-        with self.runs.exclusive("setting up MedSAM2", owner):
-            try:
-                return self.setup.ensure_ready()
-            finally:
-                self.progress.close()
-
-    def segmentationLogic(self, fillHoles=True, keepLargestComponent=True):
-        """The MedSAM2Logic on the configured checkpoint, device and precision, with the configured early stop
-        (after setUp); the same object, with its image-feature cache, until the model, device or precision
-        changes."""
-        return self.models.logic(self.settings.model_choice(), fillHoles, keepLargestComponent,
-                                 self.settings.early_stop())
-
-    def setDevice(self, device):
-        self.settings.set_device(device)  # the next run loads the model on it (ModelCache compares the choice)
-
-    def setPrecision(self, precision):
-        self.settings.set_precision(precision)  # the next run makes a new logic on the same model
-
-    def useLocalCheckpoint(self, path):
-        with self.runs.exclusive("checking a checkpoint file"):
-            return self.setup.use_local_checkpoint(path)
 
 
 class MedSAM2Widget(ScriptedLoadableModuleWidget):
@@ -196,15 +187,14 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
 
     def cleanup(self):
         self.stopObservingRuns()
+        cleanupModuleLogic()
 
     def updateStatus(self):
         logic = moduleLogic()
-        readiness = logic.setup.readiness()
-        busy = logic.runs.busy
-        self.statusLabel.text = f"Busy {logic.runs.activity}..." if busy else readiness.status()
-        self.setupButton.enabled = not busy and not readiness.ready and not readiness.blocker
-        self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not busy
-        self.checkpointLabel.text = str(readiness.checkpoint)
+        self.statusLabel.text = logic.status()
+        self.setupButton.enabled = logic.setup_button_enabled()
+        self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not logic.runs.busy
+        self.checkpointLabel.text = str(logic.settings.checkpoint_path())
         settings = logic.settings
         for combo, value in ((self.deviceCombo, settings.device()), (self.precisionCombo, settings.precision())):
             wasBlocked = combo.blockSignals(True)
@@ -215,7 +205,7 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         # tryWithErrorDisplay shows the error, then re-raises (slicer/util.py): the status is updated in finally.
         try:
             with slicer.util.tryWithErrorDisplay("MedSAM2 setup failed."):
-                moduleLogic().setUp(owner=self)
+                moduleLogic().set_up(owner=self)
         finally:
             self.updateStatus()
 
@@ -225,15 +215,15 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
             return
         try:
             with slicer.util.tryWithErrorDisplay("This file cannot be used as MedSAM2 weights.", waitCursor=True):
-                moduleLogic().useLocalCheckpoint(path)  # no dialog inside: the wait cursor is right here
+                moduleLogic().use_local_checkpoint(path)  # no dialog inside: the wait cursor is right here
         finally:
             self.updateStatus()
 
     def onDeviceChanged(self, index):
-        moduleLogic().setDevice(self.deviceCombo.itemData(index))
+        moduleLogic().settings.set_device(self.deviceCombo.itemData(index))  # the next run loads the model on it
 
     def onPrecisionChanged(self, index):
-        moduleLogic().setPrecision(self.precisionCombo.itemData(index))
+        moduleLogic().settings.set_precision(self.precisionCombo.itemData(index))  # the next run: a new logic
 
 
 class MedSAM2Test(ScriptedLoadableModuleTest):
@@ -335,7 +325,7 @@ class MedSAM2Test(ScriptedLoadableModuleTest):
                 self.effect().act("points", sliceNode, clicks)
 
             def use_segment_on_slice(self, sliceNode):
-                self.effect().lastSliceWidget = sliceWidget
+                self.effect().lastSliceView.slice_node = sliceNode  # as a press in that view would set it
                 self.effect().useSegmentOnSlice()
 
         slicer_scenario.run_correction(slicer.mrmlScene, sliceWidget.sliceLogic(), SELF_TEST_DATA, "Axial", "points",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSAM2Lib.slicer_glue.box import BoxTool, dashed, misaligned_views, rotate_views_to_grid
+from MedSAM2Lib.slicer_glue.box import (BoxTool, dashed, misaligned_views, rotate_views_to_segmentation,
+                                        slice_tolerance_mm)
 from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras
@@ -54,6 +55,11 @@ def test_the_boxs_slice_is_the_drawn_one_whatever_the_view_shows(app, volume_nod
     assert predictor.calls[0]["key_slice"] == 9
 
 
+def test_the_tolerance_is_half_the_views_slice_spacing(app, volume_node):
+    app.view(volume_node, "Axial", CENTRE)
+    assert slice_tolerance_mm(app._slice_logics[-1]) == pytest.approx(TOLERANCE)
+
+
 def test_off_its_slice_the_outline_is_dashed_and_on_it_whole(app, volume_node):
     tool, slice_node, start, end = box_on_lesion(app, volume_node)
     display, segments = tool.box.outline(TOLERANCE)
@@ -74,8 +80,8 @@ def test_a_corner_cannot_be_grabbed_on_another_slice(app, volume_node):
     tool, slice_node, start, end = box_on_lesion(app, volume_node)
     drawn = [corner.copy() for corner in tool.box.corners]
     scroll(slice_node, volume_node, 5)
-    event = tool.handle("press", slice_node, end, False, False, TOLERANCE)
-    assert event.changed and "previous one was on another slice" in event.status
+    events = drag(tool, slice_node, end, (end[0] + 20, end[1] + 20))
+    assert events[-1].changed and "previous one was on another slice" in events[-1].status
     assert tool.box.display(TOLERANCE).on_slice  # the new box is on the slice shown
     assert not np.allclose(tool.box.corners[0], drawn[0])
 
@@ -90,33 +96,29 @@ def test_a_corner_grab_on_its_slice_moves_only_that_corner(app, volume_node):
     np.testing.assert_allclose(tool.box.xyz_corners()[1][:2], new_end, atol=1e-6)
 
 
-def test_segment_slice_elsewhere_jumps_the_view_back_to_the_box(app, volume_node):
-    tool, slice_node, _, _ = box_on_lesion(app, volume_node)
-    scroll(slice_node, volume_node, 15)
-    assert tool.box.show_its_slice(TOLERANCE)
-    assert tool.box.display(TOLERANCE).on_slice and not tool.box.show_its_slice(TOLERANCE)
-
-
 def test_double_click_is_consumed_so_the_view_does_not_maximize(app, volume_node):
     tool, slice_node, start, _ = box_on_lesion(app, volume_node)
     assert tool.handle("double_click", slice_node, start, False, False, TOLERANCE).consumed
     assert not tool.handle("double_click", slice_node, start, True, False, TOLERANCE).consumed
 
 
-def test_escape_cancels_a_run_and_otherwise_clears_the_box(app, volume_node):
+def test_no_edits_while_running(app, volume_node):
     tool, slice_node, start, end = box_on_lesion(app, volume_node)
-    event = tool.handle("escape", slice_node, start, False, True, TOLERANCE)
-    assert event.cancel_run and tool.box is not None
-    assert not tool.handle("press", slice_node, start, False, True, TOLERANCE).consumed  # no edits while running
-    event = tool.handle("escape", slice_node, start, False, False, TOLERANCE)
-    assert event.changed and tool.box is None
+    assert not tool.handle("press", slice_node, start, False, True, TOLERANCE).consumed
+    assert tool.box.xyz_corners()[0][:2] == pytest.approx(start)
 
 
-def test_a_click_without_drag_draws_no_box(app, volume_node):
-    slice_node = app.view(volume_node, "Axial", CENTRE)
-    tool = BoxTool()
-    events = drag(tool, slice_node, (100, 100), (100.5, 100))
-    assert tool.box is None and "a click alone draws nothing" in events[-1].status
+def test_a_click_draws_no_box_and_keeps_the_one_drawn(app, volume_node):
+    """A click adds a point (slicer_glue.gestures): the box drawn before stays, outline included."""
+    tool, slice_node, start, end = box_on_lesion(app, volume_node)
+    drawn = [corner.copy() for corner in tool.box.corners]
+    press = tool.handle("press", slice_node, (100, 100), False, False, TOLERANCE)
+    assert press.consumed and not press.changed  # nothing redrawn until it is dragged
+    release = tool.handle("release", slice_node, (100.5, 100), False, False, TOLERANCE)
+    assert release.clicked and release.changed and release.status is None
+    np.testing.assert_array_equal(tool.box.corners, drawn)
+    empty = BoxTool()
+    assert drag(empty, slice_node, (100, 100), (100.5, 100))[-1].clicked and empty.box is None
 
 
 def test_rotate_aligns_only_misaligned_views_to_the_segmentations_grid(app, volume_node):
@@ -139,6 +141,6 @@ def test_rotate_aligns_only_misaligned_views_to_the_segmentations_grid(app, volu
     with pytest.raises(ObliqueViewError):
         logic.prompt_from_view(source, axial, corners)
     assert misaligned_views([axial, aligned], index_to_world) == [axial]
-    assert rotate_views_to_grid([axial, aligned], index_to_world) == [axial]
+    assert rotate_views_to_segmentation([axial, aligned], source) == [axial]
     assert misaligned_views([axial, aligned], index_to_world) == []  # a box can be drawn on both now
     np.testing.assert_array_equal(matrix_to_array(aligned.GetSliceToRAS()), aligned_before)

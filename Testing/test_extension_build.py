@@ -120,6 +120,23 @@ def test_self_test_data_ships_with_the_module(module_cmake):
     assert re.search(r'SELF_TEST_DATA\s*=\s*MODULE_DIR\s*/\s*"Resources"\s*/\s*"Testing"', readers[0].read_text())
 
 
+def test_the_sample_data_thumbnail_is_where_cmake_installs_the_module_icon(module_cmake):
+    """registerSampleData names the module icon as the demo scan's thumbnail: the path must be the one the build
+    copies MODULE_ICON to (Resources/Icons/<module>.png beside MedSAM2.py), not MedSAM2Lib's resources."""
+    cmake_text = (MODULE / "CMakeLists.txt").read_text()
+    copied_to = re.search(r"configure_file\(\$\{PROJECT_SOURCE_DIR\}/Resources/\$\{MODULE_ICON\}\s+"
+                          r"\$\{MODULE_BUILD_DIR\}/([^\s)]+)", cmake_text).group(1)
+    assert copied_to == "Resources/Icons/${MODULE_NAME}.png" and module_cmake["MODULE_ICON"] == ["MedSAM2.png"]
+    tree = ast.parse((MODULE / "MedSAM2.py").read_text(encoding="utf-8"))
+    constants = {node.targets[0].id: ast.unparse(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert constants["MODULE_ICON"].replace("'", '"') == 'MODULE_DIR / "Resources" / "Icons" / "MedSAM2.png"'
+    register = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "registerSampleData")
+    thumbnail = next(keyword.value for node in ast.walk(register) if isinstance(node, ast.Call)
+                     for keyword in node.keywords if keyword.arg == "thumbnailFileName")
+    assert ast.unparse(thumbnail) == "str(MODULE_ICON)"
+
+
 # The classes Slicer looks for by name: the module (file name = class name), its widget, logic and test, and
 # the effect class its folder's loader imports.
 QT_LAYER_CLASSES = {
@@ -207,7 +224,8 @@ def test_licence_file_is_the_declared_apache_2():
 
 def test_effect_help_and_readme_name_the_effect_s_buttons_and_keys():
     """The effect's help text is three lines; it and the README's "Using it in 3D Slicer" name the effect's
-    buttons, its session check boxes and the keys slicer_glue.gestures handles (Shift, Ctrl, Backspace)."""
+    buttons, its session check boxes and the keys slicer_glue.gestures handles (Shift, Ctrl/Cmd, Backspace,
+    Delete), and promise nothing of Esc but what Slicer does with it."""
     source = (MODULE / "SegmentEditorMedSAM2Lib" / "SegmentEditorEffect.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     help_method = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "helpText")
@@ -226,8 +244,19 @@ def test_effect_help_and_readme_name_the_effect_s_buttons_and_keys():
     assert {"Propagate", "Use the segment on this slice", "Reset", "Cancel"} <= buttons
     session_boxes = {"Clicks add background points", "Update automatically", "New segment for each box"}
     assert session_boxes <= literal_arguments("QCheckBox")
-    for words in buttons | session_boxes | {"Shift+click", "Ctrl+click", "Backspace", "Update", "Early stop"}:
+    # The keys the effect receives (slicer_glue.gestures.KEY_EVENTS), with the Mac names: Qt's Control is the
+    # Command key there, and the Mac "delete" key sends Backspace.
+    from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS
+
+    keys = {"BackSpace": "Backspace", "Delete": "Delete"}
+    assert set(KEY_EVENTS) == set(keys)
+    for words in buttons | session_boxes | {"Shift+click", "Ctrl+click", "Cmd+click", "Update", "Early stop",
+                                            *keys.values()}:
         assert words in section, words
-    for words in ("drag a box", "Propagate", "Shift+click", "Ctrl+click", "Backspace", "Update automatically",
-                  "Use the segment on this slice", "Early stop"):
+    for words in ("drag a box", "Propagate", "Shift+click", "Ctrl+click", "Cmd+click", "Update automatically",
+                  "Use the segment on this slice", "Early stop", "Cancel", *keys.values()):
         assert words in help_text, words
+    # Esc never reaches the effect (qMRMLSegmentEditorWidget's shortcut deactivates it): neither text may promise
+    # that it clears the box or that it is the effect's own key for stopping.
+    for text in (help_text, section):
+        assert not re.search(r"Esc\w* (to )?clears?|Esc\w* or Cancel|Cancel or Esc|Esc to clear", text), text

@@ -395,6 +395,7 @@ def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
     inside = xy_of(slice_node, volume_node, (42.0, 21.0, 3.0))
     outside = xy_of(slice_node, volume_node, (25.0, 12.0, 3.0))
     assert perform("press", inside).action is None and perform("release", inside).action == "points"
+    assert gestures.box_tool.box is not None  # the click kept the box's outline
     assert perform("press", outside, shift=True).box_event.consumed
     assert [label for _, _, label in segmenter.points_in_view(app.editor, slice_node)] == [1, 0]
     assert perform("press", np.add(inside, (2, 2)), control=True).action == "remove_point"
@@ -402,6 +403,8 @@ def test_mouse_gestures_drive_the_session(app, volume_node, predictor):
     assert not perform("press", np.add(inside, (40, 40)), control=True).box_event.consumed  # no point there
     assert perform("backspace", (0, 0)).action == "remove_last_point"
     assert segmenter.points_in_view(app.editor, slice_node) == []
+    cleared = perform("backspace", (0, 0))  # no point left: the box goes
+    assert cleared.action is None and cleared.box_event.changed and gestures.box_tool.box is None
     assert not perform("backspace", (0, 0)).box_event.consumed
     assert perform("press", inside, running=True).action is None
     assert actions == ["box", "points", "points", "remove_point", "remove_last_point"]

@@ -4,6 +4,8 @@ callback, which is where Slicer would process them."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -82,13 +84,47 @@ def test_removing_the_segmentation_mid_run_writes_nothing_and_says_so(app, volum
     assert bystander.GetSegmentation().GetNumberOfSegments() == 0
 
 
-def test_deleting_the_segment_mid_run_writes_nothing_and_says_so(app, volume_node):
+def test_deleting_the_segment_mid_run_cancels_it_at_once_and_writes_nothing(app, volume_node):
     segmentation = app.segmentation_for(volume_node, with_segment=True)
     target = app.editor_node.GetSelectedSegmentID()
-    outcome = run_box(app, volume_node, RunController(),
-                      during=lambda: segmentation.GetSegmentation().RemoveSegment(target))
-    assert not outcome.written and outcome.message == "The segment 'target' was deleted during the run: nothing was written."
+    controller = RunController()
+    seen = []
+
+    def delete_segment():
+        segmentation.GetSegmentation().RemoveSegment(target)
+        seen.append(controller.should_cancel())  # before the run's next progress check
+
+    outcome = run_box(app, volume_node, controller, during=delete_segment)
+    assert seen == [True] and outcome.cancelled and not outcome.written
+    assert outcome.message == "The segment 'target' was deleted during the run. The segmentation was not changed."
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_deleting_another_segment_mid_run_does_not_cancel_it(app, volume_node):
+    segmentation = app.segmentation_for(volume_node, with_segment=True)
+    other = segmentation.GetSegmentation().AddEmptySegment("", "other")
+    outcome = run_box(app, volume_node, RunController(), during=lambda: segmentation.GetSegmentation().RemoveSegment(other))
+    assert outcome.written
+
+
+def test_the_computing_context_surrounds_the_computation_never_the_confirmation(app, volume_node):
+    """The effect's wait cursor is that context: the hidden-segment question must show a normal cursor."""
+    app.segmentation_for(volume_node, with_segment=True)
+    log = []
+
+    @contextlib.contextmanager
+    def computing():
+        log.append("enter")
+        yield
+        log.append("exit")
+
+    def confirm(target):
+        log.append("confirm")
+        return True
+
+    outcome = run_box(app, volume_node, RunController(computing), during=lambda: log.append("computing"),
+                      confirm_target=confirm)
+    assert outcome.written and log == ["confirm", "enter", "computing", "exit"]
 
 
 def test_switching_the_editor_to_another_segmentation_writes_nothing(app, volume_node):

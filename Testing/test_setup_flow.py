@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the module and the effect may import before PyTorch is installed.
 TORCH_FREE_MODULES = ["MedSAM2Lib.weights", "MedSAM2Lib.resources", "MedSAM2Lib.slicer_glue.runtime",
                       "MedSAM2Lib.slicer_glue.setup_flow", "MedSAM2Lib.slicer_glue.run_controller",
-                      "MedSAM2Lib.slicer_glue.box", "MedSAM2Lib.slicer_glue.gestures"]
+                      "MedSAM2Lib.slicer_glue.box", "MedSAM2Lib.slicer_glue.gestures",
+                      "MedSAM2Lib.slicer_glue.effect", "MedSAM2Lib.slicer_glue.module_state"]
 
 FRESH_SLICER_SCRIPT = textwrap.dedent('''
     import json, sys, types
@@ -127,6 +128,72 @@ def test_qt_layer_imports_only_torch_free_modules_at_module_level():
                 assert node.module in TORCH_FREE_MODULES, f"{path.name} imports {node.module} at module level"
             if isinstance(node, ast.Import):
                 assert not any(alias.name.startswith(("MedSAM2Lib", "torch")) for alias in node.names), path.name
+
+
+EFFECT_FILE = ROOT / "MedSAM2Slicer" / "SegmentEditorMedSAM2Lib" / "SegmentEditorEffect.py"
+GLUE_EFFECT_FILE = ROOT / "MedSAM2Lib" / "slicer_glue" / "effect.py"
+
+
+def imports_torch_needing_modules(function: ast.AST) -> bool:
+    """The function imports a MedSAM2Lib module that is not torch-free, or torch itself."""
+    for node in ast.walk(function):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(("MedSAM2Lib", "torch")):
+            if node.module not in TORCH_FREE_MODULES:
+                return True
+        if isinstance(node, ast.ImportFrom) and node.level > 0:  # inside MedSAM2Lib.slicer_glue
+            if f"MedSAM2Lib.slicer_glue.{node.module}" not in TORCH_FREE_MODULES:
+                return True
+        if isinstance(node, ast.Import) and any(alias.name.startswith(("MedSAM2Lib", "torch")) for alias in node.names):
+            return True
+    return False
+
+
+def torch_needing_calls(tree: ast.Module, glue: ast.Module) -> set:
+    """Names of the effect's methods (called as self.name) and of slicer_glue.effect's functions (called by
+    name) whose bodies import what needs torch, directly or through another such method."""
+    effect_class = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegmentEditorEffect")
+    methods = {node.name: node for node in effect_class.body if isinstance(node, ast.FunctionDef)}
+    needing = {node.name for node in glue.body if isinstance(node, ast.FunctionDef) and imports_torch_needing_modules(node)}
+    needing |= {name for name, method in methods.items() if imports_torch_needing_modules(method)}
+    while True:
+        more = {name for name, method in methods.items() if name not in needing and any(
+            isinstance(call, ast.Call) and called_name(call) in needing for call in ast.walk(method))}
+        if not more:
+            return needing
+        needing |= more
+
+
+def called_name(call: ast.Call):
+    if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
+        return call.func.attr
+    return call.func.id if isinstance(call.func, ast.Name) else None
+
+
+def test_the_effect_sets_up_before_importing_torch_inside_its_action_slot():
+    """Inside the effect's act slot, nothing that imports torch (an import, a method or glue function that
+    imports it) comes before slicer_glue.effect.act_after_setup: it is inside the run handed to it, which it
+    calls only after the setup (test_effect.py checks that order). Moved above the setup call or into its
+    other arguments, this fails; the error report and refresh after it run once setup is over."""
+    tree = ast.parse(EFFECT_FILE.read_text(encoding="utf-8"))
+    needing = torch_needing_calls(tree, ast.parse(GLUE_EFFECT_FILE.read_text(encoding="utf-8")))
+    assert {"runAction", "editorAccess", "session_options", "segmenter_for"} <= needing
+    effect_class = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegmentEditorEffect")
+    act = next(node for node in effect_class.body if isinstance(node, ast.FunctionDef) and node.name == "act")
+    setup_calls = [node for node in ast.walk(act) if isinstance(node, ast.Call) and called_name(node) == "act_after_setup"]
+    assert len(setup_calls) == 1
+    run = next(keyword.value for keyword in setup_calls[0].keywords if keyword.arg == "run")
+    deferred = {id(node) for node in ast.walk(run)}
+    # Before the setup: the statements above its call, and the call's other arguments (evaluated before it).
+    before = [node for node in ast.walk(act) if getattr(node, "lineno", 0) < setup_calls[0].lineno]
+    before += [node for argument in setup_calls[0].args for node in ast.walk(argument)]
+    early = [ast.unparse(node) for node in before if id(node) not in deferred and (
+        isinstance(node, (ast.Import, ast.ImportFrom))
+        or isinstance(node, ast.Call) and called_name(node) in needing)]
+    assert early == [], f"imports torch before the setup: {early}"
+    assert any(isinstance(node, ast.Call) and called_name(node) in needing for node in ast.walk(run))
+    # The setup callback itself imports nothing that needs torch.
+    setup_argument = setup_calls[0].args[1]
+    assert isinstance(setup_argument, ast.Attribute) and setup_argument.attr not in needing
 
 
 def test_declined_confirmation_installs_nothing(tmp_path, monkeypatch):

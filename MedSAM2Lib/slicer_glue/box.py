@@ -1,8 +1,8 @@
 """The box prompt drawn in a slice view, without Qt: its corners, the slice it belongs to, how it looks when the
 view shows another slice, what each mouse event does to it, and rotating views onto the segmentation's grid.
 
-The effect (MedSAM2Slicer) only maps VTK interactor events to :meth:`BoxTool.handle` and copies
-:meth:`SliceBox.outline` into a 2D actor.
+The effect (MedSAM2Slicer) only maps VTK interactor events to :meth:`BoxTool.handle` (through
+slicer_glue.gestures) and copies :meth:`SliceBox.outline` into a 2D actor.
 
 The corners are kept in RAS, so pan and zoom move the box with the image and the box keeps the slice it was
 drawn on when the view scrolls away. Like Slicer's Draw effect (SegmentEditorDrawEffect.processViewNodeEvents,
@@ -64,6 +64,12 @@ def box_display(corners_ras: Sequence[Sequence[float]], slice_node, tolerance_mm
     return BoxDisplay(abs(offset) <= tolerance_mm, offset)
 
 
+def slice_tolerance_mm(slice_logic) -> float:
+    """How far from the slice a view shows the box still counts as on it: half the view's slice spacing (one
+    scroll step is a whole spacing, vtkMRMLSliceLogic::GetLowestVolumeSliceSpacing)."""
+    return slice_logic.GetLowestVolumeSliceSpacing()[2] / 2
+
+
 def dashed(points: Sequence[Tuple[float, float]], dash: float = DASH_PIXELS) -> List[Tuple[Tuple[float, float], Tuple[float, float]]]:
     """The closed polygon through ``points`` cut into dashes of ``dash`` pixels separated by gaps of the same."""
     segments = []
@@ -123,16 +129,6 @@ class SliceBox:
             return display, list(zip(rectangle, rectangle[1:] + rectangle[:1]))
         return display, dashed(rectangle)
 
-    def centre_ras(self) -> np.ndarray:
-        return (self.corners[0] + self.corners[1]) / 2
-
-    def show_its_slice(self, tolerance_mm: float) -> bool:
-        """Scroll the view back to the box's slice (in-plane position kept); True if it had to move."""
-        if self.display(tolerance_mm).on_slice:
-            return False
-        self.slice_node.JumpSliceByOffsetting(*self.centre_ras())
-        return True
-
     def size_pixels(self) -> Tuple[float, float]:
         (x0, y0, _), (x1, y1, _) = self.xyz_corners()
         return abs(x1 - x0), abs(y1 - y0)
@@ -147,28 +143,25 @@ class BoxEvent:
 
     consumed: bool  # abort the event: the view does not also act on it
     changed: bool = False  # the box changed: redraw it, update the buttons
-    cancel_run: bool = False
     status: Optional[str] = None  # a new status line
+    clicked: bool = False  # a press and release without dragging: no box drawn, the previous box kept
 
 
 class BoxTool:
-    """The box and what mouse and key events in slice views do to it while the effect is active.
+    """The box and what mouse events in slice views do to it while the effect is active.
 
-    Events: "press", "move", "release" (left button), "double_click", "escape".
+    Events: "press", "move", "release" (left button), "double_click". Keys are not the box's: Esc never
+    reaches an effect (the Segment Editor's shortcut for deactivating it), and Backspace/Delete is a session
+    gesture (slicer_glue.gestures).
     """
 
     def __init__(self) -> None:
         self.box: Optional[SliceBox] = None
+        self._before_press: Optional[SliceBox] = None  # kept if the press turns out to be a click
+        self._replacing_off_slice = False
 
     def handle(self, event: str, slice_node, xy: Sequence[float], any_modifier: bool, running: bool,
                tolerance_mm: float) -> BoxEvent:
-        if event == "escape":
-            if running:  # Esc during a run is Cancel, as the help text says
-                return BoxEvent(True, cancel_run=True, status="Cancelling...")
-            if self.box is None:
-                return BoxEvent(False)
-            self.box = None
-            return BoxEvent(True, changed=True, status="Box cleared. Drag a box around the structure in a slice view.")
         if event == "double_click":
             # Without this the view widget maximizes on a double-click (Draw handles it too).
             return BoxEvent(not any_modifier)
@@ -178,10 +171,11 @@ class BoxTool:
             box = self.box
             if box is not None and box.slice_node is slice_node and box.grab_corner(xy, tolerance_mm):
                 return BoxEvent(True)
-            self.box = SliceBox(slice_node, xy)
-            replaced = box is not None and box.slice_node is slice_node and not box.display(tolerance_mm).on_slice
-            return BoxEvent(True, changed=True,
-                            status="New box on this slice (the previous one was on another slice)." if replaced else None)
+            self._before_press = box
+            self._replacing_off_slice = (box is not None and box.slice_node is slice_node
+                                         and not box.display(tolerance_mm).on_slice)
+            self.box = SliceBox(slice_node, xy)  # not drawn until it is dragged: it may be a click
+            return BoxEvent(True)
         box = self.box
         if box is None or box.slice_node is not slice_node or not box.dragging:
             return BoxEvent(False)
@@ -192,10 +186,12 @@ class BoxTool:
             box.move_corner(xy)
             box.dragging = False
             if min(box.size_pixels()) < 2:
-                self.box = None
-                return BoxEvent(True, changed=True, status="Drag to draw a box (a click alone draws nothing).")
-            return BoxEvent(True, changed=True,
-                            status="Box drawn. Click Segment slice to preview or Propagate to segment in 3D.")
+                self.box = self._before_press
+                return BoxEvent(True, changed=True, clicked=True)
+            if self._replacing_off_slice:
+                return BoxEvent(True, changed=True,
+                                status="New box on this slice (the previous one was on another slice).")
+            return BoxEvent(True, changed=True, status="Box drawn.")
         return BoxEvent(False)
 
 
@@ -211,6 +207,12 @@ def misaligned_views(slice_nodes, index_to_world: np.ndarray) -> list:
         except ObliqueViewError:
             misaligned.append(slice_node)
     return misaligned
+
+
+def rotate_views_to_segmentation(slice_nodes, source) -> list:
+    """Rotate the misaligned views to the grid MedSAM2 computes on: the editor's aligned source image
+    (a logic.SourceImage, whose ras_to_array_index maps world RAS to its voxel indices); returns those rotated."""
+    return rotate_views_to_grid(slice_nodes, np.linalg.inv(source.ras_to_array_index()))
 
 
 def rotate_views_to_grid(slice_nodes, index_to_world: np.ndarray) -> list:

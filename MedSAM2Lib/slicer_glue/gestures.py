@@ -3,9 +3,15 @@
 
 - drag: a box (drawn by the box tool); on release, the action "box" on its slice;
 - click (press and release without dragging): an object point, or a background point when the options'
-  background toggle is on; Shift+click: a background point;
-- Ctrl+click on a point of the viewed slice: removes it; Backspace: removes the last point;
-- Esc, double-click, corner drags: as the box tool says (Esc during a run cancels it).
+  background toggle is on; Shift+click: a background point; the box stays drawn;
+- Ctrl+click (Cmd+click on macOS: Qt's ControlModifier, which VTK's Qt adapter reports as the control key, is
+  the Command key there) on a point of the viewed slice: removes it;
+- Backspace or Delete (the Mac "delete" key is Backspace): removes the last point; with none left, clears the box;
+- double-click, corner drags: as the box tool says.
+
+Esc is not here: the Segment Editor widget installs it as a shortcut that deactivates the active effect
+(qMRMLSegmentEditorWidget::installKeyboardShortcuts), so the effect never receives it; deactivating cancels a
+run. While a run goes on, presses and keys are left to the view.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from .box import CORNER_GRAB_PIXELS, BoxEvent, BoxTool
+
+# VTK key symbols (vtkRenderWindowInteractor::GetKeySym) of the keys the effect handles -> gesture events. The
+# Segment Editor passes a slice view's KeyPressEvent to the active effect (qMRMLSegmentEditorWidget observes the
+# interactor's KeyPressEvent) and installs no shortcut on these keys; Slicer's own views use the same key
+# symbols (vtkSlicerMarkupsWidget: "BackSpace" and "Delete" delete a control point). Delete does what Backspace does.
+KEY_EVENTS = {"BackSpace": "backspace", "Delete": "backspace"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ class ViewGestures:
     def handle(self, event: str, slice_node, xy: Sequence[float], shift: bool = False, control: bool = False,
                alt: bool = False, running: bool = False, background: bool = False, tolerance_mm: float = 0.5,
                segmenter=None, editor=None) -> Gesture:
-        """event: "press", "move", "release" (left button), "double_click", "escape", "backspace".
+        """event: "press", "move", "release" (left button), "double_click", "backspace" (:data:`KEY_EVENTS`).
 
         segmenter, editor: the InteractiveSegmenter and EditorAccess, once they exist (they find the points
         to remove); None before MedSAM2 is set up, when there are no sessions yet.
@@ -44,9 +56,12 @@ class ViewGestures:
             return Gesture(BoxEvent(False))
         if event == "backspace":
             session = segmenter.session_of(editor) if sessions else None
-            if session is None or not session.point_order:
-                return Gesture(BoxEvent(False))
-            return Gesture(BoxEvent(True), "remove_last_point")
+            if session is not None and session.point_order:
+                return Gesture(BoxEvent(True), "remove_last_point")
+            if self.box_tool.box is not None:
+                self.box_tool.box = None
+                return Gesture(BoxEvent(True, changed=True, status="Box cleared."))
+            return Gesture(BoxEvent(False))
         if event == "press" and control and not (shift or alt):
             near = segmenter.point_near(editor, slice_node, xy, CORNER_GRAB_PIXELS) if sessions else None
             return Gesture(BoxEvent(True), "remove_point", near) if near is not None else Gesture(BoxEvent(False))
@@ -55,9 +70,7 @@ class ViewGestures:
         box_event = self.box_tool.handle(event, slice_node, xy, shift or control or alt, running, tolerance_mm)
         if event != "release" or not box_event.consumed:
             return Gesture(box_event)
-        box = self.box_tool.box
-        if box is None:  # released without dragging: a click
-            return Gesture(BoxEvent(True, changed=True), "points",
-                           (slice_node, [(tuple(xy[:2]), 0 if background else 1)]))
-        return Gesture(replace(box_event, status="Box drawn: segmenting its slice..."), "box",
-                       (slice_node, box.xyz_corners()))
+        if box_event.clicked:
+            return Gesture(box_event, "points", (slice_node, [(tuple(xy[:2]), 0 if background else 1)]))
+        return Gesture(replace(box_event, status=f"{box_event.status} Segmenting its slice..."), "box",
+                       (slice_node, self.box_tool.box.xyz_corners()))

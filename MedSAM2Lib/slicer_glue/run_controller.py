@@ -2,14 +2,15 @@
 into the segment chosen when the run started.
 
 A run computes (setup, model, propagation: slow) and then writes. Inside Slicer the computation processes Qt
-events after each slice to stay responsive, so anything may happen meanwhile: Cancel or Esc, the effect being
+events after each slice to stay responsive, so anything may happen meanwhile: Cancel, the effect being
 deactivated (the Segment Editor's own Escape shortcut, another effect, another module, another segmentation:
 ``qMRMLSegmentEditorWidget::setSegmentationNode`` deactivates the active effect), another segment selected, the
 target deleted, the scene closed, a run button clicked again. Each has one defined outcome here:
 
 - a second start while one is running is refused (:class:`RunRefused`), whichever button started the first;
-- :meth:`RunController.cancel` (Cancel, Esc, deactivation, scene close) stops the computation at its next
-  progress check and nothing is written;
+- :meth:`RunController.cancel` (Cancel, deactivation: Esc is the Segment Editor's shortcut for it, scene close,
+  the target segment or segmentation deleted) stops the computation at its next progress check and nothing is
+  written;
 - the result goes to the segmentation node and segment captured at the start (:class:`WriteTarget`); when the
   node or segment is gone, or the editor now edits another segmentation, nothing is written and the outcome
   says so.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, TypeVar
 
 import slicer
 import vtk
@@ -45,6 +46,10 @@ class RunRefused(RuntimeError):
     """Another MedSAM2 run or setup is in progress."""
 
 
+class NoSegmentationError(ValueError):
+    """The Segment Editor has no segmentation selected."""
+
+
 @dataclass(frozen=True)
 class WriteTarget:
     """Where a run's result goes, captured when the run starts."""
@@ -59,7 +64,7 @@ class WriteTarget:
         """The editor's segmentation and selected segment now (the segment None when none is selected)."""
         node = editor_node.GetSegmentationNode()
         if node is None:
-            raise ValueError("Select a segmentation in the Segment Editor first.")
+            raise NoSegmentationError("Select a segmentation in the Segment Editor first.")
         segment_id = editor_node.GetSelectedSegmentID() or None
         segment = node.GetSegmentation().GetSegment(segment_id) if segment_id else None
         if segment is None:
@@ -97,7 +102,10 @@ class RunController:
     busy changes (to enable or disable buttons).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, computing: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        """computing(): a context entered around each run's computation and write only, never around what
+        asks the user (the effect's wait cursor: a dialog under it would show a busy cursor)."""
+        self.computing = computing
         self._activity: Optional[str] = None
         self._owner: Any = None
         self._cancel_reason: Optional[str] = None
@@ -158,7 +166,7 @@ class RunController:
             target = WriteTarget.capture(editor_node)
             if confirm_target is not None and not confirm_target(target):
                 return RunOutcome(False, True, "Cancelled: the segmentation was not changed.")
-            with self._watching(target):
+            with self._watching(target), self.computing():
                 try:
                     result = compute(self.should_cancel)
                 except Exception:
@@ -179,20 +187,28 @@ class RunController:
 
     @contextlib.contextmanager
     def _watching(self, target: WriteTarget) -> Iterator[None]:
-        """Cancel as soon as the scene closes or the target segmentation node leaves the scene."""
-        scene = target.segmentation_node.GetScene()
+        """Cancel as soon as the scene closes, the target segmentation node leaves the scene or the target
+        segment is deleted (vtkMRMLSegmentationNode passes on its segmentation's SegmentRemoved event)."""
+        node = target.segmentation_node
+        scene = node.GetScene()
 
         def on_node_removed(*_):
-            if not scene.IsNodePresent(target.segmentation_node):
+            if not scene.IsNodePresent(node):
                 self.cancel(f"The segmentation '{target.segmentation_name}' was removed during the run.")
 
-        tags = [scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda *_: self.cancel("The scene was closed.")),
-                scene.AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, on_node_removed)]
+        def on_segment_removed(*_):
+            if target.segment_id is not None and node.GetSegmentation().GetSegment(target.segment_id) is None:
+                self.cancel(f"The segment '{target.segment_name}' was deleted during the run.")
+
+        observed = [(scene, scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                              lambda *_: self.cancel("The scene was closed."))),
+                    (scene, scene.AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, on_node_removed)),
+                    (node, node.AddObserver(slicer.vtkSegmentation.SegmentRemoved, on_segment_removed))]
         try:
             yield
         finally:
-            for tag in tags:
-                scene.RemoveObserver(tag)
+            for caller, tag in observed:
+                caller.RemoveObserver(tag)
 
     def _notify(self) -> None:
         for callback in list(self._listeners):

@@ -2,22 +2,26 @@
 Propagate follows it through the volume, clicks on any slice of that axis correct it, Update re-propagates.
 
 A thin Qt layer: it wires widgets and mouse events to MedSAM2Lib, which the headless tests run: the box and
-what events do to it (slicer_glue.box), clicks and keys as session actions (slicer_glue.gestures), the
-sessions and their undoable writes (slicer_glue.interactive), one run at a time with cancel and the write into the segment chosen at
-the start (slicer_glue.run_controller), setup (slicer_glue.setup_flow, through the MedSAM2 module's logic),
-the computation and the undoable write (slicer_glue.logic). Only torch-free modules are imported at the top:
-Slicer loads this file at startup, before PyTorch may be installed.
+what events do to it (slicer_glue.box), clicks and keys as session actions (slicer_glue.gestures), what the
+effect decides (slicer_glue.effect: which events and views, what is shown for the selected segment, parameters
+to options, setup before computing, status line or dialog), the sessions and their undoable writes
+(slicer_glue.interactive), one run at a time with cancel and the write into the segment chosen at the start
+(slicer_glue.run_controller), setup (through the MedSAM2 module's slicer_glue.module_state). Only torch-free
+modules are imported at the top: Slicer loads this file at startup, before PyTorch may be installed.
 """
 
 import os
+import traceback
 
 import qt
 import vtk
 
 import slicer
-from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_grid
-from MedSAM2Lib.slicer_glue.gestures import ViewGestures
-from MedSAM2Lib.slicer_glue.run_controller import selected_has_saved_session, session_buttons
+from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
+                                           act_after_setup, post_processing, report_for, segmenter_for,
+                                           session_options, slice_node_of, what_to_show)
+from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
+from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -25,11 +29,11 @@ DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", 
 WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
               ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
               ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
-# VTK interactor events -> BoxTool events. The double-click is taken too: unhandled, it maximizes the view
-# (SegmentEditorDrawEffect handles it for the same reason).
+# VTK interactor events -> gesture events. The double-click is taken too: unhandled, it maximizes the view
+# (SegmentEditorDrawEffect handles it for the same reason). Esc is not among the keys: the Segment Editor widget
+# owns it (qMRMLSegmentEditorWidget::installKeyboardShortcuts: Escape deactivates the active effect).
 BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
               vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
-KEY_EVENTS = {"Escape": "escape", "BackSpace": "backspace"}
 WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
 POINT_COLOURS = {1: (0, 220, 0), 0: (230, 40, 40)}  # object, background
 
@@ -47,8 +51,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.segmenter = None  # MedSAM2Lib InteractiveSegmenter on the current logic (after setup)
         self.actors = {}  # slice widget -> BoxActor showing the box there
         self.pointActors = {}  # slice widget -> PointsActor showing the session's points of its slice
-        self.lastSliceWidget = None  # the view clicked last: "Use the segment on this slice" works there
+        self.lastSliceView = LastSliceView()  # the view "Use the segment on this slice" works in
+        self.selection = SelectionWatch()
+        self.deferred = DeferredActions(lambda action: qt.QTimer.singleShot(0, action))
         self.sceneClosedTag = None
+        self.editorNodeObservation = None  # (segment editor node, tag): its selected segment is watched
         self.logic = None  # a MedSAM2Logic to use instead of the module's (the self-test sets it)
         self.stopObservingRuns = None
 
@@ -65,8 +72,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return """<html>MedSAM2: <b>drag a box</b> around a structure: its slice is segmented at once; <b>Propagate</b> follows it through the volume, each direction ending a few slices after the structure (<i>Early stop</i>).<br>
-<b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it; <b>Update</b> (or <i>Update automatically</i>) re-propagates from there; <b>Ctrl+click</b> a point removes it, <b>Backspace</b> the last one.<br>
-<b>Use the segment on this slice</b> makes a repainted slice the prompt; each segment keeps its session (or each box gets a new segment); Undo reverts the segment; Esc or Cancel stops a run.</html>"""
+<b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it; <b>Update</b> (or <i>Update automatically</i>) re-propagates from there; <b>Ctrl+click</b> (Mac: Cmd+click) a point removes it; <b>Backspace</b> or <b>Delete</b> (Mac: delete) removes the last point, then the box.<br>
+<b>Use the segment on this slice</b> makes a repainted slice (in the view you last worked in) the prompt; each segment keeps its session (or each box gets a new segment); Undo reverts the segment; <b>Cancel</b> stops a run (Esc leaves the effect, which stops it too).</html>"""
 
     # -- options ------------------------------------------------------------------------------------------
 
@@ -134,11 +141,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.propagateButton.setToolTip("Follow the structure through the volume; after corrections, Update "
                                         "recomputes only what they change.")
         self.useSegmentButton = qt.QPushButton("Use the segment on this slice")
-        self.useSegmentButton.setToolTip("The segment's content on the slice shown in the view clicked last becomes "
-                                         "that slice's prompt; then re-propagate.")
+        self.useSegmentButton.setToolTip("The segment's content on the slice shown in the view you last worked in "
+                                         "(with any effect) becomes that slice's prompt; then re-propagate.")
         self.resetButton = qt.QPushButton("Reset")
         self.resetButton.setToolTip("Forget the selected segment's prompts (the segment is kept).")
         self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.setToolTip("Stop the run: nothing is written.")
         buttonLayout = qt.QHBoxLayout()
         for button in (self.propagateButton, self.useSegmentButton, self.resetButton, self.cancelButton):
             buttonLayout.addWidget(button)
@@ -170,12 +178,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.cancelButton.connect("clicked()", self.cancel)
         # Sessions belong to the scene's volumes: they end when it closes.
         self.sceneClosedTag = slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
-        self.updateButtons()
+        # The view worked in last, with any effect: watched from now on, and again when the layout changes.
+        self.watchSliceViews()
+        slicer.app.layoutManager().connect("layoutChanged(int)", self.watchSliceViews)
+        self.refresh()
 
     def setMRMLDefaults(self):
-        for name, value in (("Direction", "both"), ("Windowing", "display"), ("RangeEnabled", 0),
-                            ("RangeFirst", 0), ("RangeLast", 0), ("FillHoles", 1), ("LargestComponent", 1),
-                            ("BackgroundClicks", 0), ("AutoUpdate", 0), ("NewSegmentPerBox", 0), ("WriteMode", "replace")):
+        for name, value in PARAMETER_DEFAULTS.items():
             self.scriptedEffect.setParameterDefault(name, value)
 
     def updateGUIFromMRML(self):
@@ -201,8 +210,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.earlyStopSpinBox.value = settings.early_stop_slices()
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
-        self.updateButtons()
-        self.drawPoints()  # the selected segment may have changed: show its session's points
+        self.refresh()
 
     def updateMRMLFromGUI(self):
         effect = self.scriptedEffect
@@ -221,36 +229,96 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onEarlyStopChanged(self):
         """Applies to the next Propagate or Update, also of the sessions started before."""
         moduleLogic().settings.set_early_stop(self.earlyStopSpinBox.value if self.earlyStopCheckBox.checked else None)
-        self.updateButtons()
+        self.refresh()
 
-    def updateButtons(self):
-        runs = moduleLogic().runs
-        session = self.selectedSession()
-        buttons = session_buttons(session.propagated if session is not None else None, self.selectedHasSavedSession(),
-                                  self.segmenter is not None, runs.busy)
+    # -- what is shown: slicer_glue.effect.what_to_show decides, this copies it into widgets and actors -------
+
+    def sliceWidgets(self):
+        layoutManager = slicer.app.layoutManager()
+        return [layoutManager.sliceWidget(name) for name in layoutManager.sliceViewNames()] if layoutManager else []
+
+    def refresh(self, sliceWidget=None):
+        """Box, points and buttons for the selected segment, in every slice view or only in sliceWidget."""
+        if not hasattr(self, "propagateButton"):
+            return  # before setupOptionsFrame
+        widgets = [sliceWidget] if sliceWidget is not None else self.sliceWidgets()
+        editor = self.editorAccess() if self.segmenter is not None else None
+        shown = what_to_show(self.tool, self.segmenter, editor, self.scriptedEffect.parameterSetNode(),
+                             [widget.mrmlSliceNode() for widget in widgets], moduleLogic().runs.busy,
+                             self.scriptedEffect.active())
+        for widget in widgets:
+            sliceNode = widget.mrmlSliceNode()
+            if sliceNode is not shown.box_view and widget in self.actors:
+                self.actors.pop(widget).remove()
+            if sliceNode is shown.box_view:
+                if widget not in self.actors:
+                    self.actors[widget] = BoxActor(self.scriptedEffect, widget)
+                self.actors[widget].show(*self.tool.box.outline(sliceTolerance(widget)))
+            points = shown.points.get(sliceNode.GetID(), [])
+            if points:
+                if widget not in self.pointActors:
+                    self.pointActors[widget] = PointsActor(self.scriptedEffect, widget)
+                self.pointActors[widget].show(points)
+            elif widget in self.pointActors:
+                self.pointActors.pop(widget).remove()
+        buttons = shown.buttons
         self.propagateButton.text = buttons.propagate_text
         self.propagateButton.enabled = self.useSegmentButton.enabled = buttons.propagate_enabled
         self.resetButton.enabled = buttons.reset_enabled
-        self.cancelButton.enabled = runs.busy
+        self.cancelButton.enabled = moduleLogic().runs.busy
         self.rangeFirstSpinBox.enabled = self.rangeLastSpinBox.enabled = self.rangeCheckBox.checked
         self.earlyStopSpinBox.enabled = self.earlyStopCheckBox.checked
 
+    def removeActors(self):
+        for actor in list(self.actors.values()) + list(self.pointActors.values()):
+            actor.remove()
+        self.actors, self.pointActors = {}, {}
+
+    def watchSliceViews(self, layout=None):
+        self.lastSliceView.watch([(widget.sliceView().interactorStyle().GetInteractor(), widget.mrmlSliceNode())
+                                  for widget in self.sliceWidgets()])
+
+    # -- lifetime -----------------------------------------------------------------------------------------------
+
     def activate(self):
         if self.stopObservingRuns is None:
-            self.stopObservingRuns = moduleLogic().runs.observe(self.updateButtons)
+            self.stopObservingRuns = moduleLogic().runs.observe(self.refresh)
+        # Slicer calls updateGUIFromMRML only when an effect parameter changes, not when another segment is
+        # selected: the segment editor node's ModifiedEvent is observed for that (slicer_glue.effect.SelectionWatch).
+        editorNode = self.scriptedEffect.parameterSetNode()
+        if self.editorNodeObservation is None and editorNode is not None:
+            self.selection.changed(editorNode)
+            self.editorNodeObservation = (editorNode, editorNode.AddObserver(vtk.vtkCommand.ModifiedEvent,
+                                                                             self.onEditorNodeModified))
+        self.refresh()
+
+    def onEditorNodeModified(self, caller, event):
+        if self.selection.changed(caller, self.tool):
+            self.refresh()
 
     def deactivate(self):
         # Esc (the Segment Editor's shortcut), another effect, another module or another segmentation deactivate
-        # the effect, also while a run processes events: the run stops and writes nothing.
+        # the effect, also while a run or the setup processes events: the run stops and writes nothing, and an
+        # action waiting for setup does not start (slicer_glue.effect.act_after_setup).
         moduleLogic().runs.cancel("The MedSAM2 effect was deactivated.", owner=self)
-        self.clearBox()
-        self.removePoints()
+        self.stopObservingEditorNode()
+        self.tool.box = None
+        self.removeActors()
+
+    def stopObservingEditorNode(self):
+        if self.editorNodeObservation is not None:
+            editorNode, tag = self.editorNodeObservation
+            editorNode.RemoveObserver(tag)
+            self.editorNodeObservation = None
 
     def cleanup(self):
         """Called before the effect is deleted (qSlicerSegmentEditorAbstractEffect::cleanup): nothing of ours may
         outlive it."""
-        self.clearBox()
-        self.removePoints()
+        self.tool.box = None
+        self.removeActors()
+        self.stopObservingEditorNode()
+        slicer.app.layoutManager().disconnect("layoutChanged(int)", self.watchSliceViews)
+        self.lastSliceView.stop()
         if self.stopObservingRuns is not None:
             self.stopObservingRuns()
             self.stopObservingRuns = None
@@ -258,10 +326,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             slicer.mrmlScene.RemoveObserver(self.sceneClosedTag)
             self.sceneClosedTag = None
 
-    # -- the box ------------------------------------------------------------------------------------------
+    # -- events -------------------------------------------------------------------------------------------------
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget":
+        # qMRMLSegmentEditorWidget also sends 3D views' interactor events: only slice views take a box.
+        sliceNode = slice_node_of(viewWidget.mrmlAbstractViewNode())
+        if sliceNode is None:
             return False
         if eventId == vtk.vtkCommand.KeyPressEvent:
             event = KEY_EVENTS.get(callerInteractor.GetKeySym())
@@ -269,32 +339,25 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             event = BOX_EVENTS.get(eventId)
         if event is None:
             return False
-        busy = moduleLogic().runs.busy
         gesture = self.gestures.handle(
-            event, viewWidget.mrmlSliceNode(), callerInteractor.GetEventPosition(),
+            event, sliceNode, callerInteractor.GetEventPosition(),
             shift=bool(callerInteractor.GetShiftKey()), control=bool(callerInteractor.GetControlKey()),
-            alt=bool(callerInteractor.GetAltKey()), running=busy, background=self.backgroundCheckBox.checked,
-            tolerance_mm=sliceTolerance(viewWidget), segmenter=self.segmenter,
-            editor=self.editorAccess() if self.segmenter is not None else None)
+            alt=bool(callerInteractor.GetAltKey()), running=moduleLogic().runs.busy,
+            background=self.backgroundCheckBox.checked, tolerance_mm=sliceTolerance(viewWidget),
+            segmenter=self.segmenter, editor=self.editorAccess() if self.segmenter is not None else None)
         result = gesture.box_event
-        if result.cancel_run:
-            moduleLogic().runs.cancel("Cancelled (Esc).", owner=self)
         if result.changed:
-            self.drawBox()
-            self.updateButtons()
+            self.refresh()
         if result.status:
             self.statusLabel.text = result.status
-        if event == "press":
-            self.lastSliceWidget = viewWidget
         if gesture.action is not None:
-            # Run after the event returns: a run processes Qt events, which must not happen inside this handler.
-            qt.QTimer.singleShot(0, lambda: self.act(gesture.action, *gesture.arguments))
+            self.deferred.defer(lambda: self.act(gesture.action, *gesture.arguments), self.scriptedEffect.active)
         return result.consumed
 
     def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
-        if self.tool.box is not None and self.tool.box.slice_node is viewWidget.mrmlSliceNode():
-            self.drawBox()  # pan, zoom and scrolling change where and how the box is drawn
-        self.drawPoints(viewWidget)  # points are shown on their own slice only
+        # Called for 3D view nodes too (qMRMLSegmentEditorWidget observes them): those show neither box nor points.
+        if slice_node_of(callerViewNode) is not None:
+            self.refresh(viewWidget)  # pan, zoom and scrolling change where the box is drawn and which points are shown
 
     def setBox(self, sliceWidget, xyCorners):
         """Set the box programmatically: two opposite corners in the view's XY coordinates."""
@@ -303,68 +366,22 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.tool.box = None
         for event, xy in (("press", xyCorners[0]), ("move", xyCorners[1]), ("release", xyCorners[1])):
             self.tool.handle(event, sliceNode, xy, False, False, tolerance)
-        self.drawBox()
-        self.updateButtons()
+        self.refresh()
 
-    def clearBox(self):
-        self.tool.box = None
-        self.drawBox()
-        if hasattr(self, "propagateButton"):
-            self.updateButtons()
-
-    def drawBox(self):
-        """Show the box in its view only; remove the actors of views that no longer show it."""
-        box = self.tool.box
-        for sliceWidget in list(self.actors):
-            if box is None or sliceWidget.mrmlSliceNode() is not box.slice_node:
-                self.actors.pop(sliceWidget).remove()
-        if box is None:
-            return
-        sliceWidget = sliceWidgetOf(box.slice_node)
-        if sliceWidget is None:
-            return
-        if sliceWidget not in self.actors:
-            self.actors[sliceWidget] = BoxActor(self.scriptedEffect, sliceWidget)
-        self.actors[sliceWidget].show(*box.outline(sliceTolerance(sliceWidget)))
-
-    # -- the session's points --------------------------------------------------------------------------
-
-    def drawPoints(self, sliceWidget=None):
-        """Show the selected segment's points of the slice each view shows (or only sliceWidget's)."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None or not hasattr(self, "propagateButton"):
-            return
-        widgets = [sliceWidget] if sliceWidget is not None else [
-            layoutManager.sliceWidget(name) for name in layoutManager.sliceViewNames()]
-        editor = self.editorAccess() if self.segmenter is not None else None
-        for widget in widgets:
-            points = self.segmenter.points_in_view(editor, widget.mrmlSliceNode()) if editor is not None else []
-            if not points and widget not in self.pointActors:
-                continue
-            if widget not in self.pointActors:
-                self.pointActors[widget] = PointsActor(self.scriptedEffect, widget)
-            self.pointActors[widget].show(points)
-
-    def removePoints(self):
-        for actor in self.pointActors.values():
-            actor.remove()
-        self.pointActors = {}
-
-    # -- running ------------------------------------------------------------------------------------------
+    # -- commands -----------------------------------------------------------------------------------------------
 
     def propagate(self):
         self.act("propagate")
 
     def useSegmentOnSlice(self):
-        sliceWidget = self.lastSliceWidget or slicer.app.layoutManager().sliceWidget("Red")
-        self.act("use_segment_on_slice", sliceWidget.mrmlSliceNode())
+        sliceNode = self.lastSliceView.view_for_command([widget.mrmlSliceNode() for widget in self.sliceWidgets()])
+        self.act("use_segment_on_slice", sliceNode)
 
     def reset(self):
         if self.segmenter is not None:  # a session saved in the segment's tag is dropped too (not restored)
             self.segmenter.end_session(self.editorAccess())
-        self.clearBox()
-        self.drawPoints()
-        self.updateButtons()
+        self.tool.box = None
+        self.refresh()
         self.statusLabel.text = "The selected segment's MedSAM2 session was reset. Drag a box to start again."
 
     def cancel(self):
@@ -373,102 +390,62 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onSceneClosed(self, caller=None, event=None):
         if self.segmenter is not None:
             self.segmenter.end_sessions()
-        self.removePoints()
-
-    def selectedSession(self):
-        return self.segmenter.session_of(self.editorAccess()) if self.segmenter is not None else None
-
-    def selectedHasSavedSession(self):
-        """The selected segment keeps a session in its tag (after a scene was loaded) that its next action
-        restores (InteractiveSegmenter.restorable); before setup, read without torch."""
-        if self.segmenter is not None:
-            return self.segmenter.restorable(self.editorAccess())
-        return selected_has_saved_session(self.scriptedEffect.parameterSetNode())
+        self.tool.box = None
+        self.removeActors()
 
     def act(self, action, *arguments):
-        """One session action (InteractiveSegmenter.compute_<action>) as one run of the shared controller; every
-        failure reaches a dialog or, for a refusal, the status line, which is updated whatever happens."""
-        # No waitCursor=True: the setup's confirmation and download, the hidden-segment and the rotate dialogs need
-        # a normal cursor; tryWithErrorDisplay shows the error and re-raises (slicer/util.py), so the buttons are
-        # updated in finally.
+        """One session action: setup first, then (if the effect is still active and its target still there) one
+        run of the shared controller; the outcome or a refusal goes to the status line, an error to a dialog."""
         try:
-            with slicer.util.tryWithErrorDisplay("MedSAM2 could not segment."):
-                # Setup first, as its own step of the shared controller: nothing below may import torch before.
-                if self.logic is None and not moduleLogic().setUp(owner=self):
-                    self.statusLabel.text = "MedSAM2 is not set up yet: nothing was changed."
-                    return
-                from MedSAM2Lib.slicer_glue.geometry import ObliqueViewError
-                from MedSAM2Lib.slicer_glue.interactive import InteractionError
-
-                try:
-                    segmenter = self.segmenterForRun()
-                    outcome = segmenter.run(moduleLogic().runs, self.editorAccess(), action, *arguments,
-                                            self.sessionOptions(), owner=self, progress=self.onProgress,
-                                            confirm_target=self.confirmTargetVisible)
-                    self.statusLabel.text = outcome.message
-                except InteractionError as refusal:  # a sentence saying what to do instead
-                    self.statusLabel.text = str(refusal)
-                except ObliqueViewError as error:
-                    restoreWaitCursor()
-                    self.offerRotateViews(str(error))
+            # Nothing that imports torch may run before the setup: the run is handed to act_after_setup, which
+            # calls it after setting up (Testing/test_setup_flow.py checks this slot's order).
+            self.statusLabel.text = act_after_setup(self.scriptedEffect.parameterSetNode(), self.setUp,
+                                                    self.scriptedEffect.active,
+                                                    run=lambda: self.runAction(action, arguments))
+        except Exception as error:
+            self.report(error)
         finally:
-            restoreWaitCursor()
             self.progressBar.value = 0
-            self.drawPoints()
-            self.updateButtons()
+            self.refresh()
 
-    def segmenterForRun(self):
-        """The sessions live on the logic (the model and its image features): a new logic, after the model or the
-        device changed, starts without sessions."""
-        from MedSAM2Lib.slicer_glue.interactive import InteractiveSegmenter
+    def setUp(self):
+        return self.logic is not None or moduleLogic().set_up(owner=self)
 
-        logic = self.logicForRun()
-        if self.segmenter is None or self.segmenter.logic is not logic:
-            self.segmenter = InteractiveSegmenter(logic)
-        return self.segmenter
+    def runAction(self, action, arguments):
+        """After setup: the logic (loading the model is the first slow step: under the wait cursor, as every
+        computation, slicer_glue.run_controller.RunController.computing) and the action as one run."""
+        with moduleLogic().runs.computing():
+            fillHoles, largestComponent = post_processing(self.scriptedEffect.parameterSetNode())
+            logic = self.logic or moduleLogic().segmentation_logic(fillHoles, largestComponent)
+            self.segmenter = segmenter_for(self.segmenter, logic)
+        return self.segmenter.run(moduleLogic().runs, self.editorAccess(), action, *arguments,
+                                  session_options(self.scriptedEffect.parameterSetNode()), owner=self,
+                                  progress=self.onProgress, confirm_target=self.confirmTargetVisible)
 
-    def sessionOptions(self):
-        from MedSAM2Lib.slicer_glue.interactive import InteractiveOptions
-
-        effect = self.scriptedEffect
-        return InteractiveOptions(add=effect.parameter("WriteMode") == "add",
-                                  auto_update=effect.integerParameter("AutoUpdate") != 0,
-                                  new_segment_per_box=effect.integerParameter("NewSegmentPerBox") != 0,
-                                  **self.segmentOptions())
+    def report(self, error):
+        report = report_for(error)
+        if report.where == "status":
+            self.statusLabel.text = report.sentence
+        elif report.where == "rotate":
+            self.offerRotateViews(report.sentence)
+        else:
+            self.statusLabel.text = report.sentence
+            slicer.util.errorDisplay(report.sentence, detailedText=traceback.format_exc())
 
     def editorAccess(self):
         from MedSAM2Lib.slicer_glue.logic import EditorAccess  # imports torch: only after setup can run
 
         return EditorAccess(ScriptedEffectBackend(self.scriptedEffect))
 
-    def logicForRun(self):
-        """The logic on the module's model, kept with its image features between clicks; loading the model is
-        the first slow step, so the wait cursor starts here (after any setup dialog)."""
-        setWaitCursor()
-        effect = self.scriptedEffect
-        return self.logic or moduleLogic().segmentationLogic(effect.integerParameter("FillHoles") != 0,
-                                                             effect.integerParameter("LargestComponent") != 0)
-
     def confirmTargetVisible(self, target):
         # Draw and Paint ask before editing a hidden segment (qSlicerSegmentEditorAbstractEffect::
         # confirmCurrentSegmentVisible: Yes shows it, No goes on, Cancel stops).
         return self.scriptedEffect.confirmCurrentSegmentVisible() != self.scriptedEffect.NotConfirmed
 
-    def segmentOptions(self):
-        from MedSAM2Lib.inference.preprocessing import Windowing  # imports torch: only after setup
-
-        effect = self.scriptedEffect
-        windowing = effect.parameter("Windowing")
-        options = {"windowing": None if windowing == "display" else Windowing.parse(windowing),
-                   "direction": effect.parameter("Direction")}
-        if effect.integerParameter("RangeEnabled"):
-            options["slice_range"] = (effect.integerParameter("RangeFirst"), effect.integerParameter("RangeLast"))
-        return options
-
     def onProgress(self, done, total):
         self.progressBar.maximum = total
         self.progressBar.value = done
-        self.statusLabel.text = f"Segmenting slice {done} of {total}... (Esc or Cancel stops)"
+        self.statusLabel.text = f"Segmenting slice {done} of {total}... (Cancel stops)"
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
     def offerRotateViews(self, message):
@@ -477,13 +454,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         box.exec_()
         if box.clickedButton() != rotateButton:
             return
-        source = self.editorAccess().source()
-        layoutManager = slicer.app.layoutManager()
-        sliceNodes = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
-        import numpy as np
-
-        rotated = rotate_views_to_grid(sliceNodes, np.linalg.inv(source.ras_to_array_index()))
-        self.clearBox()
+        rotated = rotate_views_to_segmentation([widget.mrmlSliceNode() for widget in self.sliceWidgets()],
+                                               self.editorAccess().source())
+        self.tool.box = None
+        self.refresh()
         self.statusLabel.text = f"Rotated {len(rotated)} view(s) to the segmentation's grid: draw the box again."
 
 
@@ -493,32 +467,8 @@ def moduleLogic():
     return MedSAM2.moduleLogic()
 
 
-def sliceWidgetOf(sliceNode):
-    layoutManager = slicer.app.layoutManager()
-    return layoutManager.sliceWidget(sliceNode.GetLayoutName()) if layoutManager is not None else None
-
-
 def sliceTolerance(sliceWidget):
-    """Half the slice spacing of the view: the box counts as on the slice shown within it (one scroll step is a
-    whole spacing, vtkMRMLSliceLogic::GetLowestVolumeSliceSpacing)."""
-    return sliceWidget.sliceLogic().GetLowestVolumeSliceSpacing()[2] / 2
-
-
-_waitCursorSet = False
-
-
-def setWaitCursor():
-    global _waitCursorSet
-    if not _waitCursorSet:
-        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
-        _waitCursorSet = True
-
-
-def restoreWaitCursor():
-    global _waitCursorSet
-    if _waitCursorSet:
-        slicer.app.restoreOverrideCursor()
-        _waitCursorSet = False
+    return slice_tolerance_mm(sliceWidget.sliceLogic())
 
 
 class ScriptedEffectBackend:
