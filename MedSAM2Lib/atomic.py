@@ -7,6 +7,9 @@ error (a full disk, a writer's exception, a failed check, Ctrl+C) the temporary 
 destination is untouched, byte for byte. A process killed between the write and the rename leaves the
 destination untouched and a hidden ``.medsam2-*`` temporary file beside it.
 
+Before any work, a command adds every file it reads and writes to a :class:`FileUses`, which refuses a file
+written that is one the command reads or another file it writes (same resolved path, or same inode).
+
 No numpy, SimpleITK or torch here: the volume checks live with the writers (``apps/volume_io.py``).
 """
 
@@ -18,8 +21,9 @@ import io
 import os
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 TEMPORARY_PREFIX = ".medsam2-"
 
@@ -50,6 +54,63 @@ def check_writable(path: Path) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"Cannot write {path}: the folder {existing} is not writable.")
     return path
+
+
+@dataclass(frozen=True)
+class FileUse:
+    """A file a command reads or writes, and what it is to the command (a noun phrase: "the prompt table")."""
+
+    role: str
+    path: Path
+    written: bool
+
+
+class FileUses:
+    """The files one command reads and writes, checked as each is added, before any work: a file written must
+    not be a file the command reads, nor another file it writes. "The same file" is the same resolved path
+    (through ``..`` and symbolic links) or the same device and inode (a hard link, or one file under two
+    spellings on a case-insensitive disk). Reading one file in two roles is fine."""
+
+    def __init__(self) -> None:
+        self._uses: Dict[object, FileUse] = {}
+
+    def read(self, role: str, path: Path) -> None:
+        self._add(FileUse(role, Path(path), written=False))
+
+    def write(self, role: str, path: Path, fix: str = "choose another name") -> Path:
+        """Add a file the command writes; :class:`WriteError` saying which file it would replace, and ``fix``,
+        if it is one the command reads or writes otherwise (then it is not added). Returns ``path``."""
+        self._add(FileUse(role, Path(path), written=True), fix)
+        return Path(path)
+
+    def _add(self, use: FileUse, fix: str = "choose another name") -> None:
+        keys = _identities(use.path)
+        for key in keys:
+            other = self._uses.get(key)
+            if other is not None and (use.written or other.written):
+                written, replaced = (use, other) if use.written else (other, use)
+                raise WriteError(_clash(written, replaced, same_path=key == keys[0], fix=fix))
+        for key in keys:
+            self._uses.setdefault(key, use)
+
+
+def _identities(path: Path) -> list:
+    """The resolved path, and the (device, inode) of an existing file."""
+    resolved = path.resolve()
+    keys: list = [("path", os.path.normcase(str(resolved)))]
+    try:
+        status = resolved.stat()
+    except OSError:
+        return keys  # not there yet: only its path can be compared
+    return keys + [("inode", status.st_dev, status.st_ino)]
+
+
+def _clash(written: FileUse, other: FileUse, same_path: bool, fix: str) -> str:
+    what = other.role if same_path else f"the same file as {other.path}, {other.role}"
+    if other.written:
+        return (f"Cannot write {written.role} to {written.path}: that is {'also ' if same_path else ''}{what}, and "
+                f"one would replace the other; {fix}.")
+    return f"Cannot write {written.role} to {written.path}: that is {what}, which it would replace; {fix}."
 
 
 def write_atomically(path: Path, write: Writer, check: Optional[Check] = None, suffix: Optional[str] = None) -> Path:

@@ -357,8 +357,9 @@ def test_an_output_folder_equal_to_the_images_folder_is_refused(tmp_path):
     np.savez(tmp_path / "scan.npz", imgs=np.zeros((4, 8, 8), np.uint8))
     prompts, _ = read_prompt_table(write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "scan.npz,1,1,1,5,5"), tmp_path)
     outcomes = BatchRunner(BoxBlobPredictor, tmp_path, tmp_path).run(prompts)
-    assert outcomes[0].status == "failed" and "is the input image" in outcomes[0].message
-    assert "the mask would replace the scan" in outcomes[0].message
+    assert outcomes[0].status == "failed" and outcomes[0].message == (
+        f"Cannot write the label map of scan.npz to {tmp_path / 'scan.npz'}: that is the scan scan.npz, which it "
+        "would replace; choose another output folder.")
 
 
 def test_a_cancelled_batch_keeps_finished_scans_in_the_summary(tmp_path, monkeypatch, capsys):
@@ -455,3 +456,55 @@ def test_a_dicom_folder_in_the_table_is_read_as_its_largest_series(tmp_path):
     written = sitk.ReadImage(str(tmp_path / "out" / "1.2.840.5.nii.gz"))  # the folder's whole name
     assert written.GetSize() == (256, 224, 8) and np.allclose(written.GetSpacing(), SPACING)
     assert (tmp_path / "out" / "1.2.840.6.nii.gz").exists()
+
+
+def test_a_label_map_that_would_replace_another_scan_fails_its_rows_and_the_scan_survives(tmp_path, monkeypatch):
+    """--out inside --images with --overwrite: a.npz's label map out/a.npz was the scan of the next row, which
+    was then segmented (and its own label map written beside it)."""
+    images = tmp_path / "images"
+    (images / "out").mkdir(parents=True)
+    np.savez(images / "a.npz", imgs=np.zeros((4, 8, 8), np.uint8))
+    np.savez(images / "out" / "a.npz", imgs=np.ones((4, 8, 8), np.uint8))
+    scan = (images / "out" / "a.npz").read_bytes()
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1", "a.npz,1,1,1,5,5", "out/a.npz,1,1,1,5,5")
+    monkeypatch.setattr(cli, "build_predictor", lambda args: BoxBlobPredictor())
+    assert cli.main(["batch", str(table), "--images", str(images), "--out", str(images / "out"), "--overwrite",
+                     "--summary", str(tmp_path / "summary.csv")]) == 1
+    assert (images / "out" / "a.npz").read_bytes() == scan
+    rows = read_summary(tmp_path / "summary.csv")
+    assert [(row["image"], row["status"]) for row in rows] == [("a.npz", "failed"), ("out/a.npz", "ok")]
+    assert rows[0]["message"] == (f"Cannot write the label map of a.npz to {images / 'out' / 'a.npz'}: that is the "
+                                  "scan out/a.npz, which it would replace; choose another output folder.")
+    assert np.load(images / "out" / "out" / "a.npz")["mask"].any()
+
+
+def test_a_summary_that_is_a_file_of_the_batch_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """--summary X replaced X when X was the prompt table, a scan, a session file or a label map of the batch."""
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    out.mkdir()
+    for name in ("scan.npz", "other.npz"):
+        np.savez(images / name, imgs=np.zeros((4, 8, 8), np.uint8))
+    np.savez(out / "scan.npz", mask=np.zeros((4, 8, 8), np.uint8))  # an earlier run's label map
+    session = tmp_path / "session.json"
+    session.write_text('{"steps": [{"slice": 1, "box": [1, 1, 5, 5]}, {"propagate": "both"}]}')
+    table = write_table(tmp_path / "p.csv", "image,slice,x0,y0,x1,y1,session", "scan.npz,1,1,1,5,5,",
+                        "other.npz,,,,,,session.json", "scan.npz,1,x,1,5,5,")  # an unusable row: not reported
+    files = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    cases = [
+        (table, "that is the prompt table, which it would replace"),
+        (images / "scan.npz", "that is the scan scan.npz, which it would replace"),
+        (tmp_path / "images" / ".." / "session.json", "that is the session file of line 3, which it would replace"),
+        (out / "scan.npz", "that is also the label map of scan.npz, and one would replace the other"),
+        (out / "other.npz", "that is also the label map of other.npz, and one would replace the other"),
+    ]
+    for summary, what in cases:
+        arguments = ["batch", str(table), "--images", str(images), "--out", str(out), "--summary", str(summary)]
+        assert cli.main(arguments) == 1
+        assert capsys.readouterr().err == (f"medsam2: error: Cannot write the summary to {summary}: {what}; choose "
+                                           "another name.\n")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == files

@@ -219,10 +219,33 @@ def test_the_input_itself_is_refused_as_output_also_through_a_link(tmp_path, mon
     scan.write_bytes((DATA / "input_volume.npz").read_bytes())
     os.link(scan, tmp_path / "same.npz")
     monkeypatch.setattr(cli, "build_predictor", NoModel())
-    for output in (scan, tmp_path / "sub" / ".." / "scan.npz", tmp_path / "same.npz"):
+    for output, what in ((scan, "that is the input image"), (tmp_path / "sub" / ".." / "scan.npz", "that is the input image"),
+                         (tmp_path / "same.npz", f"that is the same file as {scan}, the input image")):
         assert main(["segment", str(scan)] + SEGMENT[2:] + ["-o", str(output)]) == 1
-        assert "is the input image" in capsys.readouterr().err
+        assert capsys.readouterr().err == (f"medsam2: error: Cannot write the mask to {output}: {what}, which it would "
+                                           "replace; choose another name.\n")
     assert scan.read_bytes() == (DATA / "input_volume.npz").read_bytes()
+
+
+def test_a_mask_that_is_another_file_segment_reads_is_refused(tmp_path, monkeypatch, capsys):
+    """Not only the image: the checkpoint, the model's configuration and the session file are read too."""
+    monkeypatch.setattr(cli, "build_predictor", NoModel())
+    session = tmp_path / "session.json"
+    session.write_text('{"steps": [{"slice": 12, "box": [104, 70, 183, 131]}, {"propagate": "both"}]}')
+    os.symlink(session, tmp_path / "session.nii.gz")
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"weights")
+    cases = [
+        (SEGMENT + ["--checkpoint", str(weights), "-o", str(weights)], weights, "that is the checkpoint"),
+        (SEGMENT + ["--config", str(weights), "-o", str(weights)], weights, "that is the model configuration"),
+        (SEGMENT[:2] + ["--prompts", str(session), "-o", str(tmp_path / "session.nii.gz")], tmp_path / "session.nii.gz",
+         "that is the session file"),
+    ]
+    for arguments, output, what in cases:
+        assert main(arguments) == 1
+        assert capsys.readouterr().err == (f"medsam2: error: Cannot write the mask to {output}: {what}, which it would "
+                                           "replace; choose another name.\n")
+    assert weights.read_bytes() == b"weights" and session.read_text().startswith('{"steps"')
 
 
 def test_the_file_named_is_the_file_written_in_any_case(tmp_path, box_sessions):
@@ -286,12 +309,16 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
 # -- inputs and arguments ------------------------------------------------------------------------------------
 
 
-def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, box_sessions, capsys):
+@pytest.mark.parametrize("suffix", [".npz", ".nrrd", ".nii.gz"])  # SimpleITK reads a NIfTI's NaN as 0
+def test_nan_voxels_are_refused_with_their_count_or_replaced(tmp_path, box_sessions, capsys, suffix):
     ct = np.load(DATA / "input_volume.npz")["imgs"].astype(np.float32) * 4 - 500
     ct[0, 0, :26] = np.nan
     ct[1, 0, 0] = -np.inf
-    source, output = tmp_path / "ct.npz", tmp_path / "mask.npz"
-    np.savez(source, imgs=ct)
+    source, output = tmp_path / f"ct{suffix}", tmp_path / "mask.npz"
+    if suffix == ".npz":
+        np.savez(source, imgs=ct)
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(ct), str(source))
     arguments = ["segment", str(source)] + SEGMENT[2:] + ["-o", str(output), "--window", "-500", "520"]
     assert main(arguments) == 1
     assert capsys.readouterr().err == (

@@ -107,6 +107,21 @@ def test_an_unusable_output_folder_is_refused_before_the_model_loads(tmp_path, c
                                        f": {tmp_path / 'taken'} is a file, not a folder.\n")
 
 
+def test_a_demo_output_that_is_the_checkpoint_is_refused_before_the_model_loads(tmp_path, checkpoints, monkeypatch,
+                                                                               capsys):
+    def no_model(args):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    weights = tmp_path / "out" / "right_lateral_ventricle.png"
+    weights.parent.mkdir()
+    weights.write_bytes(checkpoints["tiny"].read_bytes())
+    assert main(["demo", "--checkpoint", str(weights), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (f"medsam2: error: Cannot write the picture to {weights}: that is the "
+                                       "checkpoint, which it would replace; choose another name.\n")
+    assert weights.read_bytes() == checkpoints["tiny"].read_bytes()
+
+
 def test_a_failed_picture_keeps_the_earlier_one(tmp_path, monkeypatch):
     """The picture is written atomically too: a failing save leaves the previous run's picture as it was."""
 

@@ -236,3 +236,27 @@ def test_two_empty_maps_without_labels_say_so(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--labels", "1",
                  "--csv", str(tmp_path / "s.csv")]) == 0
     assert capsys.readouterr().out.splitlines()[2].split() == ["gt.nii.gz", "1", "1.0000", "1.0000", "0", "0", "ok"]
+
+
+def test_a_csv_that_is_a_map_it_scores_is_refused_before_scoring(tmp_path, capsys):
+    """``--csv ref.nii.gz`` replaced the reference with CSV text and exited 0."""
+    prediction, reference = two_label_pair()
+    predictions, references = tmp_path / "pred", tmp_path / "gt"
+    write_labels(references / "case.nii.gz", reference)
+    write_labels(predictions / "case.nii.gz", prediction)
+    os.link(references / "case.nii.gz", tmp_path / "linked.nii.gz")
+    files = {path: path.read_bytes() for path in (references / "case.nii.gz", predictions / "case.nii.gz")}
+    cases = [
+        (predictions / "case.nii.gz", references / "case.nii.gz", references / "case.nii.gz",
+         "that is the reference"),
+        (predictions / "case.nii.gz", references / "case.nii.gz", tmp_path / "gt" / ".." / "pred" / "case.nii.gz",
+         "that is the prediction"),
+        (predictions, references, references / "case.nii.gz", "that is the reference"),
+        (predictions, references, tmp_path / "linked.nii.gz",
+         f"that is the same file as {references / 'case.nii.gz'}, the reference"),
+    ]
+    for prediction_path, reference_path, csv_path, what in cases:
+        assert main(["evaluate", str(prediction_path), str(reference_path), "--csv", str(csv_path)]) == 1
+        assert capsys.readouterr() == ("", f"medsam2: error: Cannot write the scores to {csv_path}: {what}, which it "
+                                           "would replace; choose another name.\n")
+    assert all(path.read_bytes() == content for path, content in files.items())

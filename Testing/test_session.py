@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from MedSAM2Lib.apps import cli
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.inference.predictor import FeatureCache, PromptError, VolumePredictor
 from MedSAM2Lib.inference.session import Session
@@ -201,6 +202,9 @@ def test_remove_and_reset(tiny_model, input_volume):
     ({"slice": 12, "points": [[10, 10]], "labels": [2]}, "1 \\(object\\) or 0"),
     ({"slice": 12, "box": [5, 5, 5, 9]}, "no area"),
     ({"slice": 12, "box": [5, 5, 1, 1]}, "corners swapped"),
+    ({"slice": 12, "points": [[10, 10]], "labels": [0.9]}, "1 \\(object\\) or 0 \\(background\\); got \\[0.9\\]"),
+    ({"slice": 12, "points": [[10, 10]], "labels": [True]}, "1 \\(object\\) or 0 \\(background\\); got \\[True\\]"),
+    ({"slice": 12, "points": [[10, 10]], "labels": ["1"]}, "1 \\(object\\) or 0 \\(background\\); got \\['1'\\]"),
     ({"slice": 12, "mask": np.zeros((3, 3))}, "shape"),
     ({"slice": 12, "mask": np.zeros((224, 256)), "box": BOX}, "one or the other"),
 ])
@@ -208,6 +212,27 @@ def test_bad_prompts_are_refused_with_a_sentence(prompt, message, tiny_model, in
     session = Session(VolumePredictor(tiny_model), input_volume[0])
     with pytest.raises(PromptError, match=message):
         give(session, prompt)
+
+
+def test_a_point_label_other_than_0_or_1_is_refused_not_truncated(tiny_model, tmp_path, monkeypatch, capsys):
+    """0.9 used to become label 0 (background) through int(); on the command line, in a session file and in the
+    predictor's own prompt encoding."""
+    with pytest.raises(PromptError, match="1 \\(object\\) or 0 \\(background\\); got \\[1, 0.9\\]"):
+        VolumePredictor(tiny_model).model_points(None, [[5, 5], [6, 6]], [1, 0.9], (16, 16))
+
+    def no_model(args, saved_options=None):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(cli, "build_predictor", no_model)
+    np.savez(tmp_path / "volume.npz", imgs=np.zeros((4, 16, 16), np.uint8))
+    session_file = tmp_path / "session.json"
+    session_file.write_text('{"steps": [{"slice": 1, "points": [[5, 5]], "labels": [0.9]}, {"propagate": "both"}]}')
+    segment = ["segment", str(tmp_path / "volume.npz"), "-o", str(tmp_path / "mask.npz")]
+    for prompt, step in ((["--slice", "1", "--point", "5", "5", "0.9"], ""), (["--prompts", str(session_file)], "Step 1: ")):
+        assert main(segment + prompt) == 1
+        assert capsys.readouterr().err == (f"medsam2: error: {step}Point labels must be 1 (object) or 0 (background); "
+                                           "got [0.9].\n")
+    assert not (tmp_path / "mask.npz").exists()
 
 
 def test_propagation_range_must_include_the_first_prompted_slice(tiny_model, input_volume):

@@ -250,3 +250,16 @@ def test_a_downloaded_file_honours_the_umask(server, cache, umask, mode):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_download_to_a_folder_is_refused_before_downloading(server, cache, capsys, monkeypatch):
+    from MedSAM2Lib import weights
+    from MedSAM2Lib.apps.cli import main
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the download started before its destination was checked")
+
+    monkeypatch.setattr(weights, "fetch_published_file", no_network)
+    cache.mkdir()
+    assert main(["download", "-o", str(cache), "--mirror", server.as_uri()]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: {cache} is a folder; name a file to write.\n"

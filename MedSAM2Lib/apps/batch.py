@@ -67,7 +67,7 @@ from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from ..inference.session_file import read_session, run_steps
 from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry
-from ..atomic import write_csv_atomically
+from ..atomic import FileUses, write_csv_atomically
 from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
 
 TABLE_COLUMNS = ("image", "slice", "x0", "y0", "x1", "y1")
@@ -407,8 +407,8 @@ class BatchRunner:
     predictor_factory: called once, when the first scan needs segmenting (so a run that only skips never loads
     the model); it returns an object with VolumePredictor's ``segment``. on_prompt sees each prompt when done;
     on_scan each scan's report. ``outcomes`` holds the outcomes of the scans finished so far. ``run`` is
-    ``plan``, then ``process_scan`` and ``finish`` for each scan; ``ray_batch`` runs ``process_scan`` on Ray
-    workers instead."""
+    ``plan``, then ``run_plan``: ``process_scan`` and ``finish`` for each scan; ``ray_batch`` runs
+    ``process_scan`` on Ray workers instead."""
 
     def __init__(
         self,
@@ -449,26 +449,51 @@ class BatchRunner:
         return self.output_folder / relative
 
     def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
-        for job, report in self.plan(prompts):
-            self.finish(report or self.process_scan(job))
+        return self.run_plan(self.plan(prompts))
+
+    def run_plan(self, planned: Sequence[Tuple[ScanJob, Optional[ScanReport]]]) -> List[Outcome]:
+        """Segment the scans of a :meth:`plan` (those with a report are done already); returns ``outcomes``."""
+        for job, report in planned:
+            if report is None:
+                self.finish(self.process_scan(job))
+            else:
+                self.finish_planned(job, report)
         return self.outcomes
 
-    def plan(self, prompts: Sequence[Prompt]) -> List[Tuple[ScanJob, Optional[ScanReport]]]:
+    def plan(self, prompts: Sequence[Prompt], files: Optional[FileUses] = None
+             ) -> List[Tuple[ScanJob, Optional[ScanReport]]]:
         """Each scan's job in table order, with its report when it is not to be segmented: its output is
-        refused (it would replace the image, or another scan's output) or exists (and not ``overwrite``)."""
-        owners: Dict[Path, Path] = {}
+        refused (not a mask format, or a file the batch reads or writes otherwise: a scan, a session file,
+        another scan's label map, or a file already in ``files``, such as the prompt table) or exists (and not
+        ``overwrite``). Nothing is written or reported yet; ``files`` (the command's, if given) gets the scans,
+        the session files and the label maps, so that the caller can check the summary against them."""
+        files = files if files is not None else FileUses()
+        scans = group_in_order(prompts, lambda prompt: prompt.image)
+        for image, scan_prompts in scans.items():
+            files.read(f"the scan {display_path(image, self.images)}", image)
+            for prompt in scan_prompts:
+                if prompt.session is not None:
+                    files.read(f"the session file of line {prompt.row}", prompt.session)
         planned = []
-        for image, scan_prompts in group_in_order(prompts, lambda prompt: prompt.image).items():
+        for image, scan_prompts in scans.items():
             job = ScanJob(image, display_path(image, self.images), self.output_path(image), tuple(scan_prompts))
             report = None
-            problem = _output_problem(image, job.output, owners)
-            if problem is not None:
-                report = ScanReport(job.name, job.output, self._all(scan_prompts, "failed", problem))
-            elif job.output.exists() and not self.overwrite:
-                message = f"{job.output} exists (--overwrite redoes it)."
-                report = ScanReport(job.name, job.output, self._all(scan_prompts, "skipped", message))
+            try:
+                files.write(f"the label map of {job.name}", check_output(job.output), "choose another output folder")
+            except (VolumeError, OSError) as error:
+                report = ScanReport(job.name, job.output, self._outcomes(scan_prompts, "failed", str(error)))
+            else:
+                if job.output.exists() and not self.overwrite:
+                    message = f"{job.output} exists (--overwrite redoes it)."
+                    report = ScanReport(job.name, job.output, self._outcomes(scan_prompts, "skipped", message))
             planned.append((job, report))
         return planned
+
+    def finish_planned(self, job: ScanJob, report: ScanReport) -> None:
+        """Count a scan the plan refused or skipped as done: ``on_prompt`` sees its rows, then :meth:`finish`."""
+        for prompt in job.prompts:
+            self.on_prompt(prompt)
+        self.finish(report)
 
     def process_scan(self, job: ScanJob) -> ScanReport:
         """Segment one scan: read it, window it, share a feature cache per window among its rows, segment every
@@ -490,10 +515,14 @@ class BatchRunner:
     def _outcome(self, prompt: Prompt, status: str, message: str = "") -> Outcome:
         return Outcome(prompt.row, display_path(prompt.image, self.images), prompt.label, status, message)
 
+    def _outcomes(self, prompts: Sequence[Prompt], status: str, message: str) -> List[Outcome]:
+        return [self._outcome(prompt, status, message) for prompt in prompts]
+
     def _all(self, prompts: Sequence[Prompt], status: str, message: str) -> List[Outcome]:
+        """The outcomes of prompts done at once, each shown to ``on_prompt``."""
         for prompt in prompts:
             self.on_prompt(prompt)
-        return [self._outcome(prompt, status, message) for prompt in prompts]
+        return self._outcomes(prompts, status, message)
 
     def _segment_scan(self, image: Path, prompts: Sequence[Prompt], output: Path) -> List[Outcome]:
         notes: List[str] = []  # which DICOM series of a folder was read
@@ -568,18 +597,6 @@ class BatchRunner:
             outcome.overlap_voxels = lost_voxels
             if region.voxels == 0:
                 outcome.message = "the mask is empty."
-
-
-def _output_problem(image: Path, output: Path, owners: Dict[Path, Path]) -> Optional[str]:
-    """Why ``output`` cannot be ``image``'s output in this run (``owners``: output -> image so far), or None."""
-    owner = owners.setdefault(output.resolve(), image)
-    try:
-        check_output(output, inputs=[image])
-    except (VolumeError, OSError) as error:
-        return str(error)
-    if owner != image:
-        return f"its output {output} is also the output of {owner}."
-    return None
 
 
 def read_summary(path: Path) -> List[Outcome]:

@@ -22,7 +22,7 @@ from ..model.config import ConfigError
 from ..model.precision import PRECISIONS
 from ..inference.session_file import SessionFileError
 from ..weights import DownloadError, default_checkpoint_path
-from ..atomic import check_writable
+from ..atomic import FileUses, check_writable
 from .volume_io import VolumeError, check_output, mask_formats
 
 # Errors that carry a sentence for the user; anything else is a bug and keeps its traceback.
@@ -244,6 +244,15 @@ def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dic
     }
 
 
+def model_files(args: argparse.Namespace) -> FileUses:
+    """The files of a command, starting with the model's that it reads: the checkpoint and the configuration."""
+    files = FileUses()
+    files.read("the checkpoint", args.checkpoint or default_checkpoint_path())
+    if args.config is not None:
+        files.read("the model configuration", args.config)
+    return files
+
+
 def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None,
                     options: Optional[Mapping[str, Any]] = None):
     """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
@@ -274,7 +283,7 @@ def segment_session(args: argparse.Namespace):
         step["box"] = list(args.box)
     if args.point:
         step["points"] = [[x, y] for x, y, _ in args.point]
-        step["labels"] = [int(label) for _, _, label in args.point]
+        step["labels"] = [label for _, _, label in args.point]  # checked as given: 0.9 is refused, not truncated
     return SessionDocument(args.image, [step, {"propagate": args.direction}])
 
 
@@ -285,7 +294,11 @@ def command_segment(args: argparse.Namespace) -> int:
     from .volume_io import read_scan, write_mask
 
     # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
-    check_output(args.output, inputs=[args.image])
+    files = model_files(args)
+    files.read("the input image", args.image)
+    if args.prompts is not None:
+        files.read("the session file", args.prompts)
+    files.write("the mask", check_output(args.output))
     document = segment_session(args)
     windowing = document.windowing(given_window(args), "the window option", Windowing("none"))
     volume, geometry = read_scan(args.image, args.nan_as, args.series,
@@ -350,6 +363,9 @@ def command_batch(args: argparse.Namespace) -> int:
     from .batch import (BatchRunner, merge_outcomes, read_deeplesion_table, read_prompt_table, read_summary,
                         write_summary)
 
+    files = model_files(args)
+    files.read("the prompt table", args.prompts)
+
     if not args.images.is_dir():
         raise VolumeError(f"The images folder {args.images} does not exist or is not a folder.")
     if args.out.exists() and not args.out.is_dir():
@@ -359,8 +375,6 @@ def command_batch(args: argparse.Namespace) -> int:
         prompts, outcomes = read_deeplesion_table(args.prompts, args.images)
     else:
         prompts, outcomes = read_prompt_table(args.prompts, args.images, window_choice(args))
-    for outcome in outcomes:
-        print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
     if args.ray is not None:
         runner, progress = _ray_batch_runner(args, len({prompt.image for prompt in prompts}))
     elif (args.workers, args.cpus_per_worker, args.gpus_per_worker) != (None, None, None):
@@ -370,12 +384,14 @@ def command_batch(args: argparse.Namespace) -> int:
         runner = BatchRunner(lambda: build_predictor(args), args.images, args.out, args.overwrite, args.cache_slices,
                              on_prompt=progress.advance, on_scan=lambda report: _report_scan(report, progress),
                              nan_as=args.nan_as)
-    summary = args.summary or args.out / "summary.csv"
-    check_writable(summary)
+    planned = runner.plan(prompts, files)  # a scan whose label map would replace a file of the batch fails
+    summary = files.write("the summary", check_writable(args.summary or args.out / "summary.csv"))
     earlier = read_summary(summary)  # a resumed batch: the skipped scans keep the figures of the run that made them
+    for outcome in outcomes:  # the table's unusable rows, once the batch as a whole is accepted
+        print(f"medsam2: {_where(outcome)}: {outcome.status}: {outcome.message}", file=sys.stderr)
     try:
         with progress:
-            runner.run(prompts)
+            runner.run_plan(planned)
     except KeyboardInterrupt:
         write_summary(summary, merge_outcomes(earlier, outcomes + runner.outcomes))
         print(f"medsam2: cancelled; finished outputs are kept and {summary} lists them.", file=sys.stderr)
@@ -428,8 +444,14 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import EMPTY_PAIR, format_table, mean_scores, paired_files, score_pair, write_scores_csv
 
     check_writable(args.csv)
+    pairs = paired_files(args.prediction, args.reference)
+    files = FileUses()
+    for _, prediction, reference in pairs:
+        files.read("the prediction", prediction)
+        files.read("the reference", reference)
+    files.write("the scores", args.csv)
     scores = []
-    for case, prediction, reference in paired_files(args.prediction, args.reference):
+    for case, prediction, reference in pairs:
         scores += score_pair(case, prediction, reference, args.labels, args.tolerance)
     print(f"Dice and normalised surface Dice at {args.tolerance:g} mm")
     print(format_table(scores + mean_scores(scores)))
@@ -445,7 +467,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from ..model.checkpoint import CheckpointError
     from .demo import CREDIT, DEMO_PROMPT, check_demo_outputs, confirm_download, missing_weights_message, run_demo
 
-    check_demo_outputs(args.out)  # before any download
+    check_demo_outputs(args.out, model_files(args))  # before any download
     checkpoint = args.checkpoint or default_checkpoint_path()
     if not checkpoint.is_file():
         # Only the default path is filled in; a --checkpoint the user named is theirs.
@@ -468,7 +490,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
-    path = download_weights(args.output or default_checkpoint_path(), args.mirror)
+    path = download_weights(check_writable(args.output or default_checkpoint_path()), args.mirror)
     print(f"Verified MedSAM2 weights (published SHA256) at {path}")
     return 0
 

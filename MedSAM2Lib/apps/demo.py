@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..inference.preprocessing import mr_percentile_window
-from ..atomic import check_writable, write_atomically
+from ..atomic import FileUses, check_writable, write_atomically
 from ..resources import resource_path
 from ..weights import CHECKPOINT_URL
 from .evaluation import surface_voxels
@@ -86,18 +86,21 @@ def demo_outputs(output_folder: Path, prompt: DemoPrompt = DEMO_PROMPT) -> Tuple
     return Path(output_folder) / f"{prompt.name}.nii.gz", Path(output_folder) / f"{prompt.name}.png"
 
 
-def check_demo_outputs(output_folder: Path, prompt: DemoPrompt = DEMO_PROMPT) -> None:
-    """Refuse, before the model loads, an output folder the demo cannot write its two files in."""
+def check_demo_outputs(output_folder: Path, files: Optional[FileUses] = None, prompt: DemoPrompt = DEMO_PROMPT) -> None:
+    """Refuse, before the model loads, an output folder the demo cannot write its two files in, or whose files
+    are files the demo reads (the scan, and the model's files already in ``files``)."""
+    files = files or FileUses()
+    files.read("the demo scan", DEMO_SCAN)
     mask_path, png_path = demo_outputs(output_folder, prompt)
-    check_output(mask_path)
-    check_writable(png_path)
+    files.write("the mask", check_output(mask_path))
+    files.write("the picture", check_writable(png_path))
 
 
 def run_demo(predictor, output_folder: Path, on_slice: Optional[Callable] = None,
              prompt: DemoPrompt = DEMO_PROMPT) -> DemoResult:
     """Segment the demo prompt with ``predictor`` (a VolumePredictor) and write the mask and the PNG (each
     atomically: an earlier run's files are replaced only by complete ones)."""
-    check_demo_outputs(output_folder, prompt)
+    check_demo_outputs(output_folder, prompt=prompt)
     intensities, geometry = read_volume(DEMO_SCAN)
     volume = mr_percentile_window(intensities)
     mask = predictor.segment(volume, prompt.key_slice, prompt.box, slice_range=prompt.slice_range, on_slice=on_slice)

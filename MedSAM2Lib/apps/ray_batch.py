@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .batch import BatchRunner, Outcome, Prompt, ScanJob, ScanReport
+from .batch import BatchRunner, Outcome, ScanJob, ScanReport
 
 LOCAL = "local"  # --ray without an address: start Ray on this machine
 # Ray reads this when it is imported (ray/_private/ray_constants.py, ENABLE_RAY_CLUSTER): "0" makes a new node
@@ -213,13 +213,13 @@ class RayBatchRunner(BatchRunner):
         self.options = options
         self.on_note = on_note or (lambda line: print(line, file=sys.stderr))
 
-    def run(self, prompts: Sequence[Prompt]) -> List[Outcome]:
+    def run_plan(self, planned: Sequence[Tuple[ScanJob, Optional[ScanReport]]]) -> List[Outcome]:
         jobs = []
-        for job, report in self.plan(prompts):
+        for job, report in planned:
             if report is None:
                 jobs.append(job)
             else:
-                self.finish(report)
+                self.finish_planned(job, report)
         if jobs:  # a run that only skips needs no Ray
             self.output_folder.mkdir(parents=True, exist_ok=True)
             with ray_connection(self.options.address):

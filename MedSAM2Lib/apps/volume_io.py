@@ -6,7 +6,6 @@ Arrays are (D, H, W) = (slices, rows, columns), i.e. SimpleITK's k, j, i order. 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import zipfile
@@ -17,6 +16,7 @@ from typing import Callable, Iterable, Optional, Tuple
 import numpy as np
 
 from ..atomic import check_writable, reason, write_atomically
+from .nifti_voxels import float_voxels, non_finite_voxels
 
 # Files a 3D mask can be written to with its geometry, each read and written as one file (so it can be replaced
 # atomically), and the ITK reader/writer of each (ITK matches extensions case-sensitively; we do not).
@@ -61,12 +61,12 @@ def mask_formats() -> str:
     return ", ".join(MASK_SUFFIXES[:-1]) + " or " + MASK_SUFFIXES[-1]
 
 
-def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+def check_output(path: str | Path) -> Path:
     """Refuse, with a sentence, an output path a mask cannot be written to as named; returns it as a Path.
 
-    Checked before any work: the extension is a 3D mask format (any case), the path is not a folder nor one of
-    ``inputs`` (same resolved path or same file through a link), and its folder exists or can be created and is
-    writable."""
+    Checked before any work: the extension is a 3D mask format (any case), the path is not a folder, and its
+    folder exists or can be created and is writable. (Whether it is a file the command reads is
+    :class:`~MedSAM2Lib.atomic.FileUses`'s to say.)"""
     path = Path(path)
     if path.is_dir():
         raise VolumeError(f"The output {path} is a folder; name a file in it, such as {path / ('mask' + MASK_SUFFIXES[0])}.")
@@ -79,20 +79,7 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         else:
             why = f"{path.suffix or 'a name without an extension'} is not a 3D mask format"
         raise VolumeError(f"Cannot write the mask to {path}: {why}; name the output {mask_formats()}.")
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise VolumeError(f"The output {path} is the input image {source}; the mask would replace the scan, so "
-                              "choose another output name.")
     return check_writable(path)
-
-
-def _same_file(first: Path, second: Path) -> bool:
-    if first.resolve() == second.resolve():
-        return True
-    try:
-        return os.path.samefile(first, second)  # hard links: one inode under two names
-    except OSError:
-        return False  # one of them does not exist
 
 
 @dataclass(frozen=True)
@@ -113,7 +100,8 @@ def read_volume(path: str | Path, series: Optional[str] = None,
     ``.npz`` files hold ``imgs`` (D, H, W) and optionally ``spacing`` (MedSAM2's npz layout, spacing in
     z, y, x order); a folder is read as a DICOM series (:func:`read_dicom_series`: ``series`` is its Series
     Instance UID, ``on_note`` hears which one was chosen among several); anything else is read with SimpleITK
-    (NIfTI, NRRD, MHA, a DICOM file, ...).
+    (NIfTI, NRRD, MHA, a DICOM file, ...). NaN and infinite voxels are kept as they are in the file
+    (SimpleITK's NIfTI reader would make them 0).
     """
     path = Path(path)
     if path.is_dir():
@@ -179,7 +167,23 @@ def _scalar_volume(image, path: Path) -> Tuple[np.ndarray, Geometry]:
     if image.GetDimension() != 3:
         raise VolumeError(f"{path} is a {image.GetDimension()}D image; MedSAM2 needs a 3D volume.")
     geometry = Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
-    return sitk.GetArrayFromImage(image), geometry
+    volume = sitk.GetArrayFromImage(image)
+    if np.issubdtype(volume.dtype, np.floating):
+        _restore_non_finite(path, volume)
+    return volume, geometry
+
+
+def _restore_non_finite(path: Path, volume: np.ndarray) -> None:
+    """Put back in ``volume`` (read by SimpleITK from ``path``) the NaN and infinite voxels that SimpleITK's NIfTI
+    reader set to 0 (see :mod:`MedSAM2Lib.apps.nifti_voxels`); nothing for other formats, which keep them."""
+    voxels = float_voxels(path)
+    if voxels is None:
+        return
+    if voxels.count != volume.size:
+        raise VolumeError(f"Cannot check {path} for NaN voxels: its header describes {voxels.count:,} voxels and "
+                          f"SimpleITK read {volume.size:,}.")
+    indices, values = non_finite_voxels(voxels)
+    volume.flat[indices] = values
 
 
 def read_scan(path: str | Path, nan_as: Optional[float] = None, series: Optional[str] = None,

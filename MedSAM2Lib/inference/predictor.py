@@ -14,6 +14,7 @@ again, propagate backward) with three differences that do not change the result:
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -33,6 +34,15 @@ from .preprocessing import model_input
 
 class PromptError(ValueError):
     """The volume, slice, box, direction or range given to the predictor cannot be used."""
+
+
+def check_point_labels(labels: Sequence[object]) -> Tuple[int, ...]:
+    """Point labels as ints, each exactly 1 (object) or 0 (background), or :class:`PromptError`: 0.9, True or "1"
+    are refused, not truncated to a label the user did not give."""
+    if not all(isinstance(label, numbers.Real) and not isinstance(label, bool) and label in (0, 1) for label in labels):
+        shown = [label.item() if isinstance(label, np.generic) else label for label in labels]
+        raise PromptError(f"Point labels must be 1 (object) or 0 (background); got {shown!r}.")
+    return tuple(int(label) for label in labels)
 
 
 class Cancelled(Exception):
@@ -299,7 +309,7 @@ class VolumePredictor:
         coords += [list(point) for point in points]
         if not coords:
             return None
-        point_labels = ([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT] if box is not None else []) + list(labels)
+        point_labels = ([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT] if box is not None else []) + list(check_point_labels(labels))
         scaled = torch.tensor(coords, dtype=torch.float32) / torch.tensor([width, height])
         return (
             (scaled * self.model.config.image_size).unsqueeze(0).to(self.device),

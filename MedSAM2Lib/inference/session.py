@@ -37,7 +37,7 @@ from ..model.medsam2 import ImageFeatures, MemoryContext, SpatialMemory
 from .connected_components import largest_component
 from .early_stop import DEFAULT_ABSENT_SLICES, AbsenceWatch, DirectionStop, check_absent_slices
 from .predictor import (DIRECTIONS, FeatureCache, PromptError, SliceResult, VolumePredictor, check_box,
-                        check_slice_range, check_volume)
+                        check_point_labels, check_slice_range, check_volume)
 
 FORWARD, BACKWARD = "forward", "backward"
 CORRECTION_LOGIT_CLAMP = 32.0  # previous logits fed back as mask input are clamped to +-32 (as the reference)
@@ -480,7 +480,7 @@ class _Results(Mapping):
 def _checked_points(index: int, points, labels, height: int, width: int):
     try:
         values = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        label_values = [int(label) for label in labels]
+        label_values = list(labels)
     except (TypeError, ValueError):
         values, label_values = None, None
     if values is None or len(label_values) != len(values):
@@ -494,9 +494,7 @@ def _checked_points(index: int, points, labels, height: int, width: int):
                 f"The point ({x:g}, {y:g}) on slice {index} is outside the slice, whose pixels span x 0..{width} and "
                 f"y 0..{height}."
             )
-    if any(label not in (0, 1) for label in label_values):
-        raise PromptError(f"Point labels must be 1 (object) or 0 (background); got {label_values!r}.")
-    return tuple((float(x), float(y)) for x, y in values), tuple(label_values)
+    return tuple((float(x), float(y)) for x, y in values), check_point_labels(label_values)
 
 
 def _prompt_step(index: int, prompt: SlicePrompt, add: bool) -> dict:
