@@ -20,7 +20,7 @@ from ..atomic import write_atomically
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
-VIDEO_EXTRA = "pip install 'medsam2-slicer[video]'"
+VIDEO_EXTRA = "pip install av, or in a checkout of this project pip install -e '.[video]'"
 
 
 class VideoError(ValueError):
