@@ -570,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "official medsam2_infer_video.py)")
     video.add_argument("frames", type=Path,
                        help="a folder of JPEG or PNG frames, in the order of their names; or a video file "
-                            "(.mp4, .avi, .mov, .mkv) with the video extra: pip install av (in a checkout: pip install -e '.[video]')")
+                            "(.mp4, .avi, .mov, .mkv) with PyAV: pip install av (in a checkout: pip install -e "
+                            "'.[video]')")
     video.add_argument("--masks", type=Path, required=True,
                        help="folder of label PNGs named like the frames (00000.png: one value per object), by "
                             "default only the first frame's")
