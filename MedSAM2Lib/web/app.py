@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+
+if not os.environ.get("DISPLAY"):
+    # A server without a screen renders offscreen through EGL (Mesa's llvmpipe without a GPU); VTK would first try X
+    # and log "bad X server connection". Set before VTK creates a render window.
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
 from trame.app import TrameApp
 from trame.widgets import client, html
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -32,7 +39,8 @@ from .tool import SAVE_FORMATS, WebTool
 
 LOG = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
-LAYOUT = "Axial Primary"  # the axial view large; 3D, coronal and sagittal beside it
+LAYOUT = "Axial Primary"
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")  # the axial view large; 3D, coronal and sagittal beside it
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class MedSAM2WebApp(TrameApp):
         if not nodes:
             raise VolumeError(f"{image} could not be read as a volume (NRRD, NIfTI, MHA, a DICOM folder, ...).")
         volume_node = nodes[0]
+        volume_node.SetName(volume_name(image))  # Save names its files after it
         self.slicer.display_manager.show_volume_in_slice_background(volume_node)
         return volume_node
 
@@ -164,6 +173,15 @@ class MedSAM2WebApp(TrameApp):
         with trame_arguments(self.options.token):
             return self.server.start(port=self.options.port, host=self.options.host, open_browser=False,
                                      show_connection_info=False, **keywords)
+
+
+def volume_name(image: Path) -> str:
+    """The image's file name without its volume extension (a DICOM folder's name as it is)."""
+    name = image.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @contextlib.contextmanager
