@@ -127,9 +127,9 @@ class MedSAM2WebApp(TrameApp):
             self.ui.title.set_text("MedSAM2")
             with self.ui.toolbar:
                 v3.VSpacer()
-                v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=tool.propagate,
+                v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=self._propagate,
                         disabled=("!medsam2_propagate_enabled",))
-                v3.VBtn("Cancel", id="medsam2-cancel", click=lambda: tool.cancel(), disabled=("!medsam2_busy",))
+                v3.VBtn("Cancel", id="medsam2-cancel", click=tool.cancel, disabled=("!medsam2_busy",))
                 v3.VBtn("Undo", id="medsam2-undo", click=tool.undo, disabled=("!medsam2_can_undo",))
                 v3.VBtn("Redo", id="medsam2-redo", click=tool.redo, disabled=("!medsam2_can_redo",))
                 for file_format in SAVE_FORMATS:
@@ -145,6 +145,10 @@ class MedSAM2WebApp(TrameApp):
                         html.Div("{{ medsam2_message }}", id="medsam2-status")
                     with html.Div(style="flex: 1; position: relative;"):
                         self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _propagate(self) -> None:
+        # Returns nothing: trame awaits what a handler returns, and the page would wait for the whole run.
+        self.tool.propagate()
 
     def _save(self, file_format: str) -> None:
         with contextlib.suppress(Exception):  # the message says what happened; the log keeps the details
