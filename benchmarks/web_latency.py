@@ -12,8 +12,8 @@ from the browser's side, per repeat:
 - propagate to done: from the click on Propagate to the status line saying it propagated (the segment written
   for every slice; the frames follow).
 
-Each repeat undoes the propagation and the preview first, so that every box starts a fresh session on a fresh
-segment. The box is given as fractions of the axial view (default: the bright structure of the test volume).
+Each repeat ends by undoing the propagation and the preview and clearing the box (on the server, untimed), so
+that every box starts a fresh session on a fresh segment. The box is given as fractions of the axial view (default: the bright structure of the test volume).
 
 Requires the web extra (``pip install 'medsam2-slicer[web]' playwright``) and ``chromium``. Figures taken on a
 machine shared with other work are meaningless: run it alone.
@@ -79,15 +79,18 @@ async def measure(args) -> dict:
                 await page.mouse.up()
                 await page.wait_for_function(f"{STATUS}.startsWith('Box on slice') && {AXIAL_SOURCE} !== {source!r}")
                 previews.append(time.perf_counter() - started)
+                print(f"preview {previews[-1]:.2f} s", file=sys.stderr, flush=True)
                 started = time.perf_counter()
                 await page.click("#medsam2-propagate")
                 await page.wait_for_function(f"{STATUS}.startsWith('Propagated')")
                 propagations.append(time.perf_counter() - started)
-                segmentation = app.segmentation_node.GetSegmentation()
-                for _ in range(2):  # the propagation, then the preview (which created the segment)
-                    await page.click("#medsam2-undo")
-                while segmentation.GetNumberOfSegments():  # read on the server's loop, which this one is
-                    await asyncio.sleep(0.05)
+                print(f"propagation {propagations[-1]:.2f} s", file=sys.stderr, flush=True)
+                for _ in range(2):  # the propagation, then the preview (which created the segment); not timed
+                    app.tool.undo()
+                assert app.segmentation_node.GetSegmentation().GetNumberOfSegments() == 0
+                app.tool.gestures.box_tool.box = None  # else the next drag would grab the old box's corner
+                app.effect.redraw()
+                await asyncio.sleep(1.0)
         finally:
             await browser.close()
             await app.server.stop()
