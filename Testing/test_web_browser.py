@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 pytest.importorskip("trame_slicer", reason="the web front end's extra is not installed: pip install -e '.[web]'")
-async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed: pip install -e '.[web]'")
+async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed: pip install -e '.[test]'")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
