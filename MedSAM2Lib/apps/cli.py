@@ -139,6 +139,10 @@ def slice_count(text: str) -> int:
     return whole_number(text, 1)
 
 
+def whole_number_or_zero(text: str) -> int:
+    return whole_number(text, 0)
+
+
 def label_value(text: str) -> int:
     return whole_number(text, 1)  # 0 is the background
 
@@ -489,6 +493,30 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_web(args: argparse.Namespace) -> int:
+    from ..resources import resource_path
+    from .demo import missing_weights_message
+
+    try:
+        from ..web.app import MedSAM2WebApp, WebOptions, check_exposure
+    except ImportError as error:  # the optional extra is missing
+        raise ValueError(f"medsam2 web needs trame-slicer ({error}): pip install 'medsam2-slicer[web]'.") from None
+    from ..slicer_glue.logic import MedSAM2Logic
+
+    host = check_exposure(args.host, args.token)
+    image = args.image or resource_path("mni152_t1_demo.nii.gz")
+    checkpoint = args.checkpoint or default_checkpoint_path()
+    if not checkpoint.is_file():
+        from ..model.checkpoint import CheckpointError
+
+        raise CheckpointError(missing_weights_message(checkpoint))
+    check_writable(args.out / "medsam2-web-check")  # Save writes there: refused now, not after an hour of work
+    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), MedSAM2Logic(build_predictor(args)))
+    print(f"MedSAM2 in the browser: {app.url(args.port)} (Ctrl+C stops; Save writes into {args.out})", flush=True)
+    app.start()
+    return 0
+
+
 def command_download(args: argparse.Namespace) -> int:
     path = download_weights(check_writable(args.output or default_checkpoint_path()), args.mirror)
     print(f"Verified MedSAM2 weights (published SHA256) at {path}")
@@ -612,6 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"where to save them (default: {default_checkpoint_path()})")
     add_mirror_argument(download)
     download.set_defaults(run=command_download)
+
+    web = commands.add_parser("web", help="segment in a web browser: slice and 3D views, box and point prompts, "
+                                          "propagation, undo, save (pip install 'medsam2-slicer[web]')")
+    web.add_argument("image", type=Path, nargs="?", default=None,
+                     help="volume file (NRRD, NIfTI, MHA, ...) or DICOM folder (default: the bundled demo scan)")
+    web.add_argument("--port", type=whole_number_or_zero, default=8080, help="port to serve on (default 8080; 0: any free one)")
+    web.add_argument("--host", default=None,
+                     help="serve on this interface instead of 127.0.0.1 (requires --token)")
+    web.add_argument("--token", default=None, help="the secret the page must present (with --host)")
+    web.add_argument("--out", type=Path, default=Path("."), help="folder Save writes into (default: the current one)")
+    add_model_arguments(web)
+    web.set_defaults(run=command_web)
 
     demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
     demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),

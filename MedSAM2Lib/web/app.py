@@ -1,0 +1,201 @@
+"""``medsam2 web``: a trame-slicer page with axial, coronal, sagittal and 3D views of one volume and the MedSAM2 tool.
+
+Security defaults: the server binds 127.0.0.1; ``--host`` (any other interface) is refused unless ``--token`` is
+given, and then the page connects only with that token (wslink's secret: the URL carries ``?secret=TOKEN``). Files
+are read only from the image named on the command line and written only into ``--out``. trame-slicer keeps one
+scene per server process and every connected tab sees it: this is one user's app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+if not os.environ.get("DISPLAY"):
+    # A server without a screen renders offscreen through EGL (Mesa's llvmpipe without a GPU); VTK would first try X
+    # and log "bad X server connection". Set before VTK creates a render window.
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+from trame.app import TrameApp
+from trame.widgets import client, html
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_vuetify.ui.vuetify3 import SinglePageLayout
+from trame_vuetify.widgets import vuetify3 as v3
+from vtkmodules.vtkCommonCore import vtkCommand
+
+from ..apps.volume_io import VolumeError
+from ..slicer_glue.box import rotate_views_to_grid
+from ..slicer_glue.logic import MedSAM2Logic
+from .effect import MedSAM2Effect
+from .tool import SAVE_FORMATS, WebTool
+
+LOG = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+LAYOUT = "Axial Primary"
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")  # the axial view large; 3D, coronal and sagittal beside it
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    image: Path
+    out: Path  # where Save writes
+    port: int = 8080
+    host: str = LOOPBACK
+    token: Optional[str] = None
+
+
+def check_exposure(host: Optional[str], token: Optional[str]) -> str:
+    """The interface to bind: 127.0.0.1 unless ``host`` is given, which requires a token (ValueError otherwise)."""
+    if host is None:
+        return LOOPBACK
+    if not token:
+        raise ValueError(f"--host {host} would let anyone who can reach this machine use the app and its files: "
+                         "give --token SECRET as well (the page then needs ?secret=SECRET), or leave --host out to "
+                         "serve on 127.0.0.1 only.")
+    return host
+
+
+class MedSAM2WebApp(TrameApp):
+    """The page and its scene. ``logic``: the MedSAM2Logic holding the model (loaded before the page opens)."""
+
+    def __init__(self, options: WebOptions, logic: MedSAM2Logic, server=None) -> None:
+        super().__init__(server)
+        self.options = options
+        self.slicer = SlicerApp()
+        register_rca_factories(self.slicer.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(LAYOUT)
+        self.volume_node = self._load(options.image)
+        editor = self.slicer.segmentation_editor
+        self.segmentation_node = editor.create_empty_segmentation_node()
+        self.segmentation_node.SetName(f"{self.volume_node.GetName()} segmentation")
+        editor.set_active_segmentation(self.segmentation_node, self.volume_node)
+        editor.editor_node.SetAndObserveSegmentationNode(self.segmentation_node)
+        editor.editor_node.SetAndObserveSourceVolumeNode(self.volume_node)
+        editor.show_3d(True)
+        self.tool = WebTool(self.slicer.scene, self.slicer.app_logic, editor.editor_node, logic, self._show_state)
+        self.effect = editor.set_active_effect_type(MedSAM2Effect)
+        self.effect.tool = self.tool
+        self._build_ui()
+        self._fit_views_on_resize()
+        self._show_state()
+
+    # -- the scene -----------------------------------------------------------------------------------------
+
+    def _load(self, image: Path):
+        if not image.exists():
+            raise VolumeError(f"{image} does not exist.")
+        nodes = self.slicer.io_manager.load_volumes([str(image)])
+        if not nodes:
+            raise VolumeError(f"{image} could not be read as a volume (NRRD, NIfTI, MHA, a DICOM folder, ...).")
+        volume_node = nodes[0]
+        volume_node.SetName(volume_name(image))  # Save names its files after it
+        self.slicer.display_manager.show_volume_in_slice_background(volume_node)
+        return volume_node
+
+    def slice_nodes(self):
+        return [view.get_view_node() for view in self.slicer.view_manager.get_slice_views()]
+
+    def _fit_views_on_resize(self) -> None:
+        """The views' size is known only once the page has laid them out: rotate the slice views to the volume's
+        grid (as the desktop's "rotate to volume plane") and fit them to it whenever a view is resized."""
+        for view in self.slicer.view_manager.get_views():
+            view.render_window().AddObserver(vtkCommand.WindowResizeEvent, lambda *_, view=view: self._fit(view))
+
+    def _fit(self, view) -> None:
+        if view in self.slicer.view_manager.get_slice_views():
+            source = self.tool.editor.source()
+            rotate_views_to_grid([view.get_view_node()], np.linalg.inv(source.ras_to_array_index()))
+        view.reset_view()
+        self.effect.redraw()
+
+    # -- the page ------------------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        state, tool = self.server.state, self.tool
+        state.trame__title = "MedSAM2"
+        with SinglePageLayout(self.server, full_height=True) as self.ui:
+            self.ui.title.set_text("MedSAM2")
+            with self.ui.toolbar:
+                v3.VSpacer()
+                v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=self._propagate,
+                        disabled=("!medsam2_propagate_enabled",))
+                v3.VBtn("Cancel", id="medsam2-cancel", click=tool.cancel, disabled=("!medsam2_busy",))
+                v3.VBtn("Undo", id="medsam2-undo", click=tool.undo, disabled=("!medsam2_can_undo",))
+                v3.VBtn("Redo", id="medsam2-redo", click=tool.redo, disabled=("!medsam2_can_redo",))
+                for file_format in SAVE_FORMATS:
+                    v3.VBtn(f"Save .{file_format}", id=f"medsam2-save-{file_format.replace('.', '-')}",
+                            click=lambda file_format=file_format: self._save(file_format),
+                            disabled=("medsam2_busy",))
+            with self.ui.content:
+                client.Style("html { overflow-y: hidden; }")
+                with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
+                    with html.Div(style="padding: 4px 12px;"):
+                        v3.VProgressLinear(id="medsam2-progress", model_value=("medsam2_percent",), height=6,
+                                           color="primary")
+                        html.Div("{{ medsam2_message }}", id="medsam2-status")
+                    with html.Div(style="flex: 1; position: relative;"):
+                        self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _propagate(self) -> None:
+        # Returns nothing: trame awaits what a handler returns, and the page would wait for the whole run.
+        self.tool.propagate()
+
+    def _save(self, file_format: str) -> None:
+        with contextlib.suppress(Exception):  # the message says what happened; the log keeps the details
+            self.tool.save(self.options.out, file_format)
+
+    def _show_state(self) -> None:
+        shown = self.tool.state()
+        with self.server.state as state:
+            state.medsam2_message = shown.message
+            state.medsam2_busy = shown.busy
+            state.medsam2_percent = 100 * shown.done / shown.total if shown.total else 0
+            state.medsam2_propagate_text = shown.propagate_text
+            state.medsam2_propagate_enabled = shown.propagate_enabled
+            state.medsam2_can_undo = shown.can_undo
+            state.medsam2_can_redo = shown.can_redo
+        self.effect.redraw()
+
+    # -- serving -------------------------------------------------------------------------------------------
+
+    def url(self, port: int) -> str:
+        secret = f"?secret={self.options.token}" if self.options.token else ""
+        return f"http://{self.options.host}:{port}/{secret}"
+
+    def start(self, **keywords):
+        """Start serving (``exec_mode="task"`` returns at once inside a running loop, for tests)."""
+        with trame_arguments(self.options.token):
+            return self.server.start(port=self.options.port, host=self.options.host, open_browser=False,
+                                     show_connection_info=False, **keywords)
+
+
+def volume_name(image: Path) -> str:
+    """The image's file name without its volume extension (a DICOM folder's name as it is)."""
+    name = image.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@contextlib.contextmanager
+def trame_arguments(token: Optional[str]) -> Iterator[None]:
+    """trame's server reads its own options from sys.argv when it starts, where ``medsam2 web``'s are (it would take
+    --port and --host, and maybe others, by prefix): it sees only the program name, and the token as wslink's
+    authentication key."""
+    saved = sys.argv
+    sys.argv = [saved[0]] + (["--authKey", token] if token else [])
+    try:
+        yield
+    finally:
+        sys.argv = saved

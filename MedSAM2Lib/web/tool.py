@@ -1,0 +1,253 @@
+"""The MedSAM2 tool of ``medsam2 web``, without any web widget: slice-view events become the desktop effect's
+gestures (:mod:`~MedSAM2Lib.slicer_glue.gestures`), actions run as the effect's do
+(:meth:`InteractiveSegmenter.run` on a :class:`RunController`), Undo/Redo is the segment editor logic's history,
+and Save writes atomically.
+
+One difference from the desktop: the desktop computes on Qt's thread and processes events after each slice; a
+web server must keep answering the browser (progress, Cancel) while the model runs. So an action's computation
+runs on a worker thread and everything that changes the scene runs on the event loop's thread:
+:class:`LoopRunController` hands the run's write back to the loop, and progress and status reach the page
+through ``loop.call_soon_threadsafe``. The worker reads the scene only when an action starts (the source volume,
+the view's geometry, the target segment), while the page waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import slicer
+
+from ..atomic import write_atomically
+from ..slicer_glue.box import BoxEvent
+from ..slicer_glue.geometry import ObliqueViewError
+from ..slicer_glue.gestures import ViewGestures
+from ..slicer_glue.interactive import InteractionError, InteractiveOptions, InteractiveSegmenter
+from ..slicer_glue.logic import (EditorAccess, EditorStateError, MedSAM2Logic, SegmentEditorLogicBackend,
+                                 save_segment_as_labelmap, save_segmentation)
+from ..slicer_glue.run_controller import RunController, RunRefused, session_buttons
+
+LOG = logging.getLogger(__name__)
+# Refusals that carry a sentence for the page; anything else is a bug: logged with its traceback, named in a sentence.
+REFUSALS = (InteractionError, EditorStateError, ObliqueViewError, RunRefused, ValueError)
+SAVE_FORMATS = {"seg.nrrd": "segmentation (all segments, names, colours, MedSAM2 sessions)",
+                "nii.gz": "the selected segment as a 0/1 label map on the volume's grid"}
+
+
+class LoopRunController(RunController):
+    """A RunController whose runs are started on a worker thread and write on the event loop's thread.
+
+    ``loop``: the loop serving the page, set before a run starts (the server creates it after the tool).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def run(self, editor_node, compute, write, owner=None, confirm_target=None, activity="segmenting"):
+        return super().run(editor_node, compute, lambda result, target: self.on_loop(write, result, target), owner,
+                           confirm_target, activity)
+
+    def on_loop(self, function: Callable, *arguments):
+        """``function(*arguments)`` on the loop's thread, waited for; directly when already there."""
+        if self.loop is None or _is_loop_thread(self.loop):
+            return function(*arguments)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                future.set_result(function(*arguments))
+            except BaseException as error:  # handed to the worker, which raises it as the run's failure
+                future.set_exception(error)
+
+        self.loop.call_soon_threadsafe(call)
+        return future.result()
+
+
+def _is_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+@dataclass(frozen=True)
+class ToolState:
+    """What the page shows of the tool."""
+
+    message: str
+    busy: bool
+    done: int  # slices computed so far in the run
+    total: int
+    propagate_text: str  # "Propagate", or "Update" once the selected segment's session has propagated
+    propagate_enabled: bool
+    can_undo: bool
+    can_redo: bool
+
+
+class WebTool:
+    """The MedSAM2 tool on one scene: the segment editor node's segmentation and source volume.
+
+    app_logic: the scene's vtkSlicerApplicationLogic (slice logics, for the slice spacing). logic: the
+    MedSAM2Logic holding the model. on_change(): called on the loop's thread whenever :meth:`state` changes.
+    """
+
+    def __init__(self, scene, app_logic, editor_node, logic: MedSAM2Logic, on_change: Callable[[], None],
+                 options: InteractiveOptions = InteractiveOptions()) -> None:
+        self.app_logic = app_logic
+        self.options = options
+        self.on_change = on_change
+        # A segment editor logic of our own on the editor node, keeping the undo history: the same backend as the
+        # headless tests (trame-slicer's own editor logic keeps none: SetSegmentationHistory(None)).
+        self.editor_logic = slicer.vtkSlicerSegmentEditorLogic()
+        self.editor_logic.SetMRMLScene(scene)
+        self.editor_logic.SetMRMLApplicationLogic(app_logic)
+        self.editor_logic.SetSegmentEditorNode(editor_node)
+        self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
+        self.segmenter = InteractiveSegmenter(logic)
+        self.gestures = ViewGestures()
+        self.runs = LoopRunController()
+        self.runs.observe(self._changed_from_any_thread)
+        self.message = "Drag a box around the structure in a slice view."
+        self.progress = (0, 0)
+        self.task: Optional[asyncio.Task] = None
+
+    # -- what the page shows -------------------------------------------------------------------------------
+
+    def state(self) -> ToolState:
+        session = self.segmenter.session_of(self.editor)
+        busy = self.busy
+        buttons = session_buttons(session.propagated if session is not None else None,
+                                  self.segmenter.restorable(self.editor), True, busy)
+        return ToolState(self.message, busy, *self.progress, buttons.propagate_text, buttons.propagate_enabled,
+                         not busy and self.editor_logic.CanUndo(), not busy and self.editor_logic.CanRedo())
+
+    @property
+    def busy(self) -> bool:
+        return self.runs.busy or (self.task is not None and not self.task.done())
+
+    def points_in_view(self, slice_node) -> List[tuple]:
+        """The selected segment's points on the slice the view shows: (view x, view y, label)."""
+        return self.segmenter.points_in_view(self.editor, slice_node)
+
+    def tolerance_mm(self, slice_node) -> float:
+        """Half the view's slice spacing: the box counts as on the slice shown within it (as in the effect)."""
+        return self.app_logic.GetSliceLogic(slice_node).GetLowestVolumeSliceSpacing()[2] / 2
+
+    # -- mouse and keys ------------------------------------------------------------------------------------
+
+    def view_event(self, event: str, slice_node, xy, shift: bool = False, control: bool = False,
+                   alt: bool = False) -> BoxEvent:
+        """A slice-view event ("press", "move", "release", "double_click", "escape", "backspace") at view XY;
+        returns the box tool's answer (consumed: the view must not also act on it). Actions start in the
+        background (:meth:`start`)."""
+        gesture = self.gestures.handle(event, slice_node, xy, shift=shift, control=control, alt=alt,
+                                       running=self.busy, tolerance_mm=self.tolerance_mm(slice_node),
+                                       segmenter=self.segmenter, editor=self.editor)
+        answer = gesture.box_event
+        if answer.cancel_run:
+            self.cancel("Cancelled (Esc).")
+        if answer.status:
+            self.message = answer.status
+        if gesture.action is not None:
+            self.start(gesture.action, *gesture.arguments)
+        elif answer.changed or answer.status:
+            self.on_change()
+        return answer
+
+    # -- actions -------------------------------------------------------------------------------------------
+
+    def start(self, action: str, *arguments) -> Optional[asyncio.Task]:
+        """Run ``InteractiveSegmenter.compute_<action>`` in the background (from the loop's thread); None, with
+        a sentence, when a run is going on."""
+        if self.busy:
+            self.message = f"MedSAM2 is busy {self.runs.activity or 'starting'}: wait for it to finish or cancel it."
+            self.on_change()
+            return None
+        self.runs.loop = asyncio.get_running_loop()
+        self.task = asyncio.ensure_future(self._act(action, arguments))
+        self.on_change()
+        return self.task
+
+    def propagate(self) -> Optional[asyncio.Task]:
+        return self.start("propagate")
+
+    def cancel(self, reason: str = "Cancelled.") -> None:
+        self.runs.cancel(reason)
+
+    def undo(self) -> None:
+        self._history(self.editor_logic.Undo, "Undone.")
+
+    def redo(self) -> None:
+        self._history(self.editor_logic.Redo, "Redone.")
+
+    def save(self, folder: Path, file_format: str) -> Path:
+        """Write the segmentation (``seg.nrrd``) or the selected segment (``nii.gz``) atomically into folder, named
+        after the source volume; returns the path. The message says what was written or why nothing was."""
+        editor_node = self.editor_logic.GetSegmentEditorNode()
+        segmentation_node, volume_node = editor_node.GetSegmentationNode(), editor_node.GetSourceVolumeNode()
+        path = Path(folder) / f"{volume_node.GetName()}.{file_format}"
+        try:
+            if self.busy:
+                raise RunRefused("MedSAM2 is segmenting: save once it has finished (or cancel it).")
+            if file_format == "seg.nrrd":
+                write_atomically(path, lambda temporary: save_segmentation(segmentation_node, temporary))
+            elif file_format == "nii.gz":
+                segment_id = self.editor.selected_segment_id()
+                if segment_id is None:
+                    raise EditorStateError("Select a segment to save as a label map first.")
+                write_atomically(path, lambda temporary: save_segment_as_labelmap(segmentation_node, segment_id,
+                                                                                  volume_node, temporary))
+            else:
+                raise ValueError(f"Cannot save as .{file_format}: choose one of {', '.join(SAVE_FORMATS)}.")
+            self.message = f"Saved {path}."
+        except (OSError, *REFUSALS) as error:
+            self.message = str(error)
+            LOG.warning("%s", error)
+            raise
+        finally:
+            self.on_change()
+        return path
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    async def _act(self, action: str, arguments: tuple) -> None:
+        try:
+            outcome = await asyncio.to_thread(self.segmenter.run, self.runs, self.editor, action, *arguments,
+                                              self.options, owner=self, progress=self._progress_from_worker)
+            self.message = outcome.message
+        except REFUSALS as refusal:  # a sentence saying what to do instead
+            self.message = str(refusal)
+        except Exception as error:  # a bug: the log keeps the traceback, the page a sentence
+            LOG.exception("MedSAM2 %s failed", action)
+            self.message = f"MedSAM2 could not {action.replace('_', ' ')} ({type(error).__name__}: {error}); see the log."
+        finally:
+            self.progress, self.task = (0, 0), None
+            self.on_change()
+
+    def _progress_from_worker(self, done: int, total: int) -> None:
+        def show() -> None:
+            self.progress = (done, total)
+            self.message = f"Segmenting slice {done} of {total}... (Esc or Cancel stops)"
+            self.on_change()
+
+        self.runs.loop.call_soon_threadsafe(show)
+
+    def _changed_from_any_thread(self) -> None:
+        loop = self.runs.loop
+        if loop is None or _is_loop_thread(loop):
+            self.on_change()
+        else:
+            loop.call_soon_threadsafe(self.on_change)
+
+    def _history(self, step: Callable[[], None], sentence: str) -> None:
+        if self.busy:
+            self.message = "MedSAM2 is segmenting: undo and redo wait until it has finished (or cancel it)."
+        else:
+            step()
+            self.message = f"{sentence} The session keeps its prompts: the next action recomputes from them."
+        self.on_change()
