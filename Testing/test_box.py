@@ -144,3 +144,17 @@ def test_rotate_aligns_only_misaligned_views_to_the_segmentations_grid(app, volu
     assert rotate_views_to_segmentation([axial, aligned], source) == [axial]
     assert misaligned_views([axial, aligned], index_to_world) == []  # a box can be drawn on both now
     np.testing.assert_array_equal(matrix_to_array(aligned.GetSliceToRAS()), aligned_before)
+
+
+def test_points_are_drawn_in_the_colour_of_their_label():
+    """Both front ends draw points through set_point_glyphs: object green, background red."""
+    import vtk
+
+    from MedSAM2Lib.slicer_glue.gestures import POINT_COLOURS, set_point_glyphs
+
+    polydata = vtk.vtkPolyData()
+    set_point_glyphs(polydata, [(10.0, 20.0, 1), (30.0, 40.0, 0)])
+    assert polydata.GetNumberOfPoints() == 2 and polydata.GetPoint(1) == (30.0, 40.0, 0.0)
+    colours = polydata.GetPointData().GetScalars()
+    assert [colours.GetTuple3(i) for i in range(2)] == [POINT_COLOURS[1], POINT_COLOURS[0]]
+    assert POINT_COLOURS[0] == (230, 40, 40)

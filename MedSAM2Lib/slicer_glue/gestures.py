@@ -21,6 +21,23 @@ from typing import Optional, Sequence
 
 from .box import CORNER_GRAB_PIXELS, BoxEvent, BoxTool
 
+POINT_COLOURS = {1: (0, 220, 0), 0: (230, 40, 40)}  # object (green), background (red), in the views of both front ends
+
+
+def set_point_glyphs(polydata, points) -> None:
+    """Fill ``polydata``, the input of a 2D glyph actor, with ``points`` (x, y, label) in a view's XY, each coloured
+    by its label (the desktop effect and the web page draw points alike)."""
+    from vtkmodules.vtkCommonCore import vtkPoints, vtkUnsignedCharArray
+
+    coordinates, colours = vtkPoints(), vtkUnsignedCharArray()
+    colours.SetNumberOfComponents(3)
+    for x, y, label in points:
+        coordinates.InsertNextPoint(x, y, 0.0)
+        colours.InsertNextTuple3(*POINT_COLOURS[label])
+    polydata.SetPoints(coordinates)
+    polydata.GetPointData().SetScalars(colours)
+    polydata.Modified()
+
 # VTK key symbols (vtkRenderWindowInteractor::GetKeySym) of the keys the effect handles -> gesture events. The
 # Segment Editor passes a slice view's KeyPressEvent to the active effect (qMRMLSegmentEditorWidget observes the
 # interactor's KeyPressEvent) and installs no shortcut on these keys; Slicer's own views use the same key

@@ -14,12 +14,13 @@ from typing import Optional
 
 from slicer import vtkMRMLInteractionEventData, vtkMRMLSliceNode
 from trame_slicer.segmentation import SegmentationEffect, SegmentationEffectPipeline
-from vtkmodules.vtkCommonCore import vtkCommand, vtkPoints, vtkUnsignedCharArray
+from vtkmodules.vtkCommonCore import vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
 from vtkmodules.vtkFiltersCore import vtkGlyph2D
 from vtkmodules.vtkRenderingCore import vtkActor2D, vtkPolyDataMapper2D
 
+from ..slicer_glue.gestures import set_point_glyphs
 from .tool import WebTool
 
 MOUSE_EVENTS = {int(vtkCommand.LeftButtonPressEvent): "press", int(vtkCommand.MouseMoveEvent): "move",
@@ -28,7 +29,6 @@ MOUSE_EVENTS = {int(vtkCommand.LeftButtonPressEvent): "press", int(vtkCommand.Mo
 KEY_EVENTS = {"Escape": "escape", "BackSpace": "backspace"}
 # vtkEvent modifier bits (vtkEvent::ShiftModifier, ControlModifier, AltModifier)
 SHIFT, CONTROL, ALT = 1, 2, 4
-POINT_COLOURS = {1: (0, 220, 0), 0: (230, 40, 40)}  # object, background (as the desktop effect)
 
 
 class MedSAM2Effect(SegmentationEffect):
@@ -152,14 +152,7 @@ class _Overlay:
 
     def show_points(self, points) -> None:
         """points: (x, y, label) in view XY."""
-        coordinates, colours = vtkPoints(), vtkUnsignedCharArray()
-        colours.SetNumberOfComponents(3)
-        for x, y, label in points:
-            coordinates.InsertNextPoint(x, y, 0.0)
-            colours.InsertNextTuple3(*POINT_COLOURS[label])
-        self.polydata.SetPoints(coordinates)
-        self.polydata.GetPointData().SetScalars(colours)
-        self.polydata.Modified()
+        set_point_glyphs(self.polydata, points)
 
     def hide(self) -> None:
         self.actor.SetVisibility(False)

@@ -21,7 +21,7 @@ from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, 
                                            act_after_setup, post_processing, report_for, segmenter_for,
                                            session_options, slice_node_of, what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
-from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures
+from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -35,7 +35,6 @@ WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft
 BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
               vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
 WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
-POINT_COLOURS = {1: (0, 220, 0), 0: (230, 40, 40)}  # object, background
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -555,15 +554,7 @@ class PointsActor:
 
     def show(self, points):
         """points: (x, y, label) in the view's XY."""
-        vtkPoints = vtk.vtkPoints()
-        colours = vtk.vtkUnsignedCharArray()
-        colours.SetNumberOfComponents(3)
-        for x, y, label in points:
-            vtkPoints.InsertNextPoint(x, y, 0.0)
-            colours.InsertNextTuple3(*POINT_COLOURS[label])
-        self.polyData.SetPoints(vtkPoints)
-        self.polyData.GetPointData().SetScalars(colours)
-        self.polyData.Modified()
+        set_point_glyphs(self.polyData, points)
         self.sliceWidget.sliceView().scheduleRender()
 
     def remove(self):
