@@ -198,10 +198,10 @@ def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[st
     """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
     file's, for what the arguments leave open)."""
     from ..model.checkpoint import load_model
-    from ..model.config import MEDSAM2_T512, load_config
+    from ..model.config import load_config
     from ..inference.predictor import VolumePredictor, select_device
 
-    config = load_config(args.config) if args.config else MEDSAM2_T512
+    config = load_config(args.config) if args.config else None  # None: recognised from the checkpoint
     device = select_device(args.device)
     model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
     return VolumePredictor(model, **computing_options(args, saved_options or {}))
