@@ -25,7 +25,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 CONFIG = "efficienttam_tiny_test.yaml"
-SEED = 5  # seeds 1-6 tried: the first whose masks are neither nearly empty nor nearly full
+SEED = 5  # seeds 0-6 tried: this one gives masks closest to half of each slice
 CHECKPOINT = HERE / f"efficienttam_tiny_random_seed{SEED}.pt"
 KEYFRAME_BOX = [108, 73, 179, 128]
 # Added to the object-score head's last bias: with plain random weights the object score is negative on
