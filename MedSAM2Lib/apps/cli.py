@@ -21,7 +21,8 @@ from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
 from ..model.precision import PRECISIONS
 from ..inference.session_file import SessionFileError
-from ..weights import DownloadError, default_checkpoint_path
+from ..model_catalogue import CATALOGUE, DEFAULT_MODEL, MODEL_NAMES, CatalogueModel, catalogue_model
+from ..weights import DownloadError, cache_directory
 from ..atomic import check_writable
 from .volume_io import VolumeError, check_output, mask_formats
 
@@ -114,8 +115,13 @@ def resource_amount(text: str) -> float:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"MedSAM2 checkpoint (default: {default_checkpoint_path()}; get it with medsam2 download)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--model", choices=MODEL_NAMES, default=None,
+                         help=f"a published MedSAM2 model, from {cache_directory()} (default: {DEFAULT_MODEL.name}; "
+                              "medsam2 models lists them, medsam2 download --model NAME gets one)")
+    weights.add_argument("--checkpoint", type=Path, default=None,
+                         help="a checkpoint file you have instead; its architecture (MedSAM2 or Efficient MedSAM2) "
+                              "is recognised from its contents")
     parser.add_argument("--config", type=Path, default=None,
                         help="official model yaml for another architecture (default: MedSAM2 sam2.1_hiera_t512)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
@@ -203,8 +209,17 @@ def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[st
 
     config = load_config(args.config) if args.config else None  # None: recognised from the checkpoint
     device = select_device(args.device)
-    model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
+    model = load_model(chosen_checkpoint(args), config, device)
     return VolumePredictor(model, **computing_options(args, saved_options or {}))
+
+
+def chosen_model(args: argparse.Namespace) -> CatalogueModel:
+    return catalogue_model(args.model) if args.model else DEFAULT_MODEL
+
+
+def chosen_checkpoint(args: argparse.Namespace) -> Path:
+    """--checkpoint, or the file of --model (default: the default model) in the weights cache."""
+    return args.checkpoint if args.checkpoint is not None else chosen_model(args).path()
 
 
 def segment_session(args: argparse.Namespace):
@@ -361,15 +376,15 @@ def command_demo(args: argparse.Namespace) -> int:
     from .demo import CREDIT, DEMO_PROMPT, check_demo_outputs, confirm_download, missing_weights_message, run_demo
 
     check_demo_outputs(args.out)  # before any download
-    checkpoint = args.checkpoint or default_checkpoint_path()
+    checkpoint, model = chosen_checkpoint(args), chosen_model(args)
     if not checkpoint.is_file():
-        # Only the default path is filled in; a --checkpoint the user named is theirs.
-        if args.checkpoint is not None or not confirm_download(checkpoint, args.yes):
-            raise CheckpointError(missing_weights_message(checkpoint))
+        # Only a catalogue model's cache path is filled in; a --checkpoint the user named is theirs.
+        if args.checkpoint is not None or not confirm_download(checkpoint, args.yes, model=model):
+            raise CheckpointError(missing_weights_message(checkpoint, model))
         try:
-            download_weights(checkpoint, args.mirror)
+            download_weights(checkpoint, args.mirror, model)
         except DownloadError as error:
-            raise DownloadError(f"{error}\n{missing_weights_message(checkpoint)}") from error
+            raise DownloadError(f"{error}\n{missing_weights_message(checkpoint, model)}") from error
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
     progress = ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}")
@@ -383,14 +398,27 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
-    path = download_weights(args.output or default_checkpoint_path(), args.mirror)
-    print(f"Verified MedSAM2 weights (published SHA256) at {path}")
+    model = chosen_model(args)
+    path = download_weights(args.output or model.path(), args.mirror, model)
+    print(f"Verified MedSAM2 weights '{model.name}' ({model.filename}, published SHA256) at {path}")
     return 0
 
 
-def download_weights(destination: Path, mirror: str) -> Path:
+def command_models(args: argparse.Namespace) -> int:
+    """The catalogue, with what is in the weights cache."""
+    print(f"MedSAM2 models (weights folder: {cache_directory()}):")
+    for model in CATALOGUE:
+        here = "downloaded" if model.is_downloaded() else "not downloaded"
+        default = ", the default" if model == DEFAULT_MODEL else ""
+        print(f"  {model.name:<17} {model.architecture:<31} about {model.approximate_mb:>3} MB  {here}{default}")
+        print(f"  {'':<17} {model.trained_for}")
+    print("Get one with: medsam2 download --model NAME; use it with --model NAME.")
+    return 0
+
+
+def download_weights(destination: Path, mirror: str, model: CatalogueModel = DEFAULT_MODEL) -> Path:
     """The verified download with a progress line on stderr."""
-    from ..weights import WeightsSource, download_checkpoint
+    from ..weights import download_checkpoint
 
     shown = -1
 
@@ -402,7 +430,7 @@ def download_weights(destination: Path, mirror: str) -> Path:
             sys.stderr.write(f"\rDownloading MedSAM2 weights: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({percent}%)")
             sys.stderr.flush()
 
-    path = download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror))
+    path = download_checkpoint(destination, progress=report, source=model.source(mirror))
     if shown >= 0:
         sys.stderr.write("\n")
     return path
@@ -475,10 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=command_evaluate)
 
     download = commands.add_parser("download", help="download the official MedSAM2 weights, verified by SHA256")
+    download.add_argument("--model", choices=MODEL_NAMES, default=None,
+                          help=f"which published model (default: {DEFAULT_MODEL.name}; medsam2 models lists them)")
     download.add_argument("-o", "--output", type=Path, default=None,
-                          help=f"where to save them (default: {default_checkpoint_path()})")
+                          help=f"where to save them (default: the model's file in {cache_directory()})")
     add_mirror_argument(download)
     download.set_defaults(run=command_download)
+
+    models = commands.add_parser("models", help="list the published MedSAM2 models and which are downloaded")
+    models.set_defaults(run=command_models)
 
     demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
     demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),
