@@ -15,7 +15,7 @@ import slicer
 from MedSAM2Lib.resources import resource_path
 from MedSAM2Lib.slicer_glue.run_controller import RunController
 from MedSAM2Lib.slicer_glue.runtime import ModelCache
-from MedSAM2Lib.slicer_glue.setup_flow import MedSAM2Settings, SetupFlow
+from MedSAM2Lib.slicer_glue.setup_flow import OWN_FILE, MedSAM2Settings, SetupFlow, model_entries, selected_model_entry
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -72,6 +72,25 @@ def moduleLogic():
     if _moduleLogic is None:
         _moduleLogic = MedSAM2ModuleLogic()
     return _moduleLogic
+
+
+def fillModelCombo(combo, settings):
+    """The model combo of the module panel or the effect's options: setup_flow.model_entries, the current one
+    selected, without emitting a change."""
+    wasBlocked = combo.blockSignals(True)
+    combo.clear()
+    for entry in model_entries(settings):
+        combo.addItem(entry.label, entry.value)
+        combo.setItemData(combo.count - 1, entry.tooltip, qt.Qt.ToolTipRole)
+    combo.setCurrentIndex(max(0, combo.findData(selected_model_entry(settings))))
+    combo.blockSignals(wasBlocked)
+
+
+def onModelChosen(combo, index):
+    """A model picked in either combo: a published one by name (its own file entry needs nothing)."""
+    name = combo.itemData(index)
+    if name != OWN_FILE:
+        moduleLogic().setModel(name)
 
 
 def pyTorchUtilsLogic():
@@ -138,6 +157,9 @@ class MedSAM2ModuleLogic:
         return self.models.logic(self.settings.model_choice(), fillHoles, keepLargestComponent,
                                  self.settings.early_stop())
 
+    def setModel(self, name):
+        self.settings.set_model(name)  # the next run loads it, after the setup downloads it (one confirmation)
+
     def setDevice(self, device):
         self.settings.set_device(device)  # the next run loads the model on it (ModelCache compares the choice)
 
@@ -162,6 +184,11 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.setupButton = qt.QPushButton("Install PyTorch and download weights")
         self.setupButton.setToolTip("Installs what is missing after one confirmation.")
         form.addRow(self.setupButton)
+
+        self.modelCombo = qt.QComboBox()
+        self.modelCombo.setToolTip("The published MedSAM2 models; Efficient MedSAM2 is made for computers without "
+                                   "a GPU. A model not yet downloaded is downloaded by the setup.")
+        form.addRow("Model:", self.modelCombo)
 
         self.checkpointLabel = qt.QLabel()
         self.checkpointLabel.wordWrap = True
@@ -188,6 +215,7 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
 
         self.setupButton.connect("clicked()", self.onSetup)
         self.chooseCheckpointButton.connect("clicked()", self.onChooseCheckpoint)
+        self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
         self.deviceCombo.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.precisionCombo.connect("currentIndexChanged(int)", self.onPrecisionChanged)
         self.editorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
@@ -204,8 +232,10 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.statusLabel.text = f"Busy {logic.runs.activity}..." if busy else readiness.status()
         self.setupButton.enabled = not busy and not readiness.ready and not readiness.blocker
         self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not busy
+        self.modelCombo.enabled = not busy
         self.checkpointLabel.text = str(readiness.checkpoint)
         settings = logic.settings
+        fillModelCombo(self.modelCombo, settings)
         for combo, value in ((self.deviceCombo, settings.device()), (self.precisionCombo, settings.precision())):
             wasBlocked = combo.blockSignals(True)
             combo.setCurrentIndex(max(0, combo.findData(value)))
@@ -228,6 +258,10 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
                 moduleLogic().useLocalCheckpoint(path)  # no dialog inside: the wait cursor is right here
         finally:
             self.updateStatus()
+
+    def onModelChanged(self, index):
+        onModelChosen(self.modelCombo, index)
+        self.updateStatus()
 
     def onDeviceChanged(self, index):
         moduleLogic().setDevice(self.deviceCombo.itemData(index))
