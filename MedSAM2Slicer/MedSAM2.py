@@ -15,7 +15,8 @@ import slicer
 from MedSAM2Lib.resources import resource_path
 from MedSAM2Lib.slicer_glue.run_controller import RunController
 from MedSAM2Lib.slicer_glue.runtime import ModelCache
-from MedSAM2Lib.slicer_glue.setup_flow import OWN_FILE, MedSAM2Settings, SetupFlow, model_entries, selected_model_entry
+from MedSAM2Lib.slicer_glue.setup_flow import (OWN_FILE, MedSAM2Settings, SetupFlow, model_entries,
+                                               selected_model_entry)
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent

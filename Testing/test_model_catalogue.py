@@ -81,7 +81,8 @@ def test_models_command_lists_the_family_and_what_is_downloaded(cache, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert f"weights folder: {cache}" in out
-    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.startswith("  ") and line.split()[0] in MODEL_NAMES}
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]
+             if line.startswith("  ") and line.split()[0] in MODEL_NAMES}
     assert set(lines) == set(MODEL_NAMES)
     assert "downloaded" in lines["efficient-tiny"] and "not downloaded" not in lines["efficient-tiny"]
     assert "not downloaded, the default" in lines["latest"]

@@ -215,8 +215,10 @@ def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
         sigmoid_scale_for_mem_enc=entries.number("sigmoid_scale_for_mem_enc"),
         sigmoid_bias_for_mem_enc=entries.number("sigmoid_bias_for_mem_enc"),
     )
-    return MedSAM2Config(trunk=_vit_trunk(entries) if vit else _hiera_trunk(entries), **common,
-                         **({} if vit else {"fpn_top_down_levels": entries.integers("image_encoder.neck.fpn_top_down_levels")}))
+    if vit:
+        return MedSAM2Config(trunk=_vit_trunk(entries), **common)
+    top_down_levels = entries.integers("image_encoder.neck.fpn_top_down_levels")
+    return MedSAM2Config(trunk=_hiera_trunk(entries), fpn_top_down_levels=top_down_levels, **common)
 
 
 def _vit_trunk(entries: "_Entries") -> ViTConfig:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 from .. import weights
-from ..model_catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueModel, UnknownModelError, catalogue_model, model_of_file
+from ..model_catalogue import (CATALOGUE, DEFAULT_MODEL, CatalogueModel, UnknownModelError, catalogue_model,
+                               model_of_file)
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES, check_absent_slices
 from .runtime import MINIMUM_TORCH_VERSION, ModelChoice, TorchState, missing_packages, torch_state
 
