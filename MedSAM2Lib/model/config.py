@@ -198,6 +198,7 @@ def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
             family = "EfficientTAM" if vit else "SAM 2.1 (Hiera)"
             raise ConfigError(f"Unsupported setting {flag}={model[flag]!r}: this implementation of {family} needs "
                               f"{expected!r}.")
+    trunk = _vit_trunk(entries) if vit else _hiera_trunk(entries)
     d_model = entries.integer("image_encoder.neck.d_model")
     if entries.integer("memory_attention.d_model") != d_model:
         raise ConfigError("memory_attention.d_model must equal the neck's d_model.")
@@ -216,9 +217,9 @@ def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
         sigmoid_bias_for_mem_enc=entries.number("sigmoid_bias_for_mem_enc"),
     )
     if vit:
-        return MedSAM2Config(trunk=_vit_trunk(entries), **common)
+        return MedSAM2Config(trunk=trunk, **common)
     top_down_levels = entries.integers("image_encoder.neck.fpn_top_down_levels")
-    return MedSAM2Config(trunk=_hiera_trunk(entries), fpn_top_down_levels=top_down_levels, **common)
+    return MedSAM2Config(trunk=trunk, fpn_top_down_levels=top_down_levels, **common)
 
 
 def _vit_trunk(entries: "_Entries") -> ViTConfig:
