@@ -63,6 +63,15 @@ def default_checkpoint_path() -> Path:
 
 
 def missing_checkpoint_message(path: Path) -> str:
+    from .model_catalogue import DEFAULT_MODEL, model_of_file  # the catalogue is built on this module
+
+    model = model_of_file(path)
+    if model is not None and model != DEFAULT_MODEL:
+        return (
+            f"No checkpoint of the MedSAM2 model '{model.name}' at {path}. Get it with `medsam2 download --model "
+            f"{model.name}` (or download {model.filename} from {model.source().file_url} and save it there), or pass "
+            "the path of a checkpoint you already have (--checkpoint PATH)."
+        )
     return (
         f"No MedSAM2 checkpoint at {path}. Get it with `medsam2 download -o \"{path}\"` (or download "
         f"{CHECKPOINT_FILENAME} from {CHECKPOINT_URL} and save it there), or pass the path of a checkpoint you "

@@ -16,6 +16,7 @@ import qt
 import slicer
 from MedSAM2Lib.resources import resource_path
 from MedSAM2Lib.slicer_glue.module_state import ModuleState
+from MedSAM2Lib.slicer_glue.setup_flow import OWN_FILE, model_entries, selected_model_entry
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -84,6 +85,26 @@ def cleanupModuleLogic():
     if _moduleLogic is not None:
         _moduleLogic.cleanup()
         _moduleLogic = None
+
+
+def fillModelCombo(combo, settings):
+    """The model combo of the module panel or the effect's options: setup_flow.model_entries, the current one
+    selected, without emitting a change."""
+    wasBlocked = combo.blockSignals(True)
+    combo.clear()
+    for entry in model_entries(settings):
+        combo.addItem(entry.label, entry.value)
+        combo.setItemData(combo.count - 1, entry.tooltip, qt.Qt.ToolTipRole)
+    combo.setCurrentIndex(max(0, combo.findData(selected_model_entry(settings))))
+    combo.blockSignals(wasBlocked)
+
+
+def onModelChosen(combo, index):
+    """A model picked in either combo: a published one by name (its own file entry needs nothing); the next run
+    loads it, after the setup downloads it (one confirmation)."""
+    name = combo.itemData(index)
+    if name != OWN_FILE:
+        moduleLogic().settings.set_model(name)
 
 
 def pyTorchUtilsLogic():
@@ -160,6 +181,11 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         form.addRow("Weights:", self.checkpointLabel)
         form.addRow(self.chooseCheckpointButton)
 
+        self.modelCombo = qt.QComboBox()
+        self.modelCombo.setToolTip("The published MedSAM2 models; Efficient MedSAM2 is made for computers without "
+                                   "a GPU. A model not yet downloaded is downloaded by the setup.")
+        form.addRow("Model:", self.modelCombo)
+
         self.deviceCombo = qt.QComboBox()
         for label, value in DEVICES:
             self.deviceCombo.addItem(label, value)
@@ -179,6 +205,7 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
 
         self.setupButton.connect("clicked()", self.onSetup)
         self.chooseCheckpointButton.connect("clicked()", self.onChooseCheckpoint)
+        self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
         self.deviceCombo.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.precisionCombo.connect("currentIndexChanged(int)", self.onPrecisionChanged)
         self.editorButton.connect("clicked()", lambda: slicer.util.selectModule("SegmentEditor"))
@@ -194,8 +221,10 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
         self.statusLabel.text = logic.status()
         self.setupButton.enabled = logic.setup_button_enabled()
         self.chooseCheckpointButton.enabled = self.deviceCombo.enabled = self.precisionCombo.enabled = not logic.runs.busy
+        self.modelCombo.enabled = not logic.runs.busy
         self.checkpointLabel.text = str(logic.settings.checkpoint_path())
         settings = logic.settings
+        fillModelCombo(self.modelCombo, settings)
         for combo, value in ((self.deviceCombo, settings.device()), (self.precisionCombo, settings.precision())):
             wasBlocked = combo.blockSignals(True)
             combo.setCurrentIndex(max(0, combo.findData(value)))
@@ -218,6 +247,10 @@ class MedSAM2Widget(ScriptedLoadableModuleWidget):
                 moduleLogic().use_local_checkpoint(path)  # no dialog inside: the wait cursor is right here
         finally:
             self.updateStatus()
+
+    def onModelChanged(self, index):
+        onModelChosen(self.modelCombo, index)
+        self.updateStatus()
 
     def onDeviceChanged(self, index):
         moduleLogic().settings.set_device(self.deviceCombo.itemData(index))  # the next run loads the model on it

@@ -32,7 +32,7 @@ class ScriptedObjectScoreDouble(MedSAM2):
         if points is not None or memory is None:  # a prompted slice keeps the model's own score
             return output
         score = torch.full_like(output.object_score_logits, self.scores.get(features.slice_index, 1.0))
-        return SliceOutput(output.low_res_logits, output.obj_ptr, score, output.iou_scores)
+        return SliceOutput(output.low_res_logits, output.obj_ptr, score, output.iou_scores, output.candidates)
 
 
 def scripted_score_model(config, checkpoint, volume: np.ndarray, scores: Dict[int, float]) -> ScriptedObjectScoreDouble:

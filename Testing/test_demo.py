@@ -90,7 +90,7 @@ def test_the_demo_asks_once_on_a_terminal_and_never_for_a_named_checkpoint(tmp_p
     assert not confirm_download(tmp_path / "w.pt", False, lambda q: questions.append(q) or "n", interactive=True)
     assert confirm_download(tmp_path / "w.pt", True, lambda q: questions.append(q) or "n", interactive=True)
     assert confirm_download(tmp_path / "w.pt", False, lambda q: questions.append(q) or "n", interactive=False)
-    assert len(questions) == 2 and "about 150 MB" in questions[0]
+    assert len(questions) == 2 and "about 156 MB" in questions[0]
     named = tmp_path / "mine.pt"
     assert main(["demo", "--yes", "--checkpoint", str(named), "--out", str(tmp_path / "demo")]) == 1
     assert f"no checkpoint at {named}" in capsys.readouterr().err and not named.exists()

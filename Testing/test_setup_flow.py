@@ -25,7 +25,8 @@ from test_weights import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the module and the effect may import before PyTorch is installed.
-TORCH_FREE_MODULES = ["MedSAM2Lib.weights", "MedSAM2Lib.resources", "MedSAM2Lib.slicer_glue.runtime",
+TORCH_FREE_MODULES = ["MedSAM2Lib.weights", "MedSAM2Lib.model_catalogue", "MedSAM2Lib.resources",
+                      "MedSAM2Lib.slicer_glue.runtime",
                       "MedSAM2Lib.slicer_glue.setup_flow", "MedSAM2Lib.slicer_glue.run_controller",
                       "MedSAM2Lib.slicer_glue.box", "MedSAM2Lib.slicer_glue.gestures",
                       "MedSAM2Lib.slicer_glue.effect", "MedSAM2Lib.slicer_glue.module_state"]
@@ -111,7 +112,7 @@ def test_fresh_slicer_without_torch_reports_it_and_installs_through_the_injected
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["status_before"].startswith("PyTorch is not installed (MedSAM2 needs 2.5 or later).")
-    assert f"weights will be downloaded to {checkpoint}" in report["status_before"]
+    assert f"weights 'latest' will be downloaded to {checkpoint}" in report["status_before"]
     calls = report["calls"]
     assert [call[0] for call in calls if call[0] != "progress"] == ["confirm", "installTorch"]
     assert calls[0][1].count("PyTorch is not installed") == 1  # one confirmation naming everything
@@ -293,3 +294,46 @@ def test_model_cache_keeps_one_logic_and_its_features_while_the_model_stays(chec
     assert again is first and not first.predictor.fill_holes and not first.predictor.keep_largest_component
     cache.clear()
     assert cache.logic(choice) is not first
+
+
+def test_a_published_model_is_chosen_by_name_and_listed_with_its_state(tmp_path, monkeypatch):
+    from MedSAM2Lib.slicer_glue.setup_flow import OWN_FILE, model_entries, selected_model_entry
+
+    monkeypatch.setenv("MEDSAM2_CACHE_DIR", str(tmp_path))
+    settings = MedSAM2Settings(SettingsDouble())
+    assert selected_model_entry(settings) == "latest" and settings.model().name == "latest"
+    (tmp_path / "eff_medsam2_tiny_FLARE25_RECIST_baseline.pt").write_bytes(b"weights")
+    settings.set_model("efficient-tiny")
+    assert settings.checkpoint_path() == tmp_path / "eff_medsam2_tiny_FLARE25_RECIST_baseline.pt"
+    entries = {entry.value: entry for entry in model_entries(settings)}
+    assert list(entries) == ["latest", "2411", "ct-lesion", "mri-liver-lesion", "us-heart", "efficient-tiny",
+                             "efficient-small"]
+    assert entries["efficient-tiny"].label == "efficient-tiny (EfficientTAM-Ti (ViT), 512 px, about 71 MB, downloaded)"
+    assert "to download" in entries["latest"].label and "CPU-only" in entries["efficient-tiny"].tooltip
+    assert selected_model_entry(settings) == "efficient-tiny"
+    # A file of one's own comes first and is the one in use; choosing a model by name replaces it.
+    settings.set_checkpoint_path(tmp_path / "mine.pt")
+    assert settings.model() is None and selected_model_entry(settings) == OWN_FILE
+    assert model_entries(settings)[0].label == "File: mine.pt"
+    settings.set_model("us-heart")
+    assert settings.checkpoint_path() == tmp_path / "MedSAM2_US_Heart.pt" and len(model_entries(settings)) == 7
+    with pytest.raises(ValueError, match="no MedSAM2 model named 'huge'"):
+        settings.set_model("huge")
+    assert settings.model().name == "us-heart"
+
+
+def test_setup_downloads_the_chosen_model_after_one_confirmation(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSAM2_CACHE_DIR", str(tmp_path / "cache"))
+    source = publish(tmp_path / "server", b"small weights", filename="eff_medsam2_small_FLARE25_RECIST_baseline.pt")
+    questions = []
+    settings = MedSAM2Settings(SettingsDouble())
+    settings.set_model("efficient-small")
+    flow = SetupFlow(settings, pytorch_utils=PyTorchUtilsLogicDouble, pip_install=lambda package: None,
+                     confirm=lambda question: questions.append(question) or True, weights_source=source)
+    monkeypatch.setattr(setup_flow, "missing_packages", lambda: [])
+    monkeypatch.setattr(setup_flow, "torch_state", lambda: TorchState(loaded="2.6.0", installed=None))
+    assert "The MedSAM2 weights 'efficient-small' will be downloaded to" in flow.readiness().status()
+    assert "(about 136 MB)" in flow.readiness().status()
+    assert flow.ensure_ready() is True and len(questions) == 1
+    assert (tmp_path / "cache" / "eff_medsam2_small_FLARE25_RECIST_baseline.pt").read_bytes() == b"small weights"
+    assert flow.readiness().ready

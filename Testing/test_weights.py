@@ -11,6 +11,7 @@ import pytest
 
 from MedSAM2Lib.model.checkpoint import CheckpointError
 from MedSAM2Lib.weights import (
+    CHECKPOINT_FILENAME,
     CHECKPOINT_URL,
     CHUNK_BYTES,
     DownloadCancelled,
@@ -32,9 +33,10 @@ def lfs_pointer(sha256: str, size: int) -> str:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
 
-def publish(server: Path, content: bytes, pointer: str | bytes | None = None) -> WeightsSource:
+def publish(server: Path, content: bytes, pointer: str | bytes | None = None,
+            filename: str = CHECKPOINT_FILENAME) -> WeightsSource:
     """Lay out ``server`` as Hugging Face does: raw/ holds the LFS pointer, resolve/ the file."""
-    source = WeightsSource(base_url=server.as_uri())
+    source = WeightsSource(base_url=server.as_uri(), filename=filename)
     pointer = pointer if pointer is not None else lfs_pointer(hashlib.sha256(content).hexdigest(), len(content))
     pointer_bytes = pointer.encode() if isinstance(pointer, str) else pointer
     for kind, data in (("raw", pointer_bytes), ("resolve", content)):
@@ -222,7 +224,7 @@ def test_download_command(server, cache, capsys):
     assert target.read_bytes() == CONTENT
     captured = capsys.readouterr()
     assert "Downloading MedSAM2 weights 3/3 (100%" in captured.err  # MiB; not a terminal, so a line per tenth
-    assert f"Verified MedSAM2 weights (published SHA256) at {target}" in captured.out
+    assert f"Verified MedSAM2 weights 'latest' (MedSAM2_latest.pt, published SHA256) at {target}" in captured.out
     (server / "wanglab").rename(server / "moved")
     assert main(["download", "-o", str(cache / "other.pt"), "--mirror", server.as_uri()]) == 1
     assert "medsam2: error:" in capsys.readouterr().err and not (cache / "other.pt").exists()

@@ -1,7 +1,12 @@
-"""Propagation speed and memory of the real-size model (t512) with random weights.
+"""Propagation speed and memory of the real-size models with random weights.
 
-    python benchmarks/propagation.py [--slices 64] [--size 512] [--precision auto|float32|bfloat16]
-                                     [--early-stop N | --no-early-stop] [--object-slices K] [--threads N] [--json]
+    python benchmarks/propagation.py [--model NAME [NAME ...]] [--slices 64] [--size 512]
+                                     [--precision auto|float32|bfloat16] [--early-stop N | --no-early-stop]
+                                     [--object-slices K] [--threads N] [--json]
+
+--model takes names of the model catalogue (``medsam2 models``; default ``latest``): each is measured with random
+weights of its architecture (the MedSAM2 models share SAM 2.1 Hiera-T; ``efficient-tiny`` and
+``efficient-small`` are EfficientTAM-Ti and -S), one after the other in the same run, reported side by side.
 
 A synthetic (slices, size, size) uint8 volume with a bright ellipsoid (the object) centred on the middle slice,
 a box on the middle slice, both directions. Random weights give the same amount of work as the real ones.
@@ -42,7 +47,12 @@ from MedSAM2Lib.inference.early_stop import DEFAULT_ABSENT_SLICES  # noqa: E402
 from MedSAM2Lib.inference.predictor import FeatureCache, VolumePredictor, select_device  # noqa: E402
 from MedSAM2Lib.inference.preprocessing import normalise  # noqa: E402
 from MedSAM2Lib.model import MedSAM2  # noqa: E402
-from MedSAM2Lib.model.config import MEDSAM2_T512  # noqa: E402
+from MedSAM2Lib.model.config import (EFFICIENTTAM_S_512, EFFICIENTTAM_TI_512, MEDSAM2_T512,  # noqa: E402
+                                     MedSAM2Config)
+from MedSAM2Lib.model_catalogue import (EFFICIENTTAM_S, EFFICIENTTAM_TI, HIERA_T, MODEL_NAMES,  # noqa: E402
+                                        catalogue_model)
+
+ARCHITECTURE_CONFIGS = {HIERA_T: MEDSAM2_T512, EFFICIENTTAM_TI: EFFICIENTTAM_TI_512, EFFICIENTTAM_S: EFFICIENTTAM_S_512}
 from MedSAM2Lib.model.medsam2 import NO_OBJECT_LOGIT, ImageFeatures, SliceOutput  # noqa: E402
 from MedSAM2Lib.model.precision import PRECISIONS, resolve_precision  # noqa: E402
 from benchmarks.memory import minor_page_faults, peak_rss_gib  # noqa: E402
@@ -90,6 +100,7 @@ class ExtentObjectScoreDouble(MedSAM2):
             output.obj_ptr if present else self.no_obj_ptr.expand_as(output.obj_ptr),
             torch.full_like(output.object_score_logits, 10.0 if present else -10.0),
             output.iou_scores,
+            output.candidates,
         )
 
 
@@ -191,6 +202,8 @@ def main() -> None:
     stop.add_argument("--early-stop", type=int, default=None, metavar="N",
                       help=f"also measure early stop after N slices without the object (default {DEFAULT_ABSENT_SLICES})")
     stop.add_argument("--no-early-stop", action="store_true", help="measure full propagation only")
+    parser.add_argument("--model", nargs="+", choices=MODEL_NAMES, default=["latest"],
+                        help="catalogue models whose architectures to measure, in this order (default: latest)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.threads:
@@ -198,9 +211,6 @@ def main() -> None:
     early_stop = None if args.no_early_stop else (args.early_stop or DEFAULT_ABSENT_SLICES)
 
     device = select_device(args.device)
-    torch.manual_seed(0)
-    # The double differs from the real model only in the object score; without early stop it is not needed.
-    model = (ExtentObjectScoreDouble if early_stop else MedSAM2)(MEDSAM2_T512).to(device).eval()
     volume = synthetic_volume(args.slices, args.size, args.object_slices)
     report = {
         "device": str(device),
@@ -210,9 +220,36 @@ def main() -> None:
         "object_slices": args.object_slices or round(0.6 * args.slices),
         "object_score": "test double following the object's extent" if early_stop else "model",
     }
-    runs = {"full": measure(model, volume, args.precision, None)}
+    models = {}
+    for name in args.model:
+        architecture = catalogue_model(name).architecture
+        models[name] = {"architecture": architecture,
+                        **measure_model(ARCHITECTURE_CONFIGS[architecture], volume, args.precision, early_stop, device)}
+    if len(models) == 1:
+        report.update(next(iter(models.values())))
+    else:
+        report["seconds_per_tracked_slice"] = {name: model["runs"]["full"]["per_tracked_slice_s"]
+                                               for name, model in models.items()}
+        report["models"] = models
+    report["peak_rss_gib"] = round(peak_rss_gib(), 3)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, value in report.items():
+            print(f"{name:40s} {value}")
+
+
+def measure_model(config: MedSAM2Config, volume: np.ndarray, precision: str, early_stop: Optional[int],
+                  device: torch.device) -> Dict:
+    """The runs of one architecture (random weights, seed 0): full propagation, exact mode beside a fast one,
+    early stop."""
+    torch.manual_seed(0)
+    # The double differs from the real model only in the object score; without early stop it is not needed.
+    model = (ExtentObjectScoreDouble if early_stop else MedSAM2)(config).to(device).eval()
+    report: Dict = {}
+    runs = {"full": measure(model, volume, precision, None)}
     # Fast against exact mode on the real model's masks: measured without early stop (its double alters them).
-    if resolve_precision(args.precision, device) != torch.float32 and not early_stop:
+    if resolve_precision(precision, device) != torch.float32 and not early_stop:
         runs["exact"] = measure(model, volume, "float32", None)
         for clock in ("", "_cpu"):
             report[f"fast_speedup_per_tracked_slice{clock}"] = round(
@@ -220,7 +257,7 @@ def main() -> None:
             )
         report.update(agreement(runs["full"]["_mask"], runs["exact"]["_mask"]))
     if early_stop:
-        runs["early_stop"] = measure(model, volume, args.precision, early_stop)
+        runs["early_stop"] = measure(model, volume, precision, early_stop)
         report["early_stop_slices"] = early_stop
         report["early_stop_time_saving"] = round(runs["full"]["total_s"] / runs["early_stop"]["total_s"], 2)
         computed = runs["early_stop"]["_computed"]
@@ -230,12 +267,7 @@ def main() -> None:
     for run in runs.values():
         del run["_mask"], run["_computed"]
     report["runs"] = runs
-    report["peak_rss_gib"] = round(peak_rss_gib(), 3)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        for name, value in report.items():
-            print(f"{name:40s} {value}")
+    return report
 
 
 if __name__ == "__main__":

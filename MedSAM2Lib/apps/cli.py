@@ -21,7 +21,8 @@ from ..model.checkpoint import CheckpointError
 from ..model.config import ConfigError
 from ..model.precision import PRECISIONS
 from ..inference.session_file import SessionFileError
-from ..weights import DownloadError, default_checkpoint_path
+from ..model_catalogue import CATALOGUE, DEFAULT_MODEL, MODEL_NAMES, CatalogueModel, catalogue_model
+from ..weights import DownloadError, cache_directory
 from ..atomic import FileUses, check_writable
 from .volume_io import VolumeError, check_output, mask_formats
 
@@ -161,8 +162,13 @@ def resource_amount(text: str) -> float:
 def add_model_arguments(parser: argparse.ArgumentParser, volume: bool = True) -> None:
     """The model and how it computes; ``volume`` False: for video, where no hole filling or component choice
     applies by default and tracking runs to the last frame unless told to stop early."""
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"MedSAM2 checkpoint (default: {default_checkpoint_path()}; get it with medsam2 download)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--model", choices=MODEL_NAMES, default=None,
+                         help=f"a published MedSAM2 model, from {cache_directory()} (default: {DEFAULT_MODEL.name}; "
+                              "medsam2 models lists them, medsam2 download --model NAME gets one)")
+    weights.add_argument("--checkpoint", type=Path, default=None,
+                         help="a checkpoint file you have instead; its architecture (MedSAM2 or Efficient MedSAM2) "
+                              "is recognised from its contents")
     parser.add_argument("--config", type=Path, default=None,
                         help="official model yaml for another architecture (default: MedSAM2 sam2.1_hiera_t512)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
@@ -251,7 +257,7 @@ def computing_options(args: argparse.Namespace, saved: Mapping[str, Any]) -> Dic
 def model_files(args: argparse.Namespace) -> FileUses:
     """The files of a command, starting with the model's that it reads: the checkpoint and the configuration."""
     files = FileUses()
-    files.read("the checkpoint", args.checkpoint or default_checkpoint_path())
+    files.read("the checkpoint", chosen_checkpoint(args))
     if args.config is not None:
         files.read("the model configuration", args.config)
     return files
@@ -262,13 +268,22 @@ def build_predictor(args: argparse.Namespace, saved_options: Optional[Mapping[st
     """Load the model named by the command's arguments into a VolumePredictor (``saved_options``: a session
     file's, for what the arguments leave open; ``options``: the predictor's options, instead of both)."""
     from ..model.checkpoint import load_model
-    from ..model.config import MEDSAM2_T512, load_config
+    from ..model.config import load_config
     from ..inference.predictor import VolumePredictor, select_device
 
-    config = load_config(args.config) if args.config else MEDSAM2_T512
+    config = load_config(args.config) if args.config else None  # None: recognised from the checkpoint
     device = select_device(args.device)
-    model = load_model(args.checkpoint or default_checkpoint_path(), config, device)
+    model = load_model(chosen_checkpoint(args), config, device)
     return VolumePredictor(model, **(options if options is not None else computing_options(args, saved_options or {})))
+
+
+def chosen_model(args: argparse.Namespace) -> CatalogueModel:
+    return catalogue_model(args.model) if args.model else DEFAULT_MODEL
+
+
+def chosen_checkpoint(args: argparse.Namespace) -> Path:
+    """--checkpoint, or the file of --model (default: the default model) in the weights cache."""
+    return args.checkpoint if args.checkpoint is not None else chosen_model(args).path()
 
 
 def segment_session(args: argparse.Namespace):
@@ -472,15 +487,15 @@ def command_demo(args: argparse.Namespace) -> int:
     from .demo import CREDIT, DEMO_PROMPT, check_demo_outputs, confirm_download, missing_weights_message, run_demo
 
     check_demo_outputs(args.out, model_files(args))  # before any download
-    checkpoint = args.checkpoint or default_checkpoint_path()
+    checkpoint, model = chosen_checkpoint(args), chosen_model(args)
     if not checkpoint.is_file():
-        # Only the default path is filled in; a --checkpoint the user named is theirs.
-        if args.checkpoint is not None or not confirm_download(checkpoint, args.yes):
-            raise CheckpointError(missing_weights_message(checkpoint))
+        # Only a catalogue model's cache path is filled in; a --checkpoint the user named is theirs.
+        if args.checkpoint is not None or not confirm_download(checkpoint, args.yes, model=model):
+            raise CheckpointError(missing_weights_message(checkpoint, model))
         try:
-            download_weights(checkpoint, args.mirror)
+            download_weights(checkpoint, args.mirror, model)
         except DownloadError as error:
-            raise DownloadError(f"{error}\n{missing_weights_message(checkpoint)}") from error
+            raise DownloadError(f"{error}\n{missing_weights_message(checkpoint, model)}") from error
     predictor = build_predictor(args)
     first, last = DEMO_PROMPT.slice_range
     with ProgressBar(last - first + 1, f"Segmenting the {DEMO_PROMPT.structure}") as progress:
@@ -505,7 +520,7 @@ def command_web(args: argparse.Namespace) -> int:
 
     host = check_exposure(args.host, args.token)
     image = args.image or resource_path("mni152_t1_demo.nii.gz")
-    checkpoint = args.checkpoint or default_checkpoint_path()
+    checkpoint = chosen_checkpoint(args)
     if not checkpoint.is_file():
         from ..model.checkpoint import CheckpointError
 
@@ -518,14 +533,27 @@ def command_web(args: argparse.Namespace) -> int:
 
 
 def command_download(args: argparse.Namespace) -> int:
-    path = download_weights(check_writable(args.output or default_checkpoint_path()), args.mirror)
-    print(f"Verified MedSAM2 weights (published SHA256) at {path}")
+    model = chosen_model(args)
+    path = download_weights(check_writable(args.output or model.path()), args.mirror, model)
+    print(f"Verified MedSAM2 weights '{model.name}' ({model.filename}, published SHA256) at {path}")
     return 0
 
 
-def download_weights(destination: Path, mirror: str) -> Path:
+def command_models(args: argparse.Namespace) -> int:
+    """The catalogue, with what is in the weights cache."""
+    print(f"MedSAM2 models (weights folder: {cache_directory()}):")
+    for model in CATALOGUE:
+        here = "downloaded" if model.is_downloaded() else "not downloaded"
+        default = ", the default" if model == DEFAULT_MODEL else ""
+        print(f"  {model.name:<17} {model.architecture:<31} about {model.approximate_mb:>3} MB  {here}{default}")
+        print(f"  {'':<17} {model.trained_for}")
+    print("Get one with: medsam2 download --model NAME; use it with --model NAME.")
+    return 0
+
+
+def download_weights(destination: Path, mirror: str, model: CatalogueModel = DEFAULT_MODEL) -> Path:
     """The verified download with its progress on stderr (in MiB; the size is known once the download starts)."""
-    from ..weights import CLI_ALTERNATIVE, WeightsSource, download_checkpoint
+    from ..weights import CLI_ALTERNATIVE, download_checkpoint
 
     with ProgressBar(0, "Downloading MedSAM2 weights", unit="MiB") as progress:
 
@@ -534,7 +562,7 @@ def download_weights(destination: Path, mirror: str) -> Path:
             if -(-done // MIB) != progress.done:
                 progress.update(-(-done // MIB))
 
-        return download_checkpoint(destination, progress=report, source=WeightsSource(base_url=mirror),
+        return download_checkpoint(destination, progress=report, source=model.source(mirror),
                                    alternative=CLI_ALTERNATIVE)
 
 
@@ -636,8 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=command_evaluate)
 
     download = commands.add_parser("download", help="download the official MedSAM2 weights, verified by SHA256")
+    download.add_argument("--model", choices=MODEL_NAMES, default=None,
+                          help=f"which published model (default: {DEFAULT_MODEL.name}; medsam2 models lists them)")
     download.add_argument("-o", "--output", type=Path, default=None,
-                          help=f"where to save them (default: {default_checkpoint_path()})")
+                          help=f"where to save them (default: the model's file in {cache_directory()})")
     add_mirror_argument(download)
     download.set_defaults(run=command_download)
 
@@ -652,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--out", type=Path, default=Path("."), help="folder Save writes into (default: the current one)")
     add_model_arguments(web)
     web.set_defaults(run=command_web)
+    models = commands.add_parser("models", help="list the published MedSAM2 models and which are downloaded")
+    models.set_defaults(run=command_models)
 
     demo = commands.add_parser("demo", help="segment a ventricle on the MNI152 brain template shipped with MedSAM2Lib")
     demo.add_argument("--out", type=Path, default=Path("medsam2-demo"),

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from ..inference.preprocessing import mr_percentile_window
 from ..atomic import FileUses, check_writable, write_atomically
 from ..resources import resource_path
-from ..weights import CHECKPOINT_URL
+from ..model_catalogue import DEFAULT_MODEL, CatalogueModel
 from .evaluation import surface_voxels
 from .volume_io import check_output, read_volume, write_mask
 
@@ -60,23 +60,25 @@ class DemoResult:
     slices: Tuple[int, int]  # first and last slice of the mask (key slice twice when it is empty)
 
 
-def missing_weights_message(checkpoint: Path) -> str:
+def missing_weights_message(checkpoint: Path, model: CatalogueModel = DEFAULT_MODEL) -> str:
+    command = "-o" if model == DEFAULT_MODEL else f"--model {model.name} -o"
     return (
         f"The demo needs the MedSAM2 weights, and there is no checkpoint at {checkpoint}. Get them with\n"
-        f"    medsam2 download -o \"{checkpoint}\"\n"
-        f"(or download {CHECKPOINT_URL} yourself and save it there),\n"
+        f"    medsam2 download {command} \"{checkpoint}\"\n"
+        f"(or download {model.source().file_url} yourself and save it there),\n"
         "or pass --checkpoint PATH to use a MedSAM2 checkpoint you already have."
     )
 
 
 def confirm_download(checkpoint: Path, assume_yes: bool, ask: Callable[[str], str] = input,
-                     interactive: Optional[bool] = None) -> bool:
+                     interactive: Optional[bool] = None, model: CatalogueModel = DEFAULT_MODEL) -> bool:
     """Whether to download the missing weights for the demo: asked once on a terminal; yes with ``--yes`` or
     without a terminal (a script or CI asked for the demo, so it gets the one step it needs)."""
     interactive = sys.stdin.isatty() if interactive is None else interactive
     if assume_yes or not interactive:
         return True
-    answer = ask(f"The demo needs the MedSAM2 weights (about 150 MB, verified against their published SHA256). "
+    answer = ask(f"The demo needs the MedSAM2 weights (about {model.approximate_mb} MB, verified against their "
+                 "published SHA256). "
                  f"Download them to {checkpoint}? [Y/n] ")
     return answer.strip().lower() in ("", "y", "yes")
 

@@ -350,7 +350,8 @@ class Session:
         with predictor.compute():
             output = predictor.model.segment(features, memory=self._memory(direction, index))
             memory = predictor.model.encode_memory(
-                features, output.low_res_logits, output.object_score_logits, binarize=False
+                features, output.low_res_logits, output.object_score_logits, binarize=False,
+                candidates=output.candidates,
             )
         return _Output(predictor.filled(output.low_res_logits), output.obj_ptr, output.object_score_logits, memory)
 

@@ -1,5 +1,8 @@
 """Loading MedSAM2 checkpoints: the official ``{"model": state_dict}`` file, weights only, strict.
 
+Without a config, the architecture is recognised from the checkpoint's keys: EfficientTAM (Efficient MedSAM2,
+ViT trunk; Ti or S by its width) or else SAM 2.1 Hiera-T (MedSAM2).
+
 Every failure is a :class:`CheckpointError` whose message is a sentence a user can act on.
 """
 
@@ -16,7 +19,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from ..weights import CHECKPOINT_FILENAME, missing_checkpoint_message
-from .config import MEDSAM2_T512, MedSAM2Config
+from .config import EFFICIENTTAM_S_512, EFFICIENTTAM_TI_512, MEDSAM2_T512, MedSAM2Config
 from .medsam2 import MedSAM2
 
 
@@ -105,11 +108,12 @@ def _damaged_message(path: Path, error: BaseException) -> str:
 
 
 def load_model(
-    path: str | Path, config: MedSAM2Config = MEDSAM2_T512, device: torch.device | str = "cpu"
+    path: str | Path, config: Optional[MedSAM2Config] = None, device: torch.device | str = "cpu"
 ) -> MedSAM2:
-    """Build the network for ``config`` and load the checkpoint strictly; returns it in eval mode."""
+    """Build the network for ``config`` (None: :func:`recognised_config`) and load the checkpoint strictly;
+    returns it in eval mode."""
     state_dict = read_state_dict(path)
-    model = MedSAM2(config)
+    model = MedSAM2(config or recognised_config(state_dict))
     check_compatible(state_dict, model.state_dict(), path)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
@@ -140,6 +144,17 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
     )
 
 
+def recognised_config(state_dict: Mapping[str, torch.Tensor]) -> MedSAM2Config:
+    """The built-in config of the checkpoint's family, from its keys: EfficientTAM-S or -Ti (by the ViT's
+    width) where the neck has EfficientTAM's convolutions, else MedSAM2's SAM 2.1 Hiera-T. A checkpoint of
+    neither then fails :func:`check_compatible` with a sentence saying what it looks like."""
+    if "image_encoder.neck.convs.0.conv_1x1.weight" not in state_dict:
+        return MEDSAM2_T512
+    patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
+    small = patch is not None and patch.shape[0] == EFFICIENTTAM_S_512.trunk.embed_dim
+    return EFFICIENTTAM_S_512 if small else EFFICIENTTAM_TI_512
+
+
 _HIERA_VARIANTS = {(96, 12): "Hiera-T (tiny)", (96, 16): "Hiera-S (small)", (112, 24): "Hiera-B+ (base plus)",
                    (144, 48): "Hiera-L (large)"}
 
@@ -152,10 +167,15 @@ def describe_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
     patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
     if patch is None:
         return "It does not look like a SAM 2 family checkpoint."
-    if any(".conv_1x1." in key for key in keys):
-        return "It looks like an EfficientTAM / EfficientMedSAM2 (ViT) checkpoint, which this extension does not run."
     blocks = {int(key.split(".")[3]) for key in keys if key.startswith("image_encoder.trunk.blocks.")}
     width, depth = int(patch.shape[0]), len(blocks)
+    if any(".conv_1x1." in key for key in keys):
+        return (
+            f"It looks like an EfficientTAM (Efficient MedSAM2) checkpoint with a ViT trunk of width {width} and "
+            f"{depth} blocks; the built-in ones are EfficientTAM-Ti (width {EFFICIENTTAM_TI_512.trunk.embed_dim}) "
+            f"and -S (width {EFFICIENTTAM_S_512.trunk.embed_dim}), 12 blocks, at 512 px. If it is a model of another "
+            "size, pass its config file (--config)."
+        )
     trunk = _HIERA_VARIANTS.get((width, depth), f"a Hiera trunk of width {width} with {depth} blocks")
     version = "SAM 2.1" if "no_obj_embed_spatial" in keys else "SAM 2.0"
     neck = state_dict.get("image_encoder.neck.convs.0.conv.weight")

@@ -1,15 +1,22 @@
 """Architecture of a MedSAM2 network, as a frozen dataclass.
 
-The default, :data:`MEDSAM2_T512`, is MedSAM2's ``sam2.1_hiera_t512.yaml`` (Hiera-tiny, 512 px).
-:func:`load_config` reads an official hydra-style yaml (``model: image_encoder: trunk: ...``) and
-refuses settings our implementation does not reproduce, rather than silently computing something else.
+Two families: SAM 2.1 with a Hiera trunk (the default, :data:`MEDSAM2_T512`, MedSAM2's
+``sam2.1_hiera_t512.yaml``) and EfficientTAM with a plain ViT trunk (Efficient MedSAM2,
+:data:`EFFICIENTTAM_TI_512` and :data:`EFFICIENTTAM_S_512`, the official ``efficienttam_ti_512x512.yaml`` and
+``efficienttam_s_512x512.yaml``). :func:`load_config` reads an official hydra-style yaml
+(``model: image_encoder: trunk: ...``) of either family and refuses settings our implementation does not
+reproduce, rather than silently computing something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Tuple, Union
+
+
+class ConfigError(ValueError):
+    """The config file cannot be read or describes a model this implementation does not provide."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +36,42 @@ class HieraConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """EfficientTAM's plain ViT trunk: 16 px patches, one resolution, windowed blocks except the global ones,
+    MLPs 4x as wide as the tokens.
+
+    Its features are taken after the last global block. The absolute position embedding is stored for a
+    14 x 14 patch grid plus a class token (ViTDet pretraining at 224 px) and resized bicubically.
+    """
+
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    window_size: int = 14
+    window_blocks: Tuple[int, ...] = (0, 1, 3, 4, 6, 7, 9, 10)
+    pretrain_grid: int = 14
+
+    @property
+    def global_blocks(self) -> Tuple[int, ...]:
+        return tuple(i for i in range(self.depth) if i not in self.window_blocks)
+
+
+HIERA, EFFICIENTTAM = "hiera", "efficienttam"
+
+
+@dataclasses.dataclass(frozen=True)
 class MedSAM2Config:
-    """Everything that differs between MedSAM2 variants of the SAM 2.1 architecture.
+    """Everything that differs between MedSAM2 variants of the SAM 2.1 and EfficientTAM architectures.
 
     Fixed by the reference model, not configurable: two-way transformer depth 2, MLP 2048, 8 heads;
     IoU head hidden 256; 16 mask-input channels; at most 16 object pointers; 4 mask tokens.
+    The family follows from the trunk: SAM 2.1 (Hiera) feeds stride-4 and stride-8 features to the mask
+    decoder, gives object pointers a temporal position and marks absent-object memories with
+    ``no_obj_embed_spatial``; EfficientTAM (ViT) does none of the three.
     """
 
     image_size: int = 512
-    trunk: HieraConfig = HieraConfig()
+    trunk: Union[HieraConfig, ViTConfig] = HieraConfig()
     d_model: int = 256  # FPN neck width = prompt/mask decoder width = memory-attention width
     fpn_top_down_levels: Tuple[int, ...] = (2, 3)
     memory_attention_layers: int = 4
@@ -55,6 +89,31 @@ class MedSAM2Config:
     stability_threshold: float = 0.98
     fill_hole_area: int = 8
 
+    def __post_init__(self) -> None:
+        if isinstance(self.trunk, ViTConfig) and (self.trunk.embed_dim % self.trunk.num_heads
+                                                   or not self.trunk.global_blocks):
+            raise ConfigError("The ViT trunk needs a width divisible by its heads and at least one global block.")
+
+    @property
+    def architecture(self) -> str:
+        """``hiera`` (SAM 2.1) or ``efficienttam``."""
+        return EFFICIENTTAM if isinstance(self.trunk, ViTConfig) else HIERA
+
+    @property
+    def high_res_features(self) -> bool:
+        """Whether the mask decoder adds stride-4 and stride-8 image features while upscaling."""
+        return self.architecture == HIERA
+
+    @property
+    def pointer_temporal_encoding(self) -> bool:
+        """Whether object pointers carry a (projected, signed) temporal position; EfficientTAM's carry none."""
+        return self.architecture == HIERA
+
+    @property
+    def no_object_memory_embedding(self) -> bool:
+        """Whether ``no_obj_embed_spatial`` is added to the memory of a slice without the object."""
+        return self.architecture == HIERA
+
     @property
     def backbone_stride(self) -> int:
         return 16
@@ -70,24 +129,25 @@ class MedSAM2Config:
 
 
 MEDSAM2_T512 = MedSAM2Config()
+EFFICIENTTAM_TI_512 = MedSAM2Config(trunk=ViTConfig(embed_dim=192, num_heads=3))
+EFFICIENTTAM_S_512 = MedSAM2Config(trunk=ViTConfig(embed_dim=384, num_heads=6))
 
 
-class ConfigError(ValueError):
-    """The config file cannot be read or describes a model this implementation does not provide."""
-
-
-# Inference flags that MedSAM2 (SAM 2.1) sets and that our implementation hard-codes.
+# Inference flags that MedSAM2 (SAM 2.1) and Efficient MedSAM2 (EfficientTAM) set and that our implementation
+# hard-codes, per family.
+_FAMILY_FLAGS = {
+    HIERA: {"no_obj_embed_spatial": True, "use_high_res_features_in_sam": True, "add_tpos_enc_to_obj_ptrs": True,
+            "proj_tpos_enc_in_obj_ptrs": True, "use_signed_tpos_enc_to_obj_ptrs": True},
+    EFFICIENTTAM: {"no_obj_embed_spatial": False, "use_high_res_features_in_sam": False,
+                   "add_tpos_enc_to_obj_ptrs": False, "proj_tpos_enc_in_obj_ptrs": False,
+                   "use_signed_tpos_enc_to_obj_ptrs": False},
+}
 _REQUIRED_FLAGS = {
     "use_mask_input_as_output_without_sam": True,
     "directly_add_no_mem_embed": True,
-    "no_obj_embed_spatial": True,
-    "use_high_res_features_in_sam": True,
     "multimask_output_in_sam": True,
     "iou_prediction_use_sigmoid": True,
     "use_obj_ptrs_in_encoder": True,
-    "add_tpos_enc_to_obj_ptrs": True,
-    "proj_tpos_enc_in_obj_ptrs": True,
-    "use_signed_tpos_enc_to_obj_ptrs": True,
     "only_obj_ptrs_in_the_past_for_eval": True,
     "pred_obj_scores": True,
     "pred_obj_scores_mlp": True,
@@ -101,7 +161,8 @@ _REQUIRED_FLAGS = {
 
 
 def load_config(path: str | Path) -> MedSAM2Config:
-    """Read an official MedSAM2/SAM2 hydra yaml (e.g. ``sam2.1_hiera_t512.yaml``)."""
+    """Read an official MedSAM2/SAM2 or EfficientTAM hydra yaml (e.g. ``sam2.1_hiera_t512.yaml``,
+    ``efficienttam_ti_512x512.yaml``)."""
     try:
         import yaml
     except ImportError as error:  # pragma: no cover - PyYAML is a declared dependency
@@ -131,9 +192,57 @@ def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
     """Build a config from the ``model:`` mapping of an official yaml; ConfigError names a missing or mistyped
     entry by its path (``model.image_encoder.trunk.embed_dim``)."""
     entries = _Entries(model)
-    for flag, expected in _REQUIRED_FLAGS.items():
+    vit = str(entries.get("image_encoder.trunk._target_", "")).endswith(".ViT")
+    for flag, expected in {**_REQUIRED_FLAGS, **_FAMILY_FLAGS[EFFICIENTTAM if vit else HIERA]}.items():
         if model.get(flag, expected) != expected:
-            raise ConfigError(f"Unsupported setting {flag}={model[flag]!r}: this implementation needs {expected!r}.")
+            family = "EfficientTAM" if vit else "SAM 2.1 (Hiera)"
+            raise ConfigError(f"Unsupported setting {flag}={model[flag]!r}: this implementation of {family} needs "
+                              f"{expected!r}.")
+    trunk = _vit_trunk(entries) if vit else _hiera_trunk(entries)
+    d_model = entries.integer("image_encoder.neck.d_model")
+    if entries.integer("memory_attention.d_model") != d_model:
+        raise ConfigError("memory_attention.d_model must equal the neck's d_model.")
+    cross = "memory_attention.layer.cross_attention."
+    common = dict(
+        image_size=entries.integer("image_size"),
+        d_model=d_model,
+        memory_attention_layers=entries.integer("memory_attention.num_layers"),
+        memory_attention_heads=entries.integer(cross + "num_heads"),
+        memory_attention_ffn_dim=entries.integer("memory_attention.layer.dim_feedforward"),
+        rope_theta=entries.number(cross + "rope_theta", 10000.0),
+        mem_dim=entries.integer("memory_encoder.out_dim"),
+        memory_fuser_layers=entries.integer("memory_encoder.fuser.num_layers"),
+        num_maskmem=entries.integer("num_maskmem"),
+        sigmoid_scale_for_mem_enc=entries.number("sigmoid_scale_for_mem_enc"),
+        sigmoid_bias_for_mem_enc=entries.number("sigmoid_bias_for_mem_enc"),
+    )
+    if vit:
+        return MedSAM2Config(trunk=trunk, **common)
+    top_down_levels = entries.integers("image_encoder.neck.fpn_top_down_levels")
+    return MedSAM2Config(trunk=trunk, fpn_top_down_levels=top_down_levels, **common)
+
+
+def _vit_trunk(entries: "_Entries") -> ViTConfig:
+    trunk = "image_encoder.trunk."
+    if (entries.get("image_encoder.scalp", 0) != 0 or entries.get(trunk + "use_rel_pos", False)
+            or entries.integer(trunk + "patch_size", 16) != 16 or entries.number(trunk + "mlp_ratio", 4.0) != 4.0
+            or entries.get("image_encoder.neck.neck_norm", None) != "LN"
+            or not str(entries.get("image_encoder.neck._target_", "")).endswith(".ViTDetNeck")):
+        raise ConfigError("Only the EfficientTAM image encoder (scalp 0, 16 px patches, MLP ratio 4, no relative "
+                          "positions, ViTDet neck with LN) is supported.")
+    vit = ViTConfig(
+        embed_dim=entries.integer(trunk + "embed_dim"),
+        depth=entries.integer(trunk + "depth"),
+        num_heads=entries.integer(trunk + "num_heads"),
+        window_size=entries.integer(trunk + "window_size"),
+        window_blocks=entries.integers(trunk + "window_block_indexes"),
+    )
+    if list(entries.integers("image_encoder.neck.backbone_channel_list")) != [vit.embed_dim]:
+        raise ConfigError("neck.backbone_channel_list does not match the ViT width.")
+    return vit
+
+
+def _hiera_trunk(entries: "_Entries") -> HieraConfig:
     if entries.get("image_encoder.scalp", 1) != 1 or entries.get("image_encoder.neck.fpn_interp_model", "nearest") != "nearest":
         raise ConfigError("Only the SAM 2.1 image encoder (scalp 1, nearest top-down FPN) is supported.")
     trunk, default_trunk = "image_encoder.trunk.", HieraConfig()
@@ -147,25 +256,7 @@ def config_from_model_section(model: Mapping[str, Any]) -> MedSAM2Config:
     )
     if list(hiera.stage_dims[::-1]) != list(entries.integers("image_encoder.neck.backbone_channel_list")):
         raise ConfigError("neck.backbone_channel_list does not match the Hiera stage widths.")
-    d_model = entries.integer("image_encoder.neck.d_model")
-    if entries.integer("memory_attention.d_model") != d_model:
-        raise ConfigError("memory_attention.d_model must equal the neck's d_model.")
-    cross = "memory_attention.layer.cross_attention."
-    return MedSAM2Config(
-        image_size=entries.integer("image_size"),
-        trunk=hiera,
-        d_model=d_model,
-        fpn_top_down_levels=entries.integers("image_encoder.neck.fpn_top_down_levels"),
-        memory_attention_layers=entries.integer("memory_attention.num_layers"),
-        memory_attention_heads=entries.integer(cross + "num_heads"),
-        memory_attention_ffn_dim=entries.integer("memory_attention.layer.dim_feedforward"),
-        rope_theta=entries.number(cross + "rope_theta", 10000.0),
-        mem_dim=entries.integer("memory_encoder.out_dim"),
-        memory_fuser_layers=entries.integer("memory_encoder.fuser.num_layers"),
-        num_maskmem=entries.integer("num_maskmem"),
-        sigmoid_scale_for_mem_enc=entries.number("sigmoid_scale_for_mem_enc"),
-        sigmoid_bias_for_mem_enc=entries.number("sigmoid_bias_for_mem_enc"),
-    )
+    return hiera
 
 
 _MISSING = object()

@@ -112,11 +112,12 @@ class MultiScaleBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """7x7 stride-4 convolution: (B, 3, H, W) -> (B, H/4, W/4, C) channels-last."""
+    """Strided convolution, channels-last out: Hiera's 7x7 stride 4 (B, 3, H, W) -> (B, H/4, W/4, C), or a
+    ViT's 16x16 patches (stride 16, no padding)."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, kernel_size: int = 7, stride: int = 4, padding: int = 3) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)

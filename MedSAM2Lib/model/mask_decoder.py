@@ -29,8 +29,14 @@ class DecoderOutput:
 
 
 class MaskDecoder(nn.Module):
-    def __init__(self, dim: int, iou_head_hidden_dim: int = 256) -> None:
+    """high_res_features: SAM 2.1 adds projected stride-4 and stride-8 image features while upscaling;
+    EfficientTAM upscales the stride-16 embedding alone. cpu_math_attention: on CPU, attend with PyTorch's
+    math kernel, as the SAM 2.1 reference does (EfficientTAM's leaves the choice to PyTorch)."""
+
+    def __init__(self, dim: int, high_res_features: bool = True, cpu_math_attention: bool = True,
+                 iou_head_hidden_dim: int = 256) -> None:
         super().__init__()
+        self.cpu_math_attention = cpu_math_attention
         self.transformer = TwoWayTransformer(dim)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(NUM_MASK_TOKENS, dim)
@@ -42,9 +48,10 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
-        # Projections of the stride-4 and stride-8 image features added during upscaling.
-        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
-        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        if high_res_features:
+            # Projections of the stride-4 and stride-8 image features added during upscaling.
+            self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
+            self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, num_layers=3) for _ in range(NUM_MASK_TOKENS)
         )
@@ -63,27 +70,32 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt: torch.Tensor,
         dense_prompt: torch.Tensor,
-        high_res_features: Tuple[torch.Tensor, torch.Tensor],
+        high_res_features: Tuple[torch.Tensor, ...],
     ) -> DecoderOutput:
         """image_embedding (B, C, s, s), image_pe (1, C, s, s), sparse_prompt (B, N, C), dense_prompt
-        (B, C, s, s), high_res_features from :meth:`project_high_res_features`."""
+        (B, C, s, s), high_res_features from :meth:`project_high_res_features`, or () without them."""
         batch = sparse_prompt.shape[0]
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt], dim=1)
         image = image_embedding + dense_prompt
-        # On CPU the reference runs these attention layers with the math kernel (its sdp_kernel context turns
-        # flash attention off); doing the same keeps the prompted slice's logits bit-identical to it.
-        kernel = sdpa_kernel(SDPBackend.MATH) if image.device.type == "cpu" else contextlib.nullcontext()
+        # On CPU the SAM 2.1 reference runs these attention layers with the math kernel (its sdp_kernel context
+        # turns flash attention off); doing as each reference does keeps the prompted slice's logits
+        # bit-identical to it.
+        math = self.cpu_math_attention and image.device.type == "cpu"
+        kernel = sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
         with kernel:
             tokens_out, image_tokens = self.transformer(image, image_pe, tokens)
         object_token, iou_token = tokens_out[:, 0], tokens_out[:, 1]
         mask_tokens = tokens_out[:, 2 : 2 + NUM_MASK_TOKENS]
 
-        feat_s0, feat_s1 = high_res_features
-        upconv1, norm, act1, upconv2, act2 = self.output_upscaling
         image = image_tokens.transpose(1, 2).reshape(image.shape)
-        upscaled = act1(norm(upconv1(image) + feat_s1))
-        upscaled = act2(upconv2(upscaled) + feat_s0)
+        if high_res_features:
+            feat_s0, feat_s1 = high_res_features
+            upconv1, norm, act1, upconv2, act2 = self.output_upscaling
+            upscaled = act1(norm(upconv1(image) + feat_s1))
+            upscaled = act2(upconv2(upscaled) + feat_s0)
+        else:
+            upscaled = self.output_upscaling(image)
 
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         b, c, h, w = upscaled.shape

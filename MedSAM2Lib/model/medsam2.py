@@ -1,5 +1,9 @@
 """MedSAM2: the SAM 2.1 network with a memory bank, as the per-slice operations a volume predictor needs.
 
+The same class runs Efficient MedSAM2 (EfficientTAM): a ViT image encoder with one feature level, and the
+three differences its config names (:class:`MedSAM2Config`); memory attention, memory encoder, prompt
+encoder and mask decoder are otherwise SAM 2.1's.
+
 Attribute names equal the official module names, so the official ``state_dict`` loads unchanged.
 Shapes: B batch (always 1 in the predictor), C = config.d_model, M = config.mem_dim, s = image_size/16.
 """
@@ -14,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, sine_position_encoding_1d, sine_position_encoding_2d
-from .config import MedSAM2Config
+from .config import EFFICIENTTAM, MedSAM2Config
 from .image_encoder import ImageEncoder
+from .vit_encoder import ViTImageEncoder
 from .mask_decoder import MaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
@@ -29,12 +34,13 @@ class ImageFeatures:
     """One encoded slice."""
 
     embedding: torch.Tensor  # (B, C, s, s) stride-16 features
-    high_res: Tuple[torch.Tensor, torch.Tensor]  # (B, C/8, 4s, 4s), (B, C/4, 2s, 2s), projected for the decoder
+    # (B, C/8, 4s, 4s), (B, C/4, 2s, 2s), projected for the decoder; () for EfficientTAM, which has none
+    high_res: Tuple[torch.Tensor, ...]
 
     def item(self, number: int) -> "ImageFeatures":
         """Item ``number`` of a batch, as a batch of one with its own memory."""
         own = [tensor[number : number + 1].clone() for tensor in (self.embedding, *self.high_res)]
-        return ImageFeatures(own[0], (own[1], own[2]))
+        return ImageFeatures(own[0], tuple(own[1:]))
 
 
 @dataclass
@@ -45,6 +51,9 @@ class SliceOutput:
     obj_ptr: torch.Tensor  # (B, C) object pointer for later slices
     object_score_logits: torch.Tensor  # (B, 1)
     iou_scores: torch.Tensor  # (B, 3) multimask IoU predictions on tracked slices, (B, 1) on the prompted slice
+    # How many masks the logits were chosen from (3 multimask outputs, or 1): the references upsample them
+    # together for the memory, and PyTorch's CPU bilinear kernel rounds a 3-channel batch differently.
+    candidates: int = 1
 
     @property
     def object_present(self) -> torch.Tensor:
@@ -77,22 +86,28 @@ class MedSAM2(nn.Module):
         self.config = config
         dim, mem_dim, size = config.d_model, config.mem_dim, config.feature_size
 
-        self.image_encoder = ImageEncoder(config.trunk, dim, config.fpn_top_down_levels)
+        if config.architecture == EFFICIENTTAM:
+            self.image_encoder = ViTImageEncoder(config.trunk, dim)
+        else:
+            self.image_encoder = ImageEncoder(config.trunk, dim, config.fpn_top_down_levels)
         self.memory_attention = MemoryAttention(
             dim, mem_dim, config.memory_attention_layers, config.memory_attention_heads,
             config.memory_attention_ffn_dim, size, config.rope_theta,
         )
         self.memory_encoder = MemoryEncoder(dim, mem_dim, config.memory_fuser_layers)
         self.sam_prompt_encoder = PromptEncoder(dim, config.image_size)
-        self.sam_mask_decoder = MaskDecoder(dim)
+        self.sam_mask_decoder = MaskDecoder(dim, config.high_res_features,
+                                            cpu_math_attention=config.architecture != EFFICIENTTAM)
         self.obj_ptr_proj = MLP(dim, dim, dim, num_layers=3)
-        self.obj_ptr_tpos_proj = nn.Linear(dim, mem_dim)
+        if config.pointer_temporal_encoding:
+            self.obj_ptr_tpos_proj = nn.Linear(dim, mem_dim)
 
         # Temporal encoding of memory-bank slots: index num_maskmem-1 is the prompted slice, k-1 the slice k back.
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(config.num_maskmem, 1, 1, mem_dim))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, dim))
         self.no_obj_ptr = nn.Parameter(torch.zeros(1, dim))
-        self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
+        if config.no_object_memory_embedding:
+            self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
         # In official checkpoints but unused here: the no-memory position token (no_mem_embed is added directly).
         self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, dim))
         # A mask prompt at S x S -> the 4s x 4s mask input from which its object pointer is decoded.
@@ -110,6 +125,8 @@ class MedSAM2(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         """(B, 3, S, S) normalised image -> features; the only step that does not depend on prompts or memory."""
+        if not self.config.high_res_features:
+            return ImageFeatures(self.image_encoder(image), ())
         stride4, stride8, stride16 = self.image_encoder(image)
         return ImageFeatures(stride16, self.sam_mask_decoder.project_high_res_features(stride4, stride8))
 
@@ -144,8 +161,10 @@ class MedSAM2(nn.Module):
         index = torch.arange(batch, device=logits.device)
         best_multi = 1 + iou[:, 1:].argmax(dim=1)
         if num_points <= 1:
-            return self._slice_output(logits[index, best_multi], iou[:, 1:], tokens[index, best_multi],
-                                      decoded.object_score_logits)
+            output = self._slice_output(logits[index, best_multi], iou[:, 1:], tokens[index, best_multi],
+                                        decoded.object_score_logits)
+            output.candidates = 3
+            return output
         stable = self._stability(logits[:, 0]) >= self.config.stability_threshold
         chosen = torch.where(stable, torch.zeros_like(best_multi), best_multi)
         return self._slice_output(logits[index, chosen], iou[index, chosen].unsqueeze(1), tokens[:, 0],
@@ -172,19 +191,25 @@ class MedSAM2(nn.Module):
         return SliceOutput(low_res, obj_ptr, object_score_logits, mask.new_ones(batch, 1))
 
     def encode_memory(
-        self, features: ImageFeatures, low_res_logits: torch.Tensor, object_score_logits: torch.Tensor, binarize: bool
+        self, features: ImageFeatures, low_res_logits: torch.Tensor, object_score_logits: torch.Tensor, binarize: bool,
+        candidates: int = 1,
     ) -> torch.Tensor:
         """Memory features (B, M, s, s) in bfloat16 for a slice and its (B, 1, 4s, 4s) logits.
 
         binarize: the prompted slice enters memory as a hard mask, tracked slices as sigmoid probabilities.
+        candidates: the output's :attr:`SliceOutput.candidates`; the logits are upsampled in a batch of that
+        many channels, so that they round as the reference's do (bfloat16 memories can turn a last-bit
+        difference into 1e-4 a few slices later).
         """
         size = self.config.image_size
-        high_res = F.interpolate(low_res_logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+        batch = low_res_logits.float().expand(-1, candidates, -1, -1)
+        high_res = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)[:, :1]
         mask = (high_res > 0).float() if binarize else torch.sigmoid(high_res)
         mask = mask * self.config.sigmoid_scale_for_mem_enc + self.config.sigmoid_bias_for_mem_enc
         memory = self.memory_encoder(features.embedding, mask)
-        absent = (object_score_logits <= 0).to(memory.dtype)[..., None, None]
-        memory = memory + absent * self.no_obj_embed_spatial[..., None, None]
+        if self.config.no_object_memory_embedding:
+            absent = (object_score_logits <= 0).to(memory.dtype)[..., None, None]
+            memory = memory + absent * self.no_obj_embed_spatial[..., None, None]
         return memory.to(torch.bfloat16)
 
     # -- internals ------------------------------------------------------------------------------------
@@ -229,10 +254,13 @@ class MedSAM2(nn.Module):
         num_ptr_tokens = 0
         if pointers:
             distances, ptrs = zip(*pointers)
-            # Distances are normalised by the largest pointer distance the bank can hold.
-            max_distance = min(num_frames, self.config.max_obj_ptrs) - 1
-            scaled = torch.tensor(distances, dtype=torch.float32, device=ptrs[0].device) / max_distance
-            ptr_pos = self.obj_ptr_tpos_proj(sine_position_encoding_1d(scaled, self.config.d_model))
+            if self.config.pointer_temporal_encoding:
+                # Distances are normalised by the largest pointer distance the bank can hold.
+                max_distance = min(num_frames, self.config.max_obj_ptrs) - 1
+                scaled = torch.tensor(distances, dtype=torch.float32, device=ptrs[0].device) / max_distance
+                ptr_pos = self.obj_ptr_tpos_proj(sine_position_encoding_1d(scaled, self.config.d_model))
+            else:
+                ptr_pos = ptrs[0].new_zeros(len(ptrs), self.config.mem_dim)
             # Each C-wide pointer becomes C/M consecutive M-wide tokens sharing one position.
             split = self.config.d_model // self.config.mem_dim
             ptr_tokens = torch.stack(ptrs, dim=1).reshape(batch, len(ptrs) * split, self.config.mem_dim)

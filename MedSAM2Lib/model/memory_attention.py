@@ -20,8 +20,11 @@ class RoPEAttention(Attention):
     def __init__(self, dim: int, num_heads: int, feature_size: int, theta: float, kv_in_dim: int | None = None):
         super().__init__(dim, num_heads, kv_in_dim=kv_in_dim)
         angles = axial_rope_angles(dim // num_heads, feature_size, theta)
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        # Made as the references make them (complex, by torch.polar, on the CPU at build time): float32
+        # cos()/sin() differ from those in the last bit, which bfloat16 memories can amplify to 1e-4.
+        rotations = torch.polar(torch.ones_like(angles), angles)
+        self.register_buffer("rope_cos", rotations.real.contiguous(), persistent=False)
+        self.register_buffer("rope_sin", rotations.imag.contiguous(), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
         """q (B, s*s, C); k, v (B, n*s*s + num_k_exclude_rope, C_kv): the last num_k_exclude_rope keys keep

@@ -116,7 +116,7 @@ class ModelCache:
 
     def model(self, choice: ModelChoice):
         from ..model.checkpoint import load_model
-        from ..model.config import MEDSAM2_T512, load_config
+        from ..model.config import load_config
         from ..inference.predictor import select_device
 
         checkpoint = Path(choice.checkpoint)
@@ -124,7 +124,7 @@ class ModelCache:
         key = (checkpoint.resolve(), stamp, choice.config, choice.device)
         if key != self._key:
             self._model = self._logic = None  # free the previous model before loading another
-            config = load_config(choice.config) if choice.config else MEDSAM2_T512
+            config = load_config(choice.config) if choice.config else None  # None: recognised from the checkpoint
             self._model = load_model(checkpoint, config, select_device(choice.device))
             self._key = key
         return self._model

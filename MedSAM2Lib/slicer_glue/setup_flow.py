@@ -15,16 +15,16 @@ No Qt and no torch here: this is what the module runs before PyTorch exists.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 from .. import weights
+from ..model_catalogue import (CATALOGUE, DEFAULT_MODEL, CatalogueModel, UnknownModelError, catalogue_model,
+                               model_of_file)
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES, check_absent_slices
 from .runtime import MINIMUM_TORCH_VERSION, ModelChoice, TorchState, missing_packages, torch_state
-
-WEIGHTS_MEGABYTES = 150  # MedSAM2_latest.pt is about 149 MB
-
 
 class SetupError(RuntimeError):
     """Setup cannot go on; the message says why and what to do."""
@@ -39,13 +39,15 @@ class SettingsStore(Protocol):
 
 
 class MedSAM2Settings:
-    """The user's checkpoint file, device, precision and early stop, kept across Slicer sessions.
+    """The user's model (a published one by name, or a checkpoint file), device, precision and early stop, kept
+    across Slicer sessions.
 
     QSettings may hand back a stored number or boolean as a string (INI files store text; slicer.util.toBool
     exists for that reason), so numbers and switches are parsed here.
     """
 
-    CHECKPOINT_KEY = "MedSAM2/Checkpoint"
+    CHECKPOINT_KEY = "MedSAM2/Checkpoint"  # a checkpoint file of the user's; empty: the model's file in the cache
+    MODEL_KEY = "MedSAM2/Model"  # a name of the model catalogue
     DEVICE_KEY = "MedSAM2/Device"
     PRECISION_KEY = "MedSAM2/Precision"
     EARLY_STOP_KEY = "MedSAM2/EarlyStop"  # on or off
@@ -56,10 +58,29 @@ class MedSAM2Settings:
 
     def checkpoint_path(self) -> Path:
         stored = self.store.value(self.CHECKPOINT_KEY, "")
-        return Path(stored) if stored else weights.default_checkpoint_path()
+        return Path(stored) if stored else self._named_model().path()
 
     def set_checkpoint_path(self, path: Path) -> None:
+        """A checkpoint file of the user's, used instead of the named model."""
         self.store.setValue(self.CHECKPOINT_KEY, str(path))
+
+    def model(self) -> Optional[CatalogueModel]:
+        """The published model in use: the named one, or the one whose file name a chosen checkpoint file has
+        (None for another file)."""
+        stored = self.store.value(self.CHECKPOINT_KEY, "")
+        return model_of_file(Path(stored)) if stored else self._named_model()
+
+    def set_model(self, name: str) -> None:
+        """Use a published model (from the weights cache) instead of a checkpoint file; UnknownModelError for a
+        name the catalogue lacks."""
+        self.store.setValue(self.MODEL_KEY, catalogue_model(name).name)
+        self.store.setValue(self.CHECKPOINT_KEY, "")
+
+    def _named_model(self) -> CatalogueModel:
+        try:
+            return catalogue_model(self.store.value(self.MODEL_KEY, DEFAULT_MODEL.name) or DEFAULT_MODEL.name)
+        except UnknownModelError:  # a name from a later version of the extension
+            return DEFAULT_MODEL
 
     def device(self) -> str:
         return self.store.value(self.DEVICE_KEY, "auto") or "auto"
@@ -108,6 +129,7 @@ class Readiness:
     packages: Tuple[str, ...]  # pip names
     checkpoint: Path
     checkpoint_present: bool
+    model: Optional[CatalogueModel] = DEFAULT_MODEL  # the published model the checkpoint is; None: a file of one's own
 
     @property
     def ready(self) -> bool:
@@ -125,7 +147,9 @@ class Readiness:
             steps.append(self.torch.sentence() + " It will be installed by the PyTorch extension (several minutes).")
         steps += [f"The Python package {package} will be installed." for package in self.packages]
         if not self.checkpoint_present:
-            steps.append(f"The MedSAM2 weights will be downloaded to {self.checkpoint} (about {WEIGHTS_MEGABYTES} MB).")
+            model = self.model or DEFAULT_MODEL
+            steps.append(f"The MedSAM2 weights '{model.name}' will be downloaded to {self.checkpoint} (about "
+                         f"{model.approximate_mb} MB).")
         return steps
 
     def status(self) -> str:
@@ -162,7 +186,8 @@ class SetupFlow:
 
     def readiness(self) -> Readiness:
         checkpoint = self.settings.checkpoint_path()
-        return Readiness(torch_state(), tuple(missing_packages()), checkpoint, checkpoint.is_file())
+        return Readiness(torch_state(), tuple(missing_packages()), checkpoint, checkpoint.is_file(),
+                         self.settings.model())
 
     def ensure_ready(self, ask: bool = True) -> bool:
         """Install and download what is missing after one confirmation (``ask``). False if the user declined
@@ -200,13 +225,16 @@ class SetupFlow:
                              f"in the PyTorch Utils module (version requirement {requirement}).")
 
     def download_weights(self) -> bool:
-        """The official checkpoint into the configured path, verified; False if the user cancelled (nothing kept).
-        DownloadError (offline, ...) says how to get the file by hand."""
+        """The chosen published model (a checkpoint file of another name: the default model) into the configured
+        path, verified; False if the user cancelled (nothing kept). DownloadError (offline, ...) says how to get
+        the file by hand."""
         label = "Downloading MedSAM2 weights..."
+        model = self.settings.model() or DEFAULT_MODEL
+        source = dataclasses.replace(self.weights_source, filename=model.filename)
         try:
             weights.download_checkpoint(self.settings.checkpoint_path(),
                                         progress=lambda done, total: self.progress(label, done, total),
-                                        should_cancel=self.should_cancel, source=self.weights_source)
+                                        should_cancel=self.should_cancel, source=source)
         except weights.DownloadCancelled:
             return False
         return True
@@ -219,3 +247,35 @@ class SetupFlow:
         checked = weights.install_local_checkpoint(path)
         self.settings.set_checkpoint_path(checked)
         return checked
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One item of the model combo boxes (module panel and effect options)."""
+
+    value: str  # a catalogue name, or OWN_FILE
+    label: str
+    tooltip: str
+
+
+OWN_FILE = ""  # the entry of a checkpoint file of the user's
+
+
+def model_entries(settings: MedSAM2Settings) -> List[ModelEntry]:
+    """The catalogue's models with their architecture, size and whether they are downloaded; first, when the
+    user's own checkpoint file is in use, an entry for it. :func:`selected_model_entry` is the current one."""
+    entries = []
+    if settings.model() is None:
+        path = settings.checkpoint_path()
+        entries.append(ModelEntry(OWN_FILE, f"File: {path.name}", str(path)))
+    for model in CATALOGUE:
+        here = "downloaded" if model.is_downloaded() else "to download"
+        entries.append(ModelEntry(model.name, f"{model.name} ({model.architecture}, about {model.approximate_mb} MB, "
+                                              f"{here})", f"{model.trained_for}. File: {model.path()}"))
+    return entries
+
+
+def selected_model_entry(settings: MedSAM2Settings) -> str:
+    """The value of the entry in use (a chosen file named like a published model counts as that model)."""
+    model = settings.model()
+    return OWN_FILE if model is None else model.name

@@ -95,6 +95,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         rangeLayout.addWidget(self.rangeLastSpinBox)
         self.scriptedEffect.addLabeledOptionsWidget("Range:", rangeLayout)
 
+        # The model is a setting of the MedSAM2 module too (MedSAM2Settings): one choice for the panel and here.
+        self.modelCombo = qt.QComboBox()
+        self.modelCombo.setToolTip("Which MedSAM2 model segments; one not yet downloaded is downloaded after one "
+                                   "confirmation when it is first used.")
+        self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelCombo)
+
         # Early stop is a setting of the MedSAM2 module (MedSAM2Settings, kept across Slicer sessions), as precision
         # and device are: the module's logic hands it to the predictor and to every session.
         self.earlyStopCheckBox = qt.QCheckBox("Stop a direction after")
@@ -169,6 +175,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                                (self.newSegmentCheckBox, "toggled(bool)"),
                                (self.writeModeCombo, "currentIndexChanged(int)")):
             widget.connect(signal, self.updateMRMLFromGUI)
+        self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
         self.earlyStopCheckBox.connect("toggled(bool)", self.onEarlyStopChanged)
         self.earlyStopSpinBox.connect("valueChanged(int)", self.onEarlyStopChanged)
         self.propagateButton.connect("clicked()", self.propagate)
@@ -207,6 +214,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         settings = moduleLogic().settings
         self.earlyStopCheckBox.checked = settings.early_stop() is not None
         self.earlyStopSpinBox.value = settings.early_stop_slices()
+        moduleWidgets().fillModelCombo(self.modelCombo, settings)  # blocks its own signals
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
         self.refresh()
@@ -224,6 +232,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         effect.setParameter("AutoUpdate", int(self.autoUpdateCheckBox.checked))
         effect.setParameter("NewSegmentPerBox", int(self.newSegmentCheckBox.checked))
         effect.setParameter("WriteMode", self.writeModeCombo.currentData)
+
+    def onModelChanged(self, index):
+        """Applies to the next run (the setup downloads the model first if needed)."""
+        moduleWidgets().onModelChosen(self.modelCombo, index)
+        self.refresh()
 
     def onEarlyStopChanged(self):
         """Applies to the next Propagate or Update, also of the sessions started before."""
@@ -461,9 +474,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
 
 def moduleLogic():
+    return moduleWidgets().moduleLogic()
+
+
+def moduleWidgets():
+    """The MedSAM2 module's Python module (its logic and the model combo helpers shared with its panel)."""
     import MedSAM2
 
-    return MedSAM2.moduleLogic()
+    return MedSAM2
 
 
 def sliceTolerance(sliceWidget):
