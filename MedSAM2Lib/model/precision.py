@@ -53,6 +53,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
+def in_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the dtype autocast computes matrix products in on its device: once, for a tensor that
+    several layers take (each would round it again); ``x`` itself outside autocast (exact mode)."""
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 def cpu_bfloat16_autocast() -> bool:
     """True inside a CPU bfloat16 autocast region."""
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
