@@ -100,6 +100,7 @@ def test_settings_reach_the_predictor_and_the_sessions_and_precision_makes_a_new
         return cache.logic(replace(base, precision=settings.precision()), early_stop=settings.early_stop())
 
     exact = logic()
+    loaded = cache.model(base)
     assert exact.predictor.dtype == torch.float32 and exact.predictor.early_stop == 3
     segmenter = InteractiveSegmenter(exact)
     segmenter.box(app.editor, slice_node, corners, OPTIONS)
@@ -121,7 +122,7 @@ def test_settings_reach_the_predictor_and_the_sessions_and_precision_makes_a_new
     settings.set_precision("bfloat16")
     fast = logic()
     assert fast is not exact and fast.predictor.dtype == torch.bfloat16
-    assert fast.predictor.model is exact.predictor.model  # the model is not loaded again
+    assert cache.model(base) is loaded  # the model is not loaded again
     assert fast.predictor.early_stop is None
 
 

@@ -37,7 +37,8 @@ def test_missing_packages_are_pip_names(monkeypatch):
 def test_model_cache_loads_once_and_reloads_when_the_file_changes(checkpoints, tmp_path):
     copy = tmp_path / "tiny.pt"
     copy.write_bytes(checkpoints["tiny"].read_bytes())
-    choice = ModelChoice(copy, DATA / "medsam2_tiny_test.yaml", "cpu")
+    # float32: the predictor runs the loaded model itself (in bfloat16 it runs a copy with bfloat16 layers).
+    choice = ModelChoice(copy, DATA / "medsam2_tiny_test.yaml", "cpu", precision="float32")
     cache = ModelCache()
     first = cache.model(choice)
     assert cache.model(choice) is first

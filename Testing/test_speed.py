@@ -89,6 +89,25 @@ def test_fast_mode_masks_agree_with_exact_mode(tiny_model, input_volume):
     assert dice(fast > 0, exact > 0) >= 0.98
 
 
+def test_bfloat16_layer_weights_give_autocast_s_results_bit_for_bit(tiny_model, input_volume):
+    """The fast predictor runs a copy whose layers hold bfloat16 weights, rounded once instead of by autocast at
+    every call; the float32 model under autocast gives the same logits exactly, stays float32 itself, and shares
+    its other tensors with the copy."""
+    volume, key_slice, box = input_volume
+    fast = VolumePredictor(tiny_model, precision="bfloat16")
+    assert fast.model is not tiny_model
+    assert fast.model.memory_attention.layers[0].linear1.weight.dtype == torch.bfloat16
+    assert fast.model.memory_attention.layers[0].norm1.weight is tiny_model.memory_attention.layers[0].norm1.weight
+    assert all(parameter.dtype == torch.float32 for parameter in tiny_model.parameters())
+    cast_per_call = VolumePredictor(tiny_model, precision="bfloat16")
+    cast_per_call.model = tiny_model
+    results = list(zip(fast.propagate(volume, key_slice, box), cast_per_call.propagate(volume, key_slice, box)))
+    assert len(results) == volume.shape[0]
+    for once, per_call in results:
+        assert once.index == per_call.index and once.object_score == per_call.object_score
+        np.testing.assert_array_equal(once.logits, per_call.logits)
+
+
 def test_freed_memory_is_reused_instead_of_page_faulted_again():
     """glibc hands large freed blocks back to the system, so each slice touched fresh pages (about 50,000
     page faults per bfloat16 t512 slice); the predictor's setting keeps them. Blocks come from malloc itself,

@@ -27,7 +27,7 @@ from ..model.medsam2 import ImageFeatures, MedSAM2
 from .connected_components import fill_small_holes, largest_component
 from .cpu_memory import keep_freed_memory_for_reuse
 from ..model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
-from ..model.precision import autocast, resolve_precision
+from ..model.precision import autocast, resolve_precision, with_bfloat16_weights
 from .early_stop import DIRECTIONS, DirectionStop, check_absent_slices
 from .preprocessing import model_input
 
@@ -174,7 +174,6 @@ class VolumePredictor:
         binarize_prompt_memory: a prompted slice's mask enters the memory binarised, as the official 3D scripts
         build the predictor (post-processing on); False: as sigmoid probabilities, as the official video script
         builds it (post-processing off)."""
-        self.model = model.eval()
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()  # else each slice page-faults its tensors in afresh (see cpu_memory)
@@ -182,6 +181,8 @@ class VolumePredictor:
         self.binarize_prompt_memory = binarize_prompt_memory
         self.keep_largest_component = keep_largest_component
         self.dtype = resolve_precision(precision, self.device)
+        # Fast mode computes on a copy whose layers hold bfloat16 weights: no rounding of weights per slice.
+        self.model = with_bfloat16_weights(model) if self.dtype == torch.bfloat16 else model.eval()
         check_absent_slices(early_stop)
         self.early_stop = early_stop
         if encode_batch is not None and encode_batch < 1:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import apply_rope, axial_rope_angles
+from .precision import in_autocast_dtype
 from .transformer import Attention
 
 
@@ -32,8 +33,9 @@ class RoPEAttention(Attention):
         q, k, v = self.project(q, k, v)
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         num_rope = k.shape[-2] - num_k_exclude_rope
-        repeats = num_rope // q.shape[-2]
-        rotated = apply_rope(k[:, :, :num_rope], self.rope_cos.repeat(repeats, 1), self.rope_sin.repeat(repeats, 1))
+        # Each memory slice's s*s keys take the grid's rotations: broadcast over the slices, not repeated.
+        grid_keys = k[:, :, :num_rope].unflatten(2, (num_rope // q.shape[-2], q.shape[-2]))
+        rotated = apply_rope(grid_keys, self.rope_cos, self.rope_sin).flatten(2, 3)
         k = torch.cat([rotated, k[:, :, num_rope:]], dim=2)
         return self.attend(q, k, v)
 
@@ -51,12 +53,11 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_obj_ptr_tokens: int
-    ) -> torch.Tensor:
-        normed = self.norm1(x)
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_obj_ptr_tokens: int) -> torch.Tensor:
+        """x (B, s*s, C); keys (memory plus its positions) and values (memory) (B, M, mem_dim) -> (B, s*s, C)."""
+        normed = in_autocast_dtype(self.norm1(x))  # rounded once for the three projections
         x = x + self.self_attn(normed, normed, normed)
-        x = x + self.cross_attn_image(self.norm2(x), memory + memory_pos, memory, num_obj_ptr_tokens)
+        x = x + self.cross_attn_image(self.norm2(x), keys, values, num_obj_ptr_tokens)
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
@@ -79,6 +80,8 @@ class MemoryAttention(nn.Module):
     ) -> torch.Tensor:
         """features, features_pos (B, s*s, C); memory, memory_pos (B, M, mem_dim) -> (B, s*s, C)."""
         x = features + 0.1 * features_pos
+        # Every layer attends to the same keys and values: summed, and rounded to autocast's dtype, once.
+        keys, values = in_autocast_dtype(memory + memory_pos), in_autocast_dtype(memory)
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+            x = layer(x, keys, values, num_obj_ptr_tokens)
         return self.norm(x)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .common import MLP, attention
+from .precision import in_autocast_dtype
 
 
 class Attention(nn.Module):
@@ -66,9 +67,11 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys))
+        # The image tokens with positions are the keys of one attention and the queries of the other.
+        keys_with_pe = in_autocast_dtype(keys + key_pe)
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(keys + key_pe, queries + query_pe, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
         return queries, keys
 
 
