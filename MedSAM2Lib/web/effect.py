@@ -20,13 +20,13 @@ from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
 from vtkmodules.vtkFiltersCore import vtkGlyph2D
 from vtkmodules.vtkRenderingCore import vtkActor2D, vtkPolyDataMapper2D
 
-from ..slicer_glue.gestures import set_point_glyphs
+from ..slicer_glue.gestures import KEY_EVENTS as GESTURE_KEYS, set_point_glyphs
 from .tool import WebTool
 
 MOUSE_EVENTS = {int(vtkCommand.LeftButtonPressEvent): "press", int(vtkCommand.MouseMoveEvent): "move",
                 int(vtkCommand.LeftButtonReleaseEvent): "release",
                 int(vtkCommand.LeftButtonDoubleClickEvent): "double_click"}
-KEY_EVENTS = {"Escape": "escape", "BackSpace": "backspace"}
+KEY_EVENTS = {**GESTURE_KEYS, "Escape": "escape"}  # the desktop effect's keys, and Esc, which the page owns
 # vtkEvent modifier bits (vtkEvent::ShiftModifier, ControlModifier, AltModifier)
 SHIFT, CONTROL, ALT = 1, 2, 4
 

@@ -145,12 +145,14 @@ class WebTool:
         """A slice-view event ("press", "move", "release", "double_click", "escape", "backspace") at view XY;
         returns the box tool's answer (consumed: the view must not also act on it). Actions start in the
         background (:meth:`start`)."""
+        if event == "escape":  # the page's own key (in Slicer, Esc belongs to the Segment Editor): stops a run
+            if self.busy:
+                self.cancel("Cancelled (Esc).")
+            return BoxEvent(consumed=self.busy)
         gesture = self.gestures.handle(event, slice_node, xy, shift=shift, control=control, alt=alt,
                                        running=self.busy, tolerance_mm=self.tolerance_mm(slice_node),
                                        segmenter=self.segmenter, editor=self.editor)
         answer = gesture.box_event
-        if answer.cancel_run:
-            self.cancel("Cancelled (Esc).")
         if answer.status:
             self.message = answer.status
         if gesture.action is not None:
