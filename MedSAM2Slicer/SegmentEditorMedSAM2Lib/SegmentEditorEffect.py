@@ -182,7 +182,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.useSegmentButton.connect("clicked()", self.useSegmentOnSlice)
         self.resetButton.connect("clicked()", self.reset)
         self.cancelButton.connect("clicked()", self.cancel)
-        # Sessions belong to the scene's volumes: they end when it closes.
+        # The box and points drawn belong to the scene's volume (its sessions end on their own: the segmenter
+        # watches the scene, slicer_glue.effect.segmenter_for).
         self.sceneClosedTag = slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         # The view worked in last, with any effect: watched from now on, and again when the layout changes.
         self.watchSliceViews()
@@ -400,8 +401,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         moduleLogic().runs.cancel("Cancelled.", owner=self)
 
     def onSceneClosed(self, caller=None, event=None):
-        if self.segmenter is not None:
-            self.segmenter.end_sessions()
         self.tool.box = None
         self.removeActors()
 
