@@ -1,8 +1,8 @@
 """``medsam2 web`` end to end in a real browser: Debian's chromium driven by playwright, real mouse events on the
 streamed views, the tiny fixture model; results checked on the server side against the library.
 
-The server is the command's own app (arguments parsed by ``medsam2``'s parser, the model loaded by
-``build_predictor``), started in this process so that the test can read its scene between browser actions (the
+The server is the command's own app (arguments parsed by ``medsam2``'s parser and read as ``medsam2 web`` reads
+them, ``ModelOptions.from_arguments``), started in this process so that the test can read its scene between browser actions (the
 browser and the server share one event loop: nothing else touches the scene meanwhile).
 """
 
@@ -27,15 +27,16 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from trame.app import get_server  # noqa: E402
 
-from MedSAM2Lib.apps.cli import build_parser, build_predictor  # noqa: E402
+from MedSAM2Lib.apps.cli import build_parser  # noqa: E402
 from MedSAM2Lib.inference.predictor import FeatureCache  # noqa: E402
 from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
 from MedSAM2Lib.inference.session import Session  # noqa: E402
 from MedSAM2Lib.inference.session_file import run_steps  # noqa: E402
 from MedSAM2Lib.slicer_glue.geometry import StackGeometry  # noqa: E402
-from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array  # noqa: E402
+from MedSAM2Lib.slicer_glue.logic import matrix_to_array  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import segment_array  # noqa: E402
 from MedSAM2Lib.web.app import MedSAM2WebApp, WebOptions  # noqa: E402
+from MedSAM2Lib.web.model import ModelOptions  # noqa: E402
 
 from conftest import DATA  # noqa: E402
 
@@ -64,7 +65,7 @@ def web_app(volume_file: Path, out: Path) -> MedSAM2WebApp:
         "web", str(volume_file), "--port", "0", "--out", str(out), "--device", "cpu", "--precision", "float32",
         "--checkpoint", str(DATA / "medsam2_tiny_random_seed0.pt"), "--config", str(DATA / "medsam2_tiny_test.yaml")])
     options = WebOptions(args.image, args.out, args.port)
-    return MedSAM2WebApp(options, MedSAM2Logic(build_predictor(args)),
+    return MedSAM2WebApp(options, ModelOptions.from_arguments(args),
                          server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
 
 

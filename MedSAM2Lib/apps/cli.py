@@ -515,9 +515,9 @@ def command_web(args: argparse.Namespace) -> int:
 
     try:
         from ..web.app import MedSAM2WebApp, WebOptions, check_exposure
+        from ..web.model import ModelOptions
     except ImportError as error:  # the optional extra is missing
         raise ValueError(f"medsam2 web needs trame-slicer ({error}): pip install 'medsam2-slicer[web]'.") from None
-    from ..slicer_glue.logic import MedSAM2Logic
 
     host = check_exposure(args.host, args.token)
     image = args.image or resource_path("mni152_t1_demo.nii.gz")
@@ -527,7 +527,7 @@ def command_web(args: argparse.Namespace) -> int:
 
         raise CheckpointError(missing_weights_message(checkpoint))
     check_writable(args.out / "medsam2-web-check")  # Save writes there: refused now, not after an hour of work
-    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), MedSAM2Logic(build_predictor(args)))
+    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), ModelOptions.from_arguments(args))
     print(f"MedSAM2 in the browser: {app.url(args.port)} (Ctrl+C stops; Save writes into {args.out})", flush=True)
     app.start()
     return 0

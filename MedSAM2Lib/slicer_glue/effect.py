@@ -35,6 +35,15 @@ def parameter(editor_node, name: str) -> str:
     return str(PARAMETER_DEFAULTS[name]) if value is None else value
 
 
+def set_parameter(editor_node, name: str, value) -> None:
+    """Store an effect parameter where the effect keeps it (what qSlicerSegmentEditorAbstractEffect::setParameter
+    does: the node's attribute "<effect name>.<parameter>"; switches as 0/1), for a front end without Slicer's
+    effect object (the web page). KeyError for a name the effect does not have."""
+    if name not in PARAMETER_DEFAULTS:
+        raise KeyError(f"The MedSAM2 effect has no parameter {name!r}.")
+    editor_node.SetAttribute(f"{EFFECT_NAME}.{name}", str(int(value)) if isinstance(value, bool) else str(value))
+
+
 def switch(editor_node, name: str) -> bool:
     """An on/off parameter (stored as "0"/"1", as qSlicerSegmentEditorAbstractEffect::setParameter(int) does)."""
     try:
