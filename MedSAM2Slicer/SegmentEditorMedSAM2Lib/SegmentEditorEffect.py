@@ -21,7 +21,7 @@ from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, 
                                            act_after_setup, post_processing, report_for, segmenter_for,
                                            session_options, slice_node_of, what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
-from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, set_point_glyphs
+from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, point_glyph_mapper, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
@@ -553,20 +553,8 @@ class PointsActor:
         self.scriptedEffect = scriptedEffect
         self.sliceWidget = sliceWidget
         self.polyData = vtk.vtkPolyData()
-        glyph = vtk.vtkGlyphSource2D()
-        glyph.SetGlyphTypeToCircle()
-        glyph.FilledOn()
-        glyph.SetScale(10)
-        glyphs = vtk.vtkGlyph2D()
-        glyphs.SetInputData(self.polyData)
-        glyphs.SetSourceConnection(glyph.GetOutputPort())
-        glyphs.SetScaleModeToDataScalingOff()
-        glyphs.SetColorModeToColorByScalar()
-        mapper = vtk.vtkPolyDataMapper2D()
-        mapper.SetInputConnection(glyphs.GetOutputPort())
-        mapper.SetColorModeToDirectScalars()  # the points' RGB values, not a lookup table
         self.actor = vtk.vtkActor2D()
-        self.actor.SetMapper(mapper)
+        self.actor.SetMapper(point_glyph_mapper(self.polyData))
         scriptedEffect.addActor2D(sliceWidget, self.actor)
 
     def show(self, points):
