@@ -196,6 +196,19 @@ def test_box_point_propagate_undo_redo_save_in_a_browser(tmp_path):
         segment_id = reloaded.GetSegmentation().GetNthSegmentID(0)
         np.testing.assert_array_equal(segment_array(reloaded, segment_id, app.volume_node), propagated)
 
+        # The side panel: a segment added and listed, the first one selected again from the list, an option ticked.
+        first = app.tool.editor.selected_segment_id()
+        await page.page.click("#medsam2-add-segment")
+        await page.wait_for_status("Segment 'Segment_1' added")
+        assert await page.page.locator(".medsam2-segment").count() == 2
+        assert app.tool.editor.selected_segment_id() not in (None, first)
+        await page.page.locator(".medsam2-segment").first.click()
+        await page.wait_for_status("Segment 'MedSAM2' selected")
+        assert app.tool.editor.selected_segment_id() == first
+        await page.page.get_by_label("New segment for each box").check()
+        while app.tool.option("NewSegmentPerBox") != "1":  # the page's state reaches the server on its loop
+            await asyncio.sleep(0.05)
+
     asyncio.run(open_page(volume_file(tmp_path, "short"), out, scenario))
     assert (tmp_path / "medsam2-web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("MEDSAM2_WEB_SCREENSHOT"):  # how Resources/WebScreenshot.png was made
