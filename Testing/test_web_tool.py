@@ -170,7 +170,10 @@ def test_early_stop_option_reaches_the_next_propagation(tmp_path, checkpoints):
         message = await page.propagate()
         assert message.startswith("Propagated: 11 slice(s)") and "stopped" not in message, message
         tool.set_early_stop(0)
-        assert tool.message.startswith("Early stop unchanged:") and tool.model.settings.early_stop() is None
+        assert tool.message.startswith("Early stop unchanged: Early stop needs at least one slice")
+        tool.set_early_stop("2.5")  # what the page's field holds when it is not a whole number
+        assert tool.message == "Early stop unchanged: '2.5' is not a whole number of slices."
+        assert tool.model.settings.early_stop() is None
 
     run(tmp_path, scenario, checkpoint=checkpoints["tiny_absent"])
 

@@ -243,13 +243,16 @@ class WebTool:
     def set_early_stop(self, slices: Optional[int]) -> None:
         """End each direction after that many slices without the object (None: track to the end); applies to the
         next Propagate or Update, also of the sessions started before (as the desktop module's setting)."""
-        try:
-            self.model.settings.set_early_stop(slices)
-            self.message = (f"Early stop: each direction ends after {slices} slice(s) without the object"
-                            if slices is not None else "Early stop off: each direction tracks to the end")
-            self.message += ", from the next Propagate or Update."
-        except (TypeError, ValueError) as error:
-            self.message = f"Early stop unchanged: {error}"
+        if slices is not None and not isinstance(slices, int):
+            self.message = f"Early stop unchanged: {slices!r} is not a whole number of slices."
+        else:
+            try:
+                self.model.settings.set_early_stop(slices)
+                self.message = (f"Early stop: each direction ends after {slices} slice(s) without the object"
+                                if slices is not None else "Early stop off: each direction tracks to the end")
+                self.message += ", from the next Propagate or Update."
+            except ValueError as error:
+                self.message = f"Early stop unchanged: {error}"
         self.on_change()
 
     def set_precision(self, precision: str) -> None:
