@@ -148,6 +148,9 @@ def test_new_segment_per_box(tmp_path):
         rows = tool.segments()
         assert len(rows) == 2 and page.sessions() == 2
         assert tool.editor.selected_segment_id() == rows[1].id != first
+        assert tool.gestures.box_tool.box is not None  # the prompt of the segment its write created and selected
+        tool.select_segment(first)
+        assert tool.gestures.box_tool.box is None  # another segment selected: the box was the new one's prompt
         assert page.segment(first)[KEY].any() and page.segment(rows[1].id)[KEY].any()
 
     run(tmp_path, scenario)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import slicer
+from vtkmodules.vtkCommonCore import vtkCommand
 
 from ..atomic import write_atomically
 from ..model.precision import PRECISIONS, resolve_precision
@@ -137,9 +138,14 @@ class WebTool:
         self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
         self.segmenter = segmenter_for(None, model.logic(), scene)
         self.gestures = ViewGestures()
+        # Another segment selected (in the list, by Undo): the box drawn for the previous one goes, and the page
+        # shows the new one's points and buttons, as in the desktop effect. A segment that MedSAM2's own write
+        # creates and selects (the first box, a new segment per box) keeps the box: it is that segment's prompt.
         self.selection = SelectionWatch()
         self.selection.changed(editor_node)
-        self.runs = LoopRunController(self._write_with_surface)
+        self._writing = False
+        editor_node.AddObserver(vtkCommand.ModifiedEvent, self._on_editor_node_modified)
+        self.runs = LoopRunController(self._write)
         self.runs.observe(self._changed_from_any_thread)
         self.message = "Drag a box around the structure in a slice view."
         self.progress = (0, 0)
@@ -279,7 +285,6 @@ class WebTool:
             self.message = "That segment no longer exists."
         else:
             self.editor_node.SetSelectedSegmentID(segment_id)
-            self.selection.changed(self.editor_node, self.gestures.box_tool)
             self.message = f"Segment '{self._segment_name(segment_id)}' selected: drag a box, or click to correct it."
         self.on_change()
 
@@ -288,7 +293,6 @@ class WebTool:
         if self._refused_while_busy("add a segment"):
             return
         segment_id = self.editor_logic.AddEmptySegment()  # saves the state for Undo and selects it
-        self.selection.changed(self.editor_node, self.gestures.box_tool)
         self.message = f"Segment '{self._segment_name(segment_id)}' added: drag a box around its structure."
         self.on_change()
 
@@ -303,9 +307,14 @@ class WebTool:
         else:
             name = self._segment_name(segment_id)
             self.editor_logic.RemoveSelectedSegment()  # saves the state for Undo, selects the next segment
-            self.selection.changed(self.editor_node, self.gestures.box_tool)
             self.message = f"Segment '{name}' removed (Undo brings it back)."
         self.on_change()
+
+    def _on_editor_node_modified(self, caller, event) -> None:
+        if self._writing:
+            self.selection.changed(caller)  # noted, the box kept
+        elif self.selection.changed(caller, self.gestures.box_tool):
+            self.on_change()
 
     def _segment_name(self, segment_id: str) -> str:
         return self.editor_node.GetSegmentationNode().GetSegmentation().GetSegment(segment_id).GetName()
@@ -373,14 +382,16 @@ class WebTool:
             self.progress, self.task = (0, 0), None
             self.on_change()
 
-    @staticmethod
-    def _write_with_surface(write: Callable, computed, target):
-        """The write, with the 3D view's closed surface made again only after an action that propagated."""
+    def _write(self, write: Callable, computed, target):
+        """The run's write on the loop, with the 3D view's closed surface made again only after an action that
+        propagated; the segment it selects keeps the box."""
         node = target.segmentation_node
         node.RemoveClosedSurfaceRepresentation()  # else every single-slice write converts the whole segment again
+        self._writing = True
         try:
             return write(computed, target)
         finally:
+            self._writing = False
             if computed.propagated:
                 node.CreateClosedSurfaceRepresentation()
 
