@@ -189,7 +189,6 @@ def test_precision_change_computes_on_a_bfloat16_copy_of_the_loaded_model(tmp_pa
         float_logic = tool.segmenter.logic
         assert float_logic.predictor.dtype == torch.float32
         await page.box()
-        await page.propagate()
         tool.set_precision("float16")
         assert tool.message.startswith("Unknown precision 'float16'") and model.settings.precision() == "float32"
         tool.set_precision("bfloat16")
