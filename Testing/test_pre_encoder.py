@@ -13,6 +13,7 @@ import weakref
 
 import numpy as np
 import pytest
+import vtk
 
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
@@ -242,3 +243,20 @@ def test_pre_encoding_never_replaces_the_live_sessions_stack(app, volume_node, p
     assert segmenter.logic.pre_encoder.wait(WAIT) and segmenter.logic.pre_encoder.encoded == []
     assert list(segmenter.sessions.values()) == [state] and segmenter.logic.stack_for(
         app.editor.source(), state.geometry, state.windowing)[1] is state.session.cache
+
+
+def test_the_web_tool_encodes_the_slice_under_the_mouse(app, volume_node, predictor):
+    from MedSAM2Lib.web.tool import WebTool
+
+    app.segmentation_for(volume_node, with_segment=True)
+    slice_node, corners = axial_box(app, volume_node)
+    slice_logics = vtk.vtkCollection()  # the views' logics, as trame-slicer registers them (the tool asks for spacing)
+    slice_logics.AddItem(app._slice_logics[-1])
+    app.app_logic.SetSliceLogics(slice_logics)
+    tool = WebTool(app.scene, app.app_logic, app.editor_node, MedSAM2Logic(predictor), lambda: None, LESION)
+    tool.view_event("move", slice_node, corners[0])  # the mouse over the view, no button pressed
+    pre_encoder = tool.segmenter.logic.pre_encoder
+    assert pre_encoder.wait(WAIT) and pre_encoder.encoded == [3, 4, 2]
+    tool.view_event("move", slice_node, corners[1])  # the same slice: nothing more
+    assert pre_encoder.wait(WAIT) and pre_encoder.encoded == [3, 4, 2]
+    tool.segmenter.close()

@@ -67,7 +67,9 @@ class PreEncoder:
             self._target = (stack, cache)
             self._pending = [index for index in indices if index not in cache]
             if self._pending and self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="MedSAM2 pre-encoder", daemon=True)
+                # Not a daemon: at exit Python waits for the pending slices (three encoder calls at most) instead of
+                # stopping the thread inside a torch call.
+                self._thread = threading.Thread(target=self._work, name="MedSAM2 pre-encoder")
                 self._thread.start()
             self._condition.notify_all()
 
