@@ -21,13 +21,11 @@ from MedSAM2Lib.slicer_glue.effect import PreEncodeTrigger
 from MedSAM2Lib.slicer_glue.interactive import InteractiveOptions, InteractiveSegmenter
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, view_geometry
 from MedSAM2Lib.slicer_glue.pre_encoder import slices_to_encode
-from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array
+from MedSAM2Lib.slicer_glue.scenario import segment_array
 
-from slicer_support import app, lesion_volume, ras_of, xy_of  # noqa: F401 (app is a fixture)
+from slicer_support import app, ras_of  # noqa: F401 (app is a fixture)
+from test_effect import CENTRE, LESION, box_corners, predictor, volume_node  # noqa: F401 (fixtures)
 
-LESION = InteractiveOptions(windowing=Windowing("window", (0.0, 200.0)))
-CENTRE = (40.3, 20.4, 3.0)  # on the small lesion volume's slice K = 3
-HALF_BOX = np.array([8.6, 6.3, 0.0])  # in IJK; none along the axial view's axis
 WAIT = 60.0  # seconds a test waits for the worker at most (a loaded machine is slow; a hang fails, never passes)
 
 
@@ -65,20 +63,9 @@ class BlockingEncoderDouble(VolumePredictor):
                 self._running -= 1
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return VolumePredictor(tiny_model)
-
-
-@pytest.fixture
-def volume_node(app):
-    return add_volume(app.scene, lesion_volume((7, 48, 64)), oblique_ijk_to_ras(), "lesion")
-
-
 def axial_box(app, volume_node, centre=CENTRE):
     slice_node = app.view(volume_node, "Axial", centre)
-    low, high = np.array(centre) - HALF_BOX, np.array(centre) + HALF_BOX
-    return slice_node, (xy_of(slice_node, volume_node, low), xy_of(slice_node, volume_node, high))
+    return slice_node, box_corners(slice_node, volume_node, centre)
 
 
 def selected(app, volume_node):
