@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import vtk
 
-from MedSAM2Lib.inference.predictor import VolumePredictor
+from MedSAM2Lib.inference.predictor import FeatureCache, VolumePredictor
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue.effect import PreEncodeTrigger
 from MedSAM2Lib.slicer_glue.interactive import InteractiveOptions, InteractiveSegmenter
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, view_geometry
-from MedSAM2Lib.slicer_glue.pre_encoder import slices_to_encode
+from MedSAM2Lib.slicer_glue.pre_encoder import PreEncoder, slices_to_encode
 from MedSAM2Lib.slicer_glue.scenario import segment_array
+from MedSAM2Lib.web.tool import WebTool
 
 from slicer_support import app, ras_of  # noqa: F401 (app is a fixture)
 from test_effect import CENTRE, LESION, box_corners, predictor, volume_node  # noqa: F401 (fixtures)
@@ -131,11 +132,12 @@ def test_the_effect_asks_when_the_mouse_enters_a_view_and_when_it_scrolls(app, v
     assert ask(slice_node, live=False) == [] and ask(slice_node, busy=True) == []
     assert ask(other_view) == []  # not the view the mouse is in
     assert ask(slice_node) == [3, 4, 2]
-    slice_node.SetFieldOfView(30.0, 20.0, 1.0)  # zoom: the same slice
-    slice_node.SetXYZOrigin(5.0, 2.0, 0.0)  # pan: the same slice
-    assert ask(slice_node) == [3, 4, 2]
+    segmenter.end_sessions()  # the features are dropped: asking again would encode them again
+    slice_node.SetFieldOfView(30.0, 20.0, 1.0)  # zoom (as vtkMRMLSliceIntersectionWidget::ProcessZoomSlice)
+    slice_node.SetSliceOrigin(5.0, 2.0, 0.0)  # pan (as its ProcessTranslateSlice)
+    assert ask(slice_node) == [3, 4, 2]  # the same slice: not asked
     slice_node.JumpSliceByOffsetting(*ras_of(volume_node, (40.3, 20.4, 5.0)))  # scrolled to slice 5
-    assert ask(slice_node) == [3, 4, 2, 5, 6]  # slice 4 is in the cache already: never twice
+    assert ask(slice_node) == [3, 4, 2, 5, 6, 4]
 
 
 def test_a_run_pre_empts_the_worker_and_no_slice_is_encoded_twice(app, volume_node, tiny_model):
@@ -233,8 +235,6 @@ def test_pre_encoding_never_replaces_the_live_sessions_stack(app, volume_node, p
 
 
 def test_the_web_tool_encodes_the_slice_under_the_mouse(app, volume_node, predictor):
-    from MedSAM2Lib.web.tool import WebTool
-
     app.segmentation_for(volume_node, with_segment=True)
     slice_node, corners = axial_box(app, volume_node)
     slice_logics = vtk.vtkCollection()  # the views' logics, as trame-slicer registers them (the tool asks for spacing)
@@ -247,3 +247,15 @@ def test_the_web_tool_encodes_the_slice_under_the_mouse(app, volume_node, predic
     tool.view_event("move", slice_node, corners[1])  # the same slice: nothing more
     assert pre_encoder.wait(WAIT) and pre_encoder.encoded == [3, 4, 2]
     tool.segmenter.close()
+
+
+def test_the_worker_keeps_no_more_than_the_cache_allows(predictor):
+    """The worker only adds to the cache it is given, whose bound evicts the least recently used slices."""
+    stack = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    cache = FeatureCache(stack, max_slices=2)
+    pre_encoder = PreEncoder(predictor)
+    pre_encoder.request(stack, cache, slices_to_encode(0, 6, neighbours=2))
+    assert pre_encoder.wait(WAIT)
+    assert slices_to_encode(0, 6, neighbours=2) == [0, 1, 2] and pre_encoder.encoded == [0, 1, 2]
+    assert [index for index in range(6) if index in cache] == [1, 2]
+    assert slices_to_encode(5, 6) == [5, 4]

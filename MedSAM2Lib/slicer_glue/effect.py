@@ -122,7 +122,8 @@ class PreEncodeTrigger:
     only: when the mouse enters a slice view, which becomes the active view (qMRMLSegmentEditorWidget::
     setupViewObservations forwards each slice view's EnterEvent to the active effect, as Paint uses it), and when
     the active view shows another slice (scrolling, or a jump, changes its slice node's SliceToRAS; pan and zoom
-    change only its XYToSlice, so they ask nothing; the editor forwards the slice node's ModifiedEvent to
+    change only its XYToSlice: vtkMRMLSliceIntersectionWidget::ProcessTranslateSlice calls SetSliceOrigin and
+    ProcessZoomSlice SetFieldOfView, so they ask nothing; the editor forwards the slice node's ModifiedEvent to
     processViewNodeEvents). Never while a run goes on (the run has the model), nor before setup (no segmenter:
     the model is not loaded yet).
     """
