@@ -23,7 +23,8 @@ pre-encoded preview made no image-encoder call.
 
 The model: the real-size MedSAM2 t512 architecture with random weights (seed 0; the same work as real weights), or
 ``--checkpoint`` (its architecture recognised, or ``--config``). Reported with the CPU's model and the instruction
-sets that decide the speed (AVX2, AVX-512, AVX-512 BF16, AMX) and the precision they led to. Run it on a quiet
+sets that decide the speed (``benchmarks/hardware_limit.py``'s ``cpu_features``: AMX, AVX-512 BF16, AVX-512,
+PyTorch's ATen kernel level) and the precision they led to. Run it on a quiet
 machine: timings on shared cores are meaningless.
 """
 
@@ -31,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
 import numpy as np
 import torch
@@ -49,29 +49,16 @@ from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
 from MedSAM2Lib.model import MedSAM2  # noqa: E402
 from MedSAM2Lib.model.checkpoint import load_model  # noqa: E402
 from MedSAM2Lib.model.config import MEDSAM2_T512, load_config  # noqa: E402
-from MedSAM2Lib.model.precision import PRECISIONS, cpu_has_fast_bfloat16  # noqa: E402
+from MedSAM2Lib.model.precision import PRECISIONS  # noqa: E402
 from MedSAM2Lib.slicer_glue.interactive import InteractiveOptions, InteractiveSegmenter  # noqa: E402
 from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, view_geometry  # noqa: E402
 from MedSAM2Lib.slicer_glue.pre_encoder import NEIGHBOURS  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import add_volume  # noqa: E402
+from benchmarks.hardware_limit import cpu_features  # noqa: E402
 from benchmarks.propagation import synthetic_volume  # noqa: E402
 from slicer_support import SlicerScene, ras_of, xy_of  # noqa: E402
 
 OPTIONS = InteractiveOptions(windowing=Windowing("none"))  # the synthetic volume is already 0..255
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def cpu_features() -> Dict:
-    """The CPU and the instruction sets that decide inference speed, as Linux reports them."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        cpuinfo = ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return {"model": names[0] if names else platform.processor(), "flags": [f for f in CPU_FLAGS if f in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "fast_bfloat16": cpu_has_fast_bfloat16()}
 
 
 def round_slices(slices: int, rounds: int) -> List[int]:
