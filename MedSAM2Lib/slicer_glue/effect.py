@@ -125,6 +125,39 @@ class LastSliceView:
         return slice_nodes[0] if slice_nodes else None
 
 
+class PreEncodeTrigger:
+    """When the effect asks for the slice a view shows to be encoded in the background
+    (:meth:`InteractiveSegmenter.pre_encode`), so that the box the user is about to drag previews with the decoder
+    only: when the mouse enters a slice view, which becomes the active view (qMRMLSegmentEditorWidget::
+    setupViewObservations forwards each slice view's EnterEvent to the active effect, as Paint uses it), and when
+    the active view shows another slice (scrolling, or a jump, changes its slice node's SliceToRAS; pan and zoom
+    change only its XYToSlice: vtkMRMLSliceIntersectionWidget::ProcessTranslateSlice calls SetSliceOrigin and
+    ProcessZoomSlice SetFieldOfView, so they ask nothing; the editor forwards the slice node's ModifiedEvent to
+    processViewNodeEvents). Never while a run goes on (the run has the model), nor before setup (no segmenter:
+    the model is not loaded yet).
+    """
+
+    def __init__(self) -> None:
+        self.slice_node = None  # the active view's slice node
+        self._shown: Optional[Tuple[float, ...]] = None  # its SliceToRAS when last asked
+
+    def entered(self, slice_node) -> None:
+        self.slice_node, self._shown = slice_node, None
+
+    def ask(self, segmenter, editor, slice_node, options: Callable[[], Any], busy: bool) -> Optional[str]:
+        """Start the background encoding if the active view shows a slice not asked for yet; returns the
+        sentence of an earlier background failure for the status line (once), else None. options(): the
+        effect's InteractiveOptions (read only when asking)."""
+        if slice_node is None or slice_node is not self.slice_node or busy or segmenter is None or editor is None:
+            return None
+        matrix = slice_node.GetSliceToRAS()
+        shown = tuple(matrix.GetElement(row, column) for row in range(4) for column in range(4))
+        if shown == self._shown:
+            return None
+        self._shown = shown
+        return segmenter.pre_encode(editor, slice_node, options())
+
+
 # -- what is shown --------------------------------------------------------------------------------------------
 
 

@@ -82,6 +82,7 @@ from ..inference.session_file import SessionFileError, run_steps, session_option
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing,
                     grid_part, labelmap_stamp, segment_mask_on, slab_modifications, view_geometry, view_to_index)
+from .pre_encoder import slices_to_encode
 from .run_controller import (NEW_SEGMENT_NAME, SESSION_TAG, RunController, RunOutcome, WriteTarget,
                              saved_session_tag)
 
@@ -232,7 +233,8 @@ class InteractiveSegmenter:
         compute = getattr(self, f"compute_{action}")
         return controller.run(
             editor.backend.editor_node(),
-            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel),
+            lambda should_cancel: self._computing(compute, editor, *arguments, progress=progress,
+                                                  should_cancel=should_cancel),
             lambda computed, target: self.write(editor, computed, target).message,
             owner,
             confirm_target,
@@ -522,6 +524,38 @@ class InteractiveSegmenter:
                 del self.sessions[key]
         self._forget_segmentations({node_id for node_id, _ in self.sessions})
 
+    def pre_encode(self, editor: EditorAccess, slice_node, options: InteractiveOptions = InteractiveOptions()
+                   ) -> Optional[str]:
+        """While the user finds the slice and drags the box: encode the slice this view shows, then its neighbours,
+        in the background (:class:`PreEncoder`), on the stack a box drawn here now would use (the selected segment's
+        session's, else the stack a new session would start on), so that the box's preview needs only the
+        decoder. Returns at once; call it from the thread that starts the runs, never during one.
+
+        Nothing is started where a box could not segment (no source volume, an oblique view, ...: the box says
+        why), where the selected segment has a saved session to restore (restoring picks its own stack), or where
+        the stack differs from the live sessions' (building it would replace their image features, which only a
+        box may do). Returns, once, a sentence saying that an earlier background encoding failed (else None)."""
+        failure = self.logic.pre_encoder.take_failure()
+        try:
+            source = editor.source()
+            view = view_geometry(source, slice_node)
+            state = self.session_of(editor)
+            if state is not None and state.geometry.slice_axis == view.slice_axis and self._fits(state, source,
+                                                                                                  options):
+                geometry, windowing = state.geometry, state.windowing
+            elif self.restorable(editor) and not options.new_segment_per_box:
+                return failure
+            else:
+                geometry, windowing = self._new_session_stack(source, view, options)
+                if self._cache is not None and not self._same_stack(source, geometry, windowing):
+                    return failure
+            stack, cache = self.logic.stack_for(source, geometry, windowing)
+            shown = self._slice_at(source, slice_node, geometry, (0.0, 0.0))
+        except ValueError:  # EditorStateError, ObliqueViewError, InteractionError, NonFiniteError: the box says it
+            return failure
+        self.logic.pre_encoder.request(stack, cache, slices_to_encode(shown, stack.shape[0]))
+        return failure
+
     def held_bytes(self) -> int:
         """Bytes kept for segmenting: the image features and every session's outputs, memories and masks."""
         return self.logic.feature_bytes() + sum(state.nbytes() for state in self.sessions.values())
@@ -530,7 +564,13 @@ class InteractiveSegmenter:
 
     def _act(self, editor: EditorAccess, compute, *arguments, **keywords) -> ActionResult:
         target = WriteTarget.capture(editor.backend.editor_node())
-        return self.write(editor, compute(editor, *arguments, **keywords), target)
+        return self.write(editor, self._computing(compute, editor, *arguments, **keywords), target)
+
+    def _computing(self, compute, editor: EditorAccess, *arguments, **keywords) -> Computed:
+        """An action's computation with the model to itself: the background encoding stops for it
+        (:meth:`PreEncoder.paused`)."""
+        with self.logic.pre_encoder.paused():
+            return compute(editor, *arguments, **keywords)
 
     def _selected_key(self, editor: EditorAccess) -> Optional[Tuple[str, str]]:
         segment_id = editor.selected_segment_id()
@@ -553,10 +593,9 @@ class InteractiveSegmenter:
                session_id: Optional[str] = None) -> SegmentSession:
         """A new session (restored: on the saved geometry and window, with the saved session's ID), joining the live
         sessions' stack if it runs along the view's axis with the same window; otherwise the live sessions end."""
-        windowing = windowing or options.windowing or display_windowing(source.volume_node)
         if geometry is None:
-            joins = self._geometry is not None and self._geometry.slice_axis == view.slice_axis
-            geometry = self._geometry if joins and self._same_stack(source, self._geometry, windowing) else view
+            geometry, windowing = self._new_session_stack(source, view, options)
+        windowing = windowing or options.windowing or display_windowing(source.volume_node)
         if self._cache is not None and not self._same_stack(source, geometry, windowing):
             self.end_sessions()
         stack, cache = self.logic.stack_for(source, geometry, windowing)
@@ -568,6 +607,14 @@ class InteractiveSegmenter:
         session = Session(self.logic.predictor, stack, cache, early_stop=self.logic.predictor.early_stop)
         record = WriteRecord(session_id or uuid.uuid4().hex)
         return SegmentSession(session, geometry, windowing, record, baseline=baseline)
+
+    def _new_session_stack(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions
+                           ) -> Tuple[StackGeometry, Windowing]:
+        """The stack orientation and window of a session a box in this view would start: the live sessions'
+        orientation if it runs along the view's axis with the same window (it then joins them), else the view's."""
+        windowing = options.windowing or display_windowing(source.volume_node)
+        joins = self._geometry is not None and self._geometry.slice_axis == view.slice_axis
+        return (self._geometry if joins and self._same_stack(source, self._geometry, windowing) else view), windowing
 
     def _take_edits(self, editor, source: SourceImage, state: SegmentSession, exclude: Optional[int] = None
                     ) -> List[int]:

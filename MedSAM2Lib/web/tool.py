@@ -32,7 +32,8 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from ..atomic import write_atomically
 from ..model.precision import PRECISIONS, resolve_precision
 from ..slicer_glue.box import BoxEvent
-from ..slicer_glue.effect import SelectionWatch, parameter, segmenter_for, session_options, set_parameter, switch
+from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, segmenter_for, session_options,
+                                  set_parameter, switch)
 from ..slicer_glue.geometry import ObliqueViewError
 from ..slicer_glue.gestures import ViewGestures
 from ..slicer_glue.interactive import InteractionError
@@ -138,6 +139,7 @@ class WebTool:
         self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
         self.segmenter = segmenter_for(None, model.logic(), scene)
         self.gestures = ViewGestures()
+        self.pre_encoding = PreEncodeTrigger()
         # Another segment selected (in the list, by Undo): the box drawn for the previous one goes, and the page
         # shows the new one's points and buttons, as in the desktop effect. A segment that MedSAM2's own write
         # creates and selects (the first box, a new segment per box) keeps the box: it is that segment's prompt.
@@ -199,6 +201,8 @@ class WebTool:
             if self.busy:
                 self.cancel("Cancelled (Esc).")
             return BoxEvent(consumed=self.busy)
+        if event == "move":  # the mouse over a view: its slice is encoded in the background, as in the effect
+            self._pre_encode(slice_node)
         gesture = self.gestures.handle(event, slice_node, xy, shift=shift, control=control, alt=alt,
                                        running=self.busy, background=switch(self.editor_node, "BackgroundClicks"),
                                        tolerance_mm=self.tolerance_mm(slice_node),
@@ -394,6 +398,15 @@ class WebTool:
             self._writing = False
             if computed.propagated:
                 node.CreateClosedSurfaceRepresentation()
+
+    def _pre_encode(self, slice_node) -> None:
+        if slice_node is not self.pre_encoding.slice_node:
+            self.pre_encoding.entered(slice_node)
+        failure = self.pre_encoding.ask(self.segmenter, self.editor, slice_node,
+                                        lambda: session_options(self.editor_node), self.busy)
+        if failure:
+            self.message = failure
+            self.on_change()
 
     def _progress_from_worker(self, done: int, total: int) -> None:
         def show() -> None:

@@ -17,8 +17,8 @@ import qt
 import vtk
 
 import slicer
-from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
-                                           act_after_setup, post_processing, report_for, segmenter_for,
+from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, PreEncodeTrigger,
+                                           SelectionWatch, act_after_setup, post_processing, report_for, segmenter_for,
                                            session_options, slice_node_of, what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
 from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, point_glyph_mapper, set_point_glyphs
@@ -52,6 +52,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.pointActors = {}  # slice widget -> PointsActor showing the session's points of its slice
         self.lastSliceView = LastSliceView()  # the view "Use the segment on this slice" works in
         self.selection = SelectionWatch()
+        self.preEncoding = PreEncodeTrigger()  # when the slice the active view shows is encoded in the background
         self.deferred = DeferredActions(lambda action: qt.QTimer.singleShot(0, action))
         self.sceneClosedTag = None
         self.editorNodeObservation = None  # (segment editor node, tag): its selected segment is watched
@@ -315,6 +316,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         # action waiting for setup does not start (slicer_glue.effect.act_after_setup).
         moduleLogic().runs.cancel("The MedSAM2 effect was deactivated.", owner=self)
         self.stopObservingEditorNode()
+        self.preEncoding.entered(None)
         self.tool.box = None
         self.removeActors()
 
@@ -346,6 +348,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         sliceNode = slice_node_of(viewWidget.mrmlAbstractViewNode())
         if sliceNode is None:
             return False
+        if eventId == vtk.vtkCommand.EnterEvent:  # the editor forwards it (qMRMLSegmentEditorWidget::setupViewObservations)
+            self.preEncoding.entered(sliceNode)
+            self.preEncode(sliceNode)
+            return False
         if eventId == vtk.vtkCommand.KeyPressEvent:
             event = KEY_EVENTS.get(callerInteractor.GetKeySym())
         else:
@@ -371,6 +377,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         # Called for 3D view nodes too (qMRMLSegmentEditorWidget observes them): those show neither box nor points.
         if slice_node_of(callerViewNode) is not None:
             self.refresh(viewWidget)  # pan, zoom and scrolling change where the box is drawn and which points are shown
+            self.preEncode(callerViewNode)  # the active view scrolled to another slice: encode it in the background
+
+    def preEncode(self, sliceNode):
+        """The slice the active view shows, and its neighbours, are encoded in the background so that the box's
+        preview needs only the decoder (slicer_glue.effect.PreEncodeTrigger decides when; nothing before setup)."""
+        try:
+            failure = self.preEncoding.ask(self.segmenter, self.editorAccess() if self.segmenter is not None else None,
+                                           sliceNode, lambda: session_options(self.scriptedEffect.parameterSetNode()),
+                                           moduleLogic().runs.busy)
+        except Exception as error:
+            self.report(error)
+            return
+        if failure:
+            self.statusLabel.text = failure
 
     def setBox(self, sliceWidget, xyCorners):
         """Set the box programmatically: two opposite corners in the view's XY coordinates."""
