@@ -93,6 +93,13 @@ def test_a_front_end_without_the_effect_object_stores_parameters_where_the_effec
         effect.set_parameter(node, "Directions", "both")
 
 
+def test_reset_before_setup_drops_the_box_only(app):
+    tool = BoxTool()
+    tool.box = object()  # any box
+    assert effect.reset_session(None, None, tool).startswith("The selected segment's MedSAM2 session was reset.")
+    assert tool.box is None
+
+
 # -- views ----------------------------------------------------------------------------------------------------
 
 

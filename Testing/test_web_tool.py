@@ -17,6 +17,7 @@ from vtkmodules.vtkIOImage import vtkPNGWriter  # noqa: F401,E402 (the rendering
 from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 
+from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
 from MedSAM2Lib.slicer_glue.gestures import POINT_COLOURS  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import segment_array, set_segment_array  # noqa: E402
 from MedSAM2Lib.web.app import MedSAM2WebApp  # noqa: E402
@@ -156,6 +157,27 @@ def test_new_segment_per_box(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_intensities_option_is_the_window_a_session_starts_with(tmp_path):
+    async def scenario(page: Tool) -> None:
+        tool = page.tool
+        await page.box()
+        display = tool.segmenter.session_of(tool.editor).windowing
+        assert display.name == "window"  # the default: the display window at the first box
+        tool.set_option("Windowing", "none")
+        message = await page.click()
+        assert message.startswith("The intensity windowing changed in the effect's options"), message
+        message = await page.box(OTHER_BOX)
+        assert "was made with the intensity window" in message and "Click Reset" in message
+        assert tool.state().reset_enabled
+        tool.reset()
+        assert tool.message.startswith("The selected segment's MedSAM2 session was reset")
+        assert not tool.state().reset_enabled and tool.gestures.box_tool.box is None
+        await page.box(OTHER_BOX)  # a new session, on the option's window
+        assert tool.segmenter.session_of(tool.editor).windowing == Windowing.parse("none") != display
+
+    run(tmp_path, scenario)
+
+
 def test_early_stop_option_reaches_the_next_propagation(tmp_path, checkpoints):
     """The tiny checkpoint whose object score says the object is absent everywhere: early stop ends each direction
     after that many slices; off, every slice is tracked."""
@@ -257,8 +279,9 @@ def test_page_controls_reach_the_tool(tmp_path):
             state.medsam2_range_first = "2"
             state.medsam2_early_stop_slices = "3"
             state.medsam2_precision = "bfloat16"
+            state.medsam2_windowing = "lung"
         assert [tool.option(name) for name in ("Direction", "WriteMode", "NewSegmentPerBox", "RangeEnabled",
-                                               "RangeFirst")] == ["backward", "add", "1", "1", "2"]
+                                               "RangeFirst", "Windowing")] == ["backward", "add", "1", "1", "2", "lung"]
         assert tool.model.settings.early_stop() == 3 and tool.model.settings.precision() == "bfloat16"
         with state:
             state.medsam2_early_stop_on = False

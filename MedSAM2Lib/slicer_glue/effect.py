@@ -24,6 +24,13 @@ EFFECT_NAME = "MedSAM2"
 PARAMETER_DEFAULTS = {"Direction": "both", "Windowing": "display", "RangeEnabled": 0, "RangeFirst": 0, "RangeLast": 0,
                       "FillHoles": 1, "LargestComponent": 1, "BackgroundClicks": 0, "AutoUpdate": 0,
                       "NewSegmentPerBox": 0, "WriteMode": "replace"}
+# The choices of the effect's list parameters, (label, value), as both front ends offer them.
+DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
+              ("Backward (decreasing slice index)", "backward")]
+WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
+              ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
+              ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
+WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
 
 
 # -- parameters -----------------------------------------------------------------------------------------------
@@ -231,6 +238,15 @@ def segmenter_for(segmenter, logic, scene):
     segmenter = InteractiveSegmenter(logic)
     segmenter.watch(scene)
     return segmenter
+
+
+def reset_session(segmenter, editor, box_tool: BoxTool) -> str:
+    """Reset: the selected segment's session ends, and a session saved in its tag is dropped too (not restored;
+    the segment's content is kept); the box goes. segmenter, editor: None before setup. Returns the status."""
+    if segmenter is not None:
+        segmenter.end_session(editor)
+    box_tool.box = None
+    return "The selected segment's MedSAM2 session was reset. Drag a box to start again."
 
 
 SETUP_DECLINED = "MedSAM2 is not set up yet: nothing was changed."

@@ -130,6 +130,7 @@ class MedSAM2WebApp(TrameApp):
                 v3.VSpacer()
                 v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=self._propagate,
                         disabled=("!medsam2_propagate_enabled",))
+                v3.VBtn("Reset", id="medsam2-reset", click=tool.reset, disabled=("!medsam2_reset_enabled",))
                 v3.VBtn("Cancel", id="medsam2-cancel", click=tool.cancel, disabled=("!medsam2_busy",))
                 v3.VBtn("Undo", id="medsam2-undo", click=tool.undo, disabled=("!medsam2_can_undo",))
                 v3.VBtn("Redo", id="medsam2-redo", click=tool.redo, disabled=("!medsam2_can_redo",))
@@ -165,6 +166,7 @@ class MedSAM2WebApp(TrameApp):
             state.medsam2_percent = 100 * shown.done / shown.total if shown.total else 0
             state.medsam2_propagate_text = shown.propagate_text
             state.medsam2_propagate_enabled = shown.propagate_enabled
+            state.medsam2_reset_enabled = shown.reset_enabled
             state.medsam2_can_undo = shown.can_undo
             state.medsam2_can_redo = shown.can_redo
             state.medsam2_segments = [asdict(row) for row in shown.segments]

@@ -9,20 +9,21 @@ from trame.widgets import html
 from trame_vuetify.widgets import vuetify3 as v3
 
 from ..model.precision import PRECISIONS
+from ..slicer_glue.effect import DIRECTIONS, WINDOWINGS, WRITE_MODES
 from .tool import WebTool
 
-DIRECTION_ITEMS = [{"title": "Both directions", "value": "both"},
-                   {"title": "Forward (increasing slice index)", "value": "forward"},
-                   {"title": "Backward (decreasing slice index)", "value": "backward"}]
-WRITE_ITEMS = [{"title": "Replace the computed slices", "value": "replace"},
-               {"title": "Add to the segment's earlier content", "value": "add"}]
 # State name -> (effect parameter, how the page's value becomes the parameter's)
 PARAMETER_STATE = {"medsam2_direction": ("Direction", str), "medsam2_range_on": ("RangeEnabled", bool),
                    "medsam2_range_first": ("RangeFirst", str), "medsam2_range_last": ("RangeLast", str),
                    "medsam2_write_mode": ("WriteMode", str), "medsam2_new_segment_per_box": ("NewSegmentPerBox", bool),
-                   "medsam2_background_clicks": ("BackgroundClicks", bool)}
+                   "medsam2_background_clicks": ("BackgroundClicks", bool), "medsam2_windowing": ("Windowing", str)}
 SWATCH = ("`display: inline-block; width: 14px; height: 14px; border-radius: 3px; margin-right: 8px; "
           "vertical-align: middle; background: ${segment.colour}`")
+
+
+def _items(choices) -> list:
+    """The effect's (label, value) choices as a select's items."""
+    return [{"title": label, "value": value} for label, value in choices]
 
 
 def _setting(tool: WebTool, name: str, parameter: str, convert):
@@ -78,11 +79,11 @@ def build_options_panel(server, tool: WebTool) -> None:
                      v_model=("medsam2_new_segment_per_box",), density="compact", hide_details=True)
         v3.VCheckbox(label="Clicks add background points", v_model=("medsam2_background_clicks",),
                      density="compact", hide_details=True)
-        v3.VSelect(label="Write", items=("write_items", WRITE_ITEMS), v_model=("medsam2_write_mode",),
+        v3.VSelect(label="Write", items=("write_items", _items(WRITE_MODES)), v_model=("medsam2_write_mode",),
                    id="medsam2-write-mode", density="compact", hide_details=True, classes="my-2")
 
         html.Div("Propagation", classes="text-subtitle-2 mt-4")
-        v3.VSelect(label="Direction", items=("direction_items", DIRECTION_ITEMS), v_model=("medsam2_direction",),
+        v3.VSelect(label="Direction", items=("direction_items", _items(DIRECTIONS)), v_model=("medsam2_direction",),
                    id="medsam2-direction", density="compact", hide_details=True, classes="my-2")
         with html.Div(style="display: flex; gap: 8px; align-items: center;"):
             v3.VCheckbox(label="Only slices", v_model=("medsam2_range_on",), density="compact", hide_details=True)
@@ -97,5 +98,7 @@ def build_options_panel(server, tool: WebTool) -> None:
                           style="max-width: 110px;")
 
         html.Div("Model", classes="text-subtitle-2 mt-4")
+        v3.VSelect(label="Intensities", items=("windowing_items", _items(WINDOWINGS)), v_model=("medsam2_windowing",),
+                   id="medsam2-windowing", density="compact", hide_details=True, classes="my-2")
         v3.VSelect(label="Precision", items=("precision_items", list(PRECISIONS)), v_model=("medsam2_precision",),
                    id="medsam2-precision", density="compact", hide_details=True, classes="my-2")

@@ -32,8 +32,8 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from ..atomic import write_atomically
 from ..model.precision import PRECISIONS, resolve_precision
 from ..slicer_glue.box import BoxEvent
-from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, segmenter_for, session_options,
-                                  set_parameter, switch)
+from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, reset_session, segmenter_for,
+                                  session_options, set_parameter, switch)
 from ..slicer_glue.geometry import ObliqueViewError
 from ..slicer_glue.gestures import ViewGestures
 from ..slicer_glue.interactive import InteractionError
@@ -47,7 +47,7 @@ LOG = logging.getLogger(__name__)
 REFUSALS = (InteractionError, EditorStateError, ObliqueViewError, RunRefused, ValueError)
 # The effect parameters the page sets (slicer_glue.effect.PARAMETER_DEFAULTS), as the desktop effect's options panel.
 PAGE_PARAMETERS = ("Direction", "RangeEnabled", "RangeFirst", "RangeLast", "WriteMode", "NewSegmentPerBox",
-                   "BackgroundClicks")
+                   "BackgroundClicks", "Windowing")
 SAVE_FORMATS = {"seg.nrrd": "segmentation (all segments, names, colours, MedSAM2 sessions)",
                 "nii.gz": "the selected segment as a 0/1 label map on the volume's grid"}
 
@@ -102,6 +102,7 @@ class ToolState:
     total: int
     propagate_text: str  # "Propagate", or "Update" once the selected segment's session has propagated
     propagate_enabled: bool
+    reset_enabled: bool
     can_undo: bool
     can_redo: bool
     segments: List["SegmentRow"]  # the segmentation's segments, in order
@@ -161,6 +162,7 @@ class WebTool:
         buttons = session_buttons(session.propagated if session is not None else None,
                                   self.segmenter.restorable(self.editor), True, busy)
         return ToolState(self.message, busy, *self.progress, buttons.propagate_text, buttons.propagate_enabled,
+                         buttons.reset_enabled,
                          not busy and self.editor_logic.CanUndo(), not busy and self.editor_logic.CanRedo(),
                          self.segments(), self.editor.selected_segment_id())
 
@@ -232,6 +234,12 @@ class WebTool:
 
     def propagate(self) -> Optional[asyncio.Task]:
         return self.start("propagate")
+
+    def reset(self) -> None:
+        """Forget the selected segment's prompts (its session, also the one saved with it; the content is kept)."""
+        if not self._refused_while_busy("reset"):
+            self.message = reset_session(self.segmenter, self.editor, self.gestures.box_tool)
+            self.on_change()
 
     def cancel(self, reason: str = "Cancelled.") -> None:
         self.runs.cancel(reason)

@@ -17,24 +17,19 @@ import qt
 import vtk
 
 import slicer
-from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, PreEncodeTrigger,
-                                           SelectionWatch, act_after_setup, post_processing, report_for, segmenter_for,
-                                           session_options, slice_node_of, what_to_show)
+from MedSAM2Lib.slicer_glue.effect import (DIRECTIONS, PARAMETER_DEFAULTS, WINDOWINGS, WRITE_MODES, DeferredActions,
+                                           LastSliceView, PreEncodeTrigger, SelectionWatch, act_after_setup,
+                                           post_processing, report_for, reset_session, segmenter_for, session_options,
+                                           slice_node_of, what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
 from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, point_glyph_mapper, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
-              ("Backward (decreasing slice index)", "backward")]
-WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
-              ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
-              ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
 # VTK interactor events -> gesture events. The double-click is taken too: unhandled, it maximizes the view
 # (SegmentEditorDrawEffect handles it for the same reason). Esc is not among the keys: the Segment Editor widget
 # owns it (qMRMLSegmentEditorWidget::installKeyboardShortcuts: Escape deactivates the active effect).
 BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
               vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
-WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -411,11 +406,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.act("use_segment_on_slice", sliceNode)
 
     def reset(self):
-        if self.segmenter is not None:  # a session saved in the segment's tag is dropped too (not restored)
-            self.segmenter.end_session(self.editorAccess())
-        self.tool.box = None
+        status = reset_session(self.segmenter, self.editorAccess() if self.segmenter is not None else None, self.tool)
         self.refresh()
-        self.statusLabel.text = "The selected segment's MedSAM2 session was reset. Drag a box to start again."
+        self.statusLabel.text = status
 
     def cancel(self):
         moduleLogic().runs.cancel("Cancelled.", owner=self)
