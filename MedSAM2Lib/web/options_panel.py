@@ -81,6 +81,8 @@ def build_options_panel(server, tool: WebTool) -> None:
                      density="compact", hide_details=True)
         v3.VSelect(label="Write", items=("write_items", _items(WRITE_MODES)), v_model=("medsam2_write_mode",),
                    id="medsam2-write-mode", density="compact", hide_details=True, classes="my-2")
+        v3.VSelect(label="Intensities", items=("windowing_items", _items(WINDOWINGS)), v_model=("medsam2_windowing",),
+                   id="medsam2-windowing", density="compact", hide_details=True, classes="my-2")
 
         html.Div("Propagation", classes="text-subtitle-2 mt-4")
         v3.VSelect(label="Direction", items=("direction_items", _items(DIRECTIONS)), v_model=("medsam2_direction",),
@@ -98,7 +100,5 @@ def build_options_panel(server, tool: WebTool) -> None:
                           style="max-width: 110px;")
 
         html.Div("Model", classes="text-subtitle-2 mt-4")
-        v3.VSelect(label="Intensities", items=("windowing_items", _items(WINDOWINGS)), v_model=("medsam2_windowing",),
-                   id="medsam2-windowing", density="compact", hide_details=True, classes="my-2")
         v3.VSelect(label="Precision", items=("precision_items", list(PRECISIONS)), v_model=("medsam2_precision",),
                    id="medsam2-precision", density="compact", hide_details=True, classes="my-2")
