@@ -17,13 +17,14 @@ import vtk
 
 from .box import BoxTool
 from .run_controller import SessionButtons, WriteTarget, selected_has_saved_session, session_buttons
+from .sequence_browser import cine_of
 
 EFFECT_NAME = "MedSAM2"
 # The effect's parameters and their defaults. qSlicerSegmentEditorAbstractEffect::setParameter stores each as the
 # segment editor node's attribute "<effect name>.<parameter>" (and parameter() reads it back from there).
 PARAMETER_DEFAULTS = {"Direction": "both", "Windowing": "display", "RangeEnabled": 0, "RangeFirst": 0, "RangeLast": 0,
                       "FillHoles": 1, "LargestComponent": 1, "BackgroundClicks": 0, "AutoUpdate": 0,
-                      "NewSegmentPerBox": 0, "WriteMode": "replace"}
+                      "NewSegmentPerBox": 0, "WriteMode": "replace", "ThroughTime": 0}
 
 
 # -- parameters -----------------------------------------------------------------------------------------------
@@ -175,18 +176,34 @@ class SelectionWatch:
 # -- running --------------------------------------------------------------------------------------------------
 
 
-def segmenter_for(segmenter, logic, scene):
-    """The InteractiveSegmenter on this logic. Sessions live on the logic (the model and its image features): a
-    new logic, after the model, device or precision changed, starts a segmenter without sessions, and the one it
-    replaces is closed (its sessions end, it stops observing the scene). The new one watches ``scene``: sessions
-    end with their segment or segmentation, and closing the scene releases the image features at once."""
+def offers_through_time(editor_node) -> bool:
+    """Whether the effect offers "propagate through time": the source volume is the proxy of a Sequence of two
+    frames or more (a cine loop or 4D image) that a sequence browser plays (read without torch: before setup)."""
+    return editor_node is not None and cine_of(editor_node.GetSourceVolumeNode()) is not None
+
+
+def through_time(editor_node) -> bool:
+    """Whether the effect's actions run through time: offered and chosen (the "ThroughTime" parameter)."""
+    return switch(editor_node, "ThroughTime") and offers_through_time(editor_node)
+
+
+def segmenter_for(segmenter, logic, scene, sequences_logic=None):
+    """The segmenter on this logic: an InteractiveSegmenter on the slices, or with ``sequences_logic`` (Slicer's
+    vtkSlicerSequencesLogic; the effect passes it when :func:`through_time`) a CineSegmenter through time. Sessions
+    live on the logic (the model and its image features): a new logic, after the model, device or precision
+    changed, or the other kind of segmenter, starts a segmenter without sessions, and the one it replaces is closed
+    (its sessions end, it stops observing the scene; slice sessions are restored from their segments' tags when
+    next used). The new one watches ``scene``: sessions end with their segment or segmentation, and closing the
+    scene releases the image features at once."""
+    from .cine import CineSegmenter
     from .interactive import InteractiveSegmenter
 
-    if segmenter is not None and segmenter.logic is logic:
+    kind = CineSegmenter if sequences_logic is not None else InteractiveSegmenter
+    if segmenter is not None and segmenter.logic is logic and type(segmenter) is kind:
         return segmenter
     if segmenter is not None:
         segmenter.close()
-    segmenter = InteractiveSegmenter(logic)
+    segmenter = CineSegmenter(logic, sequences_logic) if sequences_logic is not None else InteractiveSegmenter(logic)
     segmenter.watch(scene)
     return segmenter
 
