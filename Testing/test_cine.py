@@ -15,7 +15,8 @@ from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.inference.session import Session
 from MedSAM2Lib.slicer_glue import cine as cine_module
 from MedSAM2Lib.slicer_glue.cine import CINE_EDIT_TAG, CineSegmenter, frame_source, time_stack
-from MedSAM2Lib.slicer_glue.effect import offers_through_time, segmenter_for, through_time
+from MedSAM2Lib.slicer_glue.box import BoxTool
+from MedSAM2Lib.slicer_glue.effect import offers_through_time, segmenter_for, through_time, what_to_show
 from MedSAM2Lib.slicer_glue.interactive import InteractionError, InteractiveOptions, InteractiveSegmenter
 from MedSAM2Lib.slicer_glue.logic import EditorStateError, MedSAM2Logic, display_windowing, segment_mask_on
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array, set_segment_array
@@ -304,7 +305,8 @@ def test_undo_takes_back_a_whole_action_through_time_and_redo_brings_it_back(
                                   corrected)
 
 
-def test_a_correction_on_another_frame_re_propagates_from_it(app, sequences_logic, cine_editor, predictor):  # noqa: F811
+def test_a_correction_on_another_frame_re_propagates_from_it(
+        app, sequences_logic, cine_editor, predictor):  # noqa: F811
     browser, proxy, segmentation, view = cine_editor
     segment_id = app.editor_node.GetSelectedSegmentID()
     segmenter, _, _ = box_and_propagate(app, sequences_logic, predictor, view, proxy)
@@ -382,3 +384,28 @@ def test_an_action_that_fails_leaves_every_frame_as_it_was(app, sequences_logic,
     assert "5 frame(s) changed" in segmenter.propagate(app.editor).message  # the session is intact: it writes now
     assert not np.delete(before, SHOWN, axis=0).any() and frames_in_sequence(
         browser, segmentation, segment_id)[:, SLICE].reshape(FRAMES, -1).any(axis=1).all()
+
+
+def test_what_the_effect_shows_through_time(app, sequences_logic, cine_editor, predictor):  # noqa: F811
+    browser, proxy, segmentation, view = cine_editor
+    box_tool = BoxTool()
+    shown = what_to_show(box_tool, None, None, app.editor_node, [view], busy=False)
+    assert shown.through_time_offered and shown.buttons.propagate_text == "Propagate"  # offered, not chosen
+    app.editor_node.SetAttribute("MedSAM2.ThroughTime", "1")
+    segmenter = segmenter_for(None, MedSAM2Logic(predictor), app.scene, sequences_logic)
+    segmenter.box(app.editor, view, [xy_of(view, proxy, ijk) for ijk in BOX_IJK])
+    shown = what_to_show(box_tool, segmenter, app.editor, app.editor_node, [view], busy=False)
+    assert shown.buttons.propagate_text == "Propagate through time" and shown.buttons.propagate_enabled
+    segmenter.points(app.editor, view, [(xy_of(view, proxy, (30.0, 22.0, SLICE)), 1)])
+    segmenter.propagate(app.editor)
+    shown = what_to_show(box_tool, segmenter, app.editor, app.editor_node, [view], busy=False)
+    assert shown.buttons.propagate_text == "Update through time"
+    assert shown.points[view.GetID()] == [(pytest.approx(x), pytest.approx(y), 1)
+                                          for x, y in [xy_of(view, proxy, (30.0, 22.0, SLICE))]]
+    assert segmenter.point_near(app.editor, view, shown.points[view.GetID()][0][:2], 3.0) == (SHOWN, 0)
+    assert "Point removed from frame 2" in segmenter.remove_last_point(app.editor).message
+    assert segmenter.session_of(app.editor).point_order == []
+    app.editor_node.SetAndObserveSourceVolumeNode(add_volume(app.scene, cine_frames(1)[0], oblique_ijk_to_ras()))
+    shown = what_to_show(box_tool, segmenter, app.editor, app.editor_node, [view], busy=False)
+    assert not shown.through_time_offered and shown.buttons.propagate_text == "Update"
+    segmenter.close()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,8 +44,8 @@ from ..inference.predictor import FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from .geometry import AXIS_NAMES, StackGeometry, StackPrompt, point_prompt, transform_points
-from .interactive import (ActionResult, InteractionError, InteractiveOptions, SegmentActions, SlicePrompts, _slab, prompt_kind,
-                          propagate_session, remove_point)
+from .interactive import (ActionResult, InteractionError, InteractiveOptions, SegmentActions, SlicePrompts, _slab,
+                          prompt_kind, propagate_session, remove_point)
 from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, SourceImage, array_from_image, display_windowing,
                     grid_part, labelmap_like, segment_mask_on, slab_modifications, view_geometry, view_to_index,
                     world_to_node_matrix)
@@ -166,8 +166,8 @@ class CineSegmenter(SegmentActions):
         """Propagate through time, or Update after corrections: only what the prompts change is recomputed; every
         frame the session computed is written where it differs."""
         state, _ = self._session_for(editor, "Propagate")
-        propagated, stops = propagate_session(state.session, self.logic.predictor.early_stop, options, progress,
-                                              should_cancel)
+        propagated, stops = propagate_session(state.session, self.logic.predictor.early_stop, _in_time(options),
+                                              progress, should_cancel)
         state.propagated = True
         sentence = (f"Propagated through time: {len(propagated)} frame(s) recomputed." if propagated
                     else "Nothing to update: every frame is up to date.")
@@ -219,7 +219,9 @@ class CineSegmenter(SegmentActions):
         key = (target.segmentation_node.GetID(), segment_id)
         self.sessions.pop(key, None)
         self.sessions[key] = state
-        return ActionResult(f"{computed.sentence} {len(edit.frames) + edit.shown_changed} frame(s) changed.", computed.frame, computed.frames, segment_id)
+        changed = len(edit.frames) + edit.shown_changed
+        return ActionResult(f"{computed.sentence} {changed} frame(s) changed.", computed.frame, computed.frames,
+                            segment_id)
 
     # -- queries and lifetime -----------------------------------------------------------------------
 
@@ -293,8 +295,8 @@ class CineSegmenter(SegmentActions):
         """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
         frames = [frame] if frame is not None else []
         if options.auto_update and state.propagated:
-            propagated, stops = propagate_session(state.session, self.logic.predictor.early_stop, options, progress,
-                                                  should_cancel)
+            propagated, stops = propagate_session(state.session, self.logic.predictor.early_stop, _in_time(options),
+                                                  progress, should_cancel)
             frames += [f for f in propagated if f not in frames]
             sentence = " ".join([f"{sentence}; {len(propagated)} frame(s) re-propagated.", *stops])
         elif state.propagated:
@@ -329,6 +331,11 @@ class CineSegmenter(SegmentActions):
         xy = transform_points(np.linalg.inv(to_index), ijk)
         return [(frame, number, float(x), float(y), label)
                 for number, ((x, y, _), label) in enumerate(zip(xy, frame_prompts.labels))]
+
+
+def _in_time(options: InteractiveOptions) -> InteractiveOptions:
+    """The options through time: the effect's slice range ("Only slices") does not apply to frames."""
+    return replace(options, slice_range=None)
 
 
 def _fits(state: CineSession, cine: Cine, prompt: StackPrompt, options: InteractiveOptions) -> bool:

@@ -10,7 +10,7 @@ imported inside the functions that run after setup.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import vtk
@@ -63,6 +63,17 @@ def session_options(editor_node):
                               add=parameter(editor_node, "WriteMode") == "add",
                               auto_update=switch(editor_node, "AutoUpdate"),
                               new_segment_per_box=switch(editor_node, "NewSegmentPerBox"))
+
+
+def offers_through_time(editor_node) -> bool:
+    """Whether the effect offers "propagate through time": the source volume is the proxy of a Sequence of two
+    frames or more (a cine loop or 4D image) that a sequence browser plays (read without torch: before setup)."""
+    return editor_node is not None and cine_of(editor_node.GetSourceVolumeNode()) is not None
+
+
+def through_time(editor_node) -> bool:
+    """Whether the effect's actions run through time: offered and chosen (the "ThroughTime" parameter)."""
+    return switch(editor_node, "ThroughTime") and offers_through_time(editor_node)
 
 
 # -- views ----------------------------------------------------------------------------------------------------
@@ -127,13 +138,16 @@ class Shown:
     box_view: Optional[Any]  # the slice node of the only view that draws the box (None: no box)
     points: Dict[str, List[Tuple[float, float, int]]]  # slice node ID -> the points drawn there (x, y, label)
     buttons: SessionButtons
+    through_time_offered: bool = False  # the "Propagate through time" option is shown (the source is a cine)
 
 
 def what_to_show(box_tool: BoxTool, segmenter, editor, editor_node, slice_nodes: Sequence[Any],
                  busy: bool, active: bool = True) -> Shown:
     """The box in the view it was drawn in only (other views of the layout never draw it); the selected
-    segment's points in each view that shows their slice (none in the others); nothing in the views while the
-    effect is not active (a run that ends after Esc refreshes the buttons only); the session buttons.
+    segment's points in each view that shows their slice (none in the others; through time, those of the shown
+    frame); nothing in the views while the effect is not active (a run that ends after Esc refreshes the buttons
+    only); the session buttons ("Propagate through time" when the effect runs through time); whether the
+    "Propagate through time" option is offered.
 
     segmenter, editor: the InteractiveSegmenter and its EditorAccess, or None before setup.
     """
@@ -146,7 +160,9 @@ def what_to_show(box_tool: BoxTool, segmenter, editor, editor_node, slice_nodes:
     session = segmenter.session_of(editor) if live else None
     saved = segmenter.restorable(editor) if live else selected_has_saved_session(editor_node)
     buttons = session_buttons(session.propagated if session is not None else None, saved, live, busy)
-    return Shown(box_view, points, buttons)
+    if through_time(editor_node):
+        buttons = replace(buttons, propagate_text=f"{buttons.propagate_text} through time")
+    return Shown(box_view, points, buttons, offers_through_time(editor_node))
 
 
 class SelectionWatch:
@@ -174,17 +190,6 @@ class SelectionWatch:
 
 
 # -- running --------------------------------------------------------------------------------------------------
-
-
-def offers_through_time(editor_node) -> bool:
-    """Whether the effect offers "propagate through time": the source volume is the proxy of a Sequence of two
-    frames or more (a cine loop or 4D image) that a sequence browser plays (read without torch: before setup)."""
-    return editor_node is not None and cine_of(editor_node.GetSourceVolumeNode()) is not None
-
-
-def through_time(editor_node) -> bool:
-    """Whether the effect's actions run through time: offered and chosen (the "ThroughTime" parameter)."""
-    return switch(editor_node, "ThroughTime") and offers_through_time(editor_node)
 
 
 def segmenter_for(segmenter, logic, scene, sequences_logic=None):
