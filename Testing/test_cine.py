@@ -409,3 +409,30 @@ def test_what_the_effect_shows_through_time(app, sequences_logic, cine_editor, p
     shown = what_to_show(box_tool, segmenter, app.editor, app.editor_node, [view], busy=False)
     assert not shown.through_time_offered and shown.buttons.propagate_text == "Update"
     segmenter.close()
+
+
+def test_undo_of_another_edit_leaves_the_frames_and_undo_of_a_new_segment_removes_it_everywhere(
+        app, sequences_logic, predictor):  # noqa: F811
+    browser, _, proxy = add_cine(app, sequences_logic, cine_frames())
+    segmentation = app.segmentation_for(proxy)  # no segment selected: the first box creates one
+    view = app.view(proxy, "Axial", (32.0, 24.0, SLICE))
+    segmenter, box, _ = box_and_propagate(app, sequences_logic, predictor, view, proxy)
+    segment_id = box.segment_id
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "MedSAM2"
+    propagated = frames_in_sequence(browser, segmentation, segment_id)
+    assert cine_module._tag(segmentation, segment_id) != ""
+    # Paint on the shown frame, then its Undo: the Segment Editor's, which MedSAM2 leaves alone.
+    app.editor_logic.SaveStateForUndo()
+    set_segment_array(segmentation, segment_id, np.ones((2, 48, 64), np.uint8), proxy)
+    assert frames_in_sequence(browser, segmentation, segment_id)[SHOWN].all()
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), propagated)
+    app.editor_logic.Undo()  # the propagation
+    app.editor_logic.Undo()  # the box, which created the segment: gone from every frame
+    sequence = browser.GetSequenceNode(segmentation)
+    assert segmentation.GetSegmentation().GetSegment(segment_id) is None
+    assert all(sequence.GetNthDataNode(n).GetSegmentation().GetSegment(segment_id) is None for n in range(FRAMES))
+    app.editor_logic.Redo()
+    app.editor_logic.Redo()
+    np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), propagated)
+    segmenter.close()
