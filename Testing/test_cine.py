@@ -16,7 +16,8 @@ from MedSAM2Lib.inference.session import Session
 from MedSAM2Lib.slicer_glue import cine as cine_module
 from MedSAM2Lib.slicer_glue.cine import CINE_EDIT_TAG, CineSegmenter, frame_source, time_stack
 from MedSAM2Lib.slicer_glue.box import BoxTool
-from MedSAM2Lib.slicer_glue.effect import offers_through_time, segmenter_for, through_time, what_to_show
+from MedSAM2Lib.slicer_glue.effect import (offers_through_time, progress_sentence, segmenter_for, through_time,
+                                           what_to_show)
 from MedSAM2Lib.slicer_glue.interactive import InteractionError, InteractiveOptions, InteractiveSegmenter
 from MedSAM2Lib.slicer_glue.logic import EditorStateError, MedSAM2Logic, display_windowing, segment_mask_on
 from MedSAM2Lib.slicer_glue.scenario import add_volume, oblique_ijk_to_ras, segment_array, set_segment_array
@@ -391,7 +392,9 @@ def test_what_the_effect_shows_through_time(app, sequences_logic, cine_editor, p
     box_tool = BoxTool()
     shown = what_to_show(box_tool, None, None, app.editor_node, [view], busy=False)
     assert shown.through_time_offered and shown.buttons.propagate_text == "Propagate"  # offered, not chosen
+    assert progress_sentence(app.editor_node, 3, 6) == "Segmenting slice 3 of 6... (Cancel stops)"
     app.editor_node.SetAttribute("MedSAM2.ThroughTime", "1")
+    assert progress_sentence(app.editor_node, 3, 6) == "Segmenting frame 3 of 6... (Cancel stops)"
     segmenter = segmenter_for(None, MedSAM2Logic(predictor), app.scene, sequences_logic)
     segmenter.box(app.editor, view, [xy_of(view, proxy, ijk) for ijk in BOX_IJK])
     shown = what_to_show(box_tool, segmenter, app.editor, app.editor_node, [view], busy=False)

@@ -76,6 +76,12 @@ def through_time(editor_node) -> bool:
     return switch(editor_node, "ThroughTime") and offers_through_time(editor_node)
 
 
+def progress_sentence(editor_node, done: int, total: int) -> str:
+    """The status line during a run: slices, or frames through time."""
+    unit = "frame" if through_time(editor_node) else "slice"
+    return f"Segmenting {unit} {done} of {total}... (Cancel stops)"
+
+
 # -- views ----------------------------------------------------------------------------------------------------
 
 

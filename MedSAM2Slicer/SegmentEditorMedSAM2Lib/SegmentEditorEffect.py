@@ -18,8 +18,9 @@ import vtk
 
 import slicer
 from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
-                                           act_after_setup, post_processing, report_for, segmenter_for,
-                                           session_options, slice_node_of, through_time, what_to_show)
+                                           act_after_setup, post_processing, progress_sentence, report_for,
+                                           segmenter_for, session_options, slice_node_of, through_time,
+                                           what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
 from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
@@ -473,7 +474,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onProgress(self, done, total):
         self.progressBar.maximum = total
         self.progressBar.value = done
-        self.statusLabel.text = f"Segmenting slice {done} of {total}... (Cancel stops)"
+        self.statusLabel.text = progress_sentence(self.scriptedEffect.parameterSetNode(), done, total)
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
     def offerRotateViews(self, message):
