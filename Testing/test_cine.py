@@ -299,6 +299,12 @@ def test_undo_takes_back_a_whole_action_through_time_and_redo_brings_it_back(
     app.editor_logic.Redo()
     np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id),
                                   corrected)
+    # Deleting the segment (which was there before MedSAM2) on the shown frame is no Undo: the others stay.
+    segmentation.GetSegmentation().RemoveSegment(segment_id)
+    np.testing.assert_array_equal(np.delete(frames_in_sequence(browser, segmentation, segment_id), SHOWN, axis=0),
+                                  np.delete(corrected, SHOWN, axis=0))
+    app.editor_logic.Undo()
+    np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), corrected)
     # Showing another frame clears the editor's history, as for any edit of a sequence in Slicer.
     show(browser, sequences_logic, 4)
     assert not app.editor_logic.CanUndo()
@@ -380,7 +386,7 @@ def test_an_action_that_fails_leaves_every_frame_as_it_was(app, sequences_logic,
     assert len(calls) == 3
     np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id),
                                   before)
-    assert cine_module._tag(segmentation, segment_id) == tag != ""
+    assert cine_module._tag(segmentation, segment_id) == tag and tag
     monkeypatch.setattr(cine_module.CineEdit, "_write_frame", write_frame)
     assert "5 frame(s) changed" in segmenter.propagate(app.editor).message  # the session is intact: it writes now
     assert not np.delete(before, SHOWN, axis=0).any() and frames_in_sequence(

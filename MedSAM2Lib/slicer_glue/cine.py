@@ -360,7 +360,7 @@ class CineEdit:
         self.shown_value = cine.index_value(cine.shown_frame)
         self.segmentation_node = None
         self.segment_id: Optional[str] = None
-        self.previous_tag = ""  # the shown frame's tag before this action
+        self.previous_tag: Optional[str] = None  # the shown frame's tag before this action (None: no segment)
         self.frames: Dict[str, Tuple[Any, Any]] = {}  # index value -> (item before, item after) of other frames
         self.shown_changed = False
         self.applied = False
@@ -425,7 +425,7 @@ class CineEdit:
         browser = self.cine.browser
         return browser.GetMasterSequenceNode().GetNthIndexValue(browser.GetSelectedItemNumber()) == self.shown_value
 
-    def shown_tag(self) -> str:
+    def shown_tag(self) -> Optional[str]:
         return _tag(self.segmentation_node, self.segment_id)
 
     def undo_frames(self) -> None:
@@ -486,21 +486,28 @@ class CineUndo:
         self.edits.clear()
 
 
-def _tag(segmentation_node, segment_id: Optional[str]) -> str:
-    """The segment's :data:`CINE_EDIT_TAG` ("" when it has none or is not there)."""
+def _tag(segmentation_node, segment_id: Optional[str]) -> Optional[str]:
+    """The segment's :data:`CINE_EDIT_TAG`: "" when it has none, None when the segment is not there (so that
+    deleting a segment an action did not create is not taken for the Undo of that action)."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        return None
     tag = vtk.reference("")
-    return str(tag) if segment is not None and segment.GetTag(CINE_EDIT_TAG, tag) else ""
+    return str(tag) if segment.GetTag(CINE_EDIT_TAG, tag) else ""
 
 
-def _put_back(node, segment_id: str, content: Optional[np.ndarray], tag: str, created: bool, image) -> None:
+def _put_back(node, segment_id: str, content: Optional[np.ndarray], tag: Optional[str], created: bool, image) -> None:
     """The shown frame's segment as it was before a failed action (removed if the action created it)."""
     if created:
         node.GetSegmentation().RemoveSegment(segment_id)
         return
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         labelmap_like(image, content), node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-    node.GetSegmentation().GetSegment(segment_id).SetTag(CINE_EDIT_TAG, tag)
+    segment = node.GetSegmentation().GetSegment(segment_id)
+    if tag:
+        segment.SetTag(CINE_EDIT_TAG, tag)
+    else:
+        segment.RemoveTag(CINE_EDIT_TAG)
 
 
 def _shape_kji(image) -> Tuple[int, int, int]:
