@@ -190,7 +190,11 @@ def box_and_propagate(app, sequences_logic, predictor, view, proxy):  # noqa: F8
     segmenter = CineSegmenter(MedSAM2Logic(predictor), sequences_logic)
     corners = [xy_of(view, proxy, ijk) for ijk in BOX_IJK]
     box = segmenter.box(app.editor, view, corners)
+    refreshed = []  # the browser refreshes the volume's proxy when the segmentation sequence is modified
+    tag = proxy.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: refreshed.append(event))
     propagated = segmenter.propagate(app.editor)
+    proxy.RemoveObserver(tag)
+    assert len(refreshed) <= 2, refreshed  # the five frames written refresh it once (the shown frame once more)
     return segmenter, box, propagated
 
 

@@ -31,10 +31,11 @@ the view's when the box was drawn; the segmentation must be on the source volume
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import slicer
@@ -387,10 +388,11 @@ class CineEdit:
         self.segmentation_node, self.segment_id = node, segment_id
         node.GetSegmentation().GetSegment(segment_id).SetTag(CINE_EDIT_TAG, self.id)
         try:
-            for frame in sorted(contents):
-                if frame != shown:
-                    self._write_frame(frame, contents[frame], node.GetSegmentation().GetSegment(segment_id), source,
-                                      part)
+            with _batched(self.sequence):
+                for frame in sorted(contents):
+                    if frame != shown:
+                        self._write_frame(frame, contents[frame], node.GetSegmentation().GetSegment(segment_id),
+                                          source, part)
         except BaseException:  # nothing half written: the other frames and the shown one back as they were
             self.undo_frames()
             _put_back(node, segment_id, *before_shown, source.image)
@@ -430,14 +432,16 @@ class CineEdit:
 
     def undo_frames(self) -> None:
         """Put the other frames back as they were before the action."""
-        for value, (before, _) in self.frames.items():
-            self.sequence.SetDataNodeAtValue(before, value)
+        with _batched(self.sequence):
+            for value, (before, _) in self.frames.items():
+                self.sequence.SetDataNodeAtValue(before, value)
         self.applied = False
 
     def redo_frames(self) -> None:
         """Write the other frames again as the action wrote them."""
-        for value, (_, after) in self.frames.items():
-            self.sequence.SetDataNodeAtValue(after, value)
+        with _batched(self.sequence):
+            for value, (_, after) in self.frames.items():
+                self.sequence.SetDataNodeAtValue(after, value)
         self.applied = True
 
 
@@ -484,6 +488,17 @@ class CineUndo:
                 node.RemoveObserver(tag)
         self._observations.clear()
         self.edits.clear()
+
+
+@contextlib.contextmanager
+def _batched(sequence) -> Iterator[None]:
+    """Items set inside count as one modification of the sequence: the browser refreshes its proxies once
+    (vtkSlicerSequencesLogic updates every proxy, the volume's included, on each SequenceNodeModifiedEvent)."""
+    modifying = sequence.StartModify()
+    try:
+        yield
+    finally:
+        sequence.EndModify(modifying)
 
 
 def _tag(segmentation_node, segment_id: Optional[str]) -> Optional[str]:

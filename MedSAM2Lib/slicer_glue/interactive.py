@@ -253,7 +253,8 @@ class SegmentActions:
         node = editor.segmentation_node()
         return (node.GetID(), segment_id) if segment_id and node is not None else None
 
-    def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
+    def session_of(self, editor: EditorAccess) -> Optional[Any]:
+        """The selected segment's live session, or None."""
         key = self._selected_key(editor)
         return self.sessions.get(key) if key is not None else None
 
