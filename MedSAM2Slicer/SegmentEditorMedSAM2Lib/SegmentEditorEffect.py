@@ -18,9 +18,9 @@ import vtk
 
 import slicer
 from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
-                                           act_after_setup, post_processing, progress_sentence, report_for,
-                                           segmenter_for, session_options, slice_node_of, through_time,
-                                           what_to_show)
+                                           act_after_setup, offers_through_time, post_processing,
+                                           progress_sentence, report_for, segmenter_for, session_options,
+                                           slice_node_of, through_time, what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
 from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
@@ -321,6 +321,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onEditorNodeModified(self, caller, event):
         if self.selection.changed(caller, self.tool):
             self.refresh()
+        elif hasattr(self, "throughTimeCheckBox"):  # another source volume may be a cine, or no longer one
+            self.throughTimeCheckBox.visible = offers_through_time(caller)
 
     def deactivate(self):
         # Esc (the Segment Editor's shortcut), another effect, another module or another segmentation deactivate
