@@ -307,9 +307,9 @@ def segment_session(args: argparse.Namespace):
 
 
 def command_segment(args: argparse.Namespace) -> int:
+    from ..inference.objects import Region, compose_labels
     from ..inference.preprocessing import Windowing
-    from ..inference.session import Session
-    from ..inference.session_file import check_steps, run_steps
+    from ..inference.session_file import check_steps, object_steps
     from .volume_io import read_scan, write_mask
 
     # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
@@ -323,28 +323,40 @@ def command_segment(args: argparse.Namespace) -> int:
     volume, geometry = read_scan(args.image, args.nan_as, args.series,
                                  on_note=lambda note: print(f"medsam2: {note}", file=sys.stderr))
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
+    shape = volume.shape
     del volume  # the scan's own values (an int16 CT: 2 bytes a voxel, 150 MiB for 300 x 512 x 512) go once windowed
     steps = document.steps
     check_steps(steps, stack, name_steps=args.prompts is not None)
+    objects = object_steps(steps)  # several objects (session files): one pass, one session each
     predictor = build_predictor(args, document.options)
-    # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
-    # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
-    single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
+    # Image features are kept for a later step that returns to a slice (a correction, a second propagation, or
+    # another object); one object whose steps end in their only propagation never does, so each slice's features
+    # go once used (memory flat in depth).
+    single_pass = len(objects) == 1 and [number for number, step in enumerate(steps) if "propagate" in step] == [
+        len(steps) - 1]
     cache = predictor.single_pass_cache(stack) if single_pass else None
-    session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
-        with ProgressBar(len(steps), "Session", unit="step") as progress:
-            run_steps(session, steps, on_step=progress.advance)
+        progress = ProgressBar(sum(map(len, objects.values())), "Session", unit="step")
     else:  # an early stop ends the bar before its total
-        planned = planned_slices(stack.shape[0], args.slice, args.direction, None)
-        with ProgressBar(len(planned), "Propagating") as progress:
-            run_steps(session, steps, on_slice=progress.advance)
-    for stop in session.stops.values():
-        if stop.early:
-            print(stop, file=sys.stderr)
-    mask = document.stack.from_stack(session.mask())  # back to the image's voxel grid
-    write_mask(args.output, mask, geometry)
-    print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
+        progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
+    counts_steps = args.prompts is not None
+
+    def advance(_object_id, _step, result) -> None:  # result None: a step is done, else a slice
+        if (result is None) == counts_steps:
+            progress.advance()
+
+    with progress:
+        tracked = predictor.segment_objects(stack, objects, cache, on_result=advance)
+    for object_id, found in tracked.items():
+        for stop in found.stops:
+            print(f"Object {object_id}: {stop}" if len(tracked) > 1 else stop, file=sys.stderr)
+    regions = [(object_id, Region.of(document.stack.from_stack(found.mask), document.stack.from_stack(found.box_logits)))
+               for object_id, found in tracked.items()]  # back to the image's voxel grid (tight boxes map to tight boxes)
+    labels, _ = compose_labels(shape, regions)
+    write_mask(args.output, labels, geometry)
+    objects_voxels = ", ".join(f"object {object_id}: {int((labels == object_id).sum())}" for object_id in tracked)
+    print(f"Wrote {args.output}: {int((labels > 0).sum())} voxels on {int(labels.any(axis=(1, 2)).sum())} slices"
+          + (f" ({objects_voxels})." if len(tracked) > 1 else "."))
     return 0
 
 

@@ -9,18 +9,28 @@ Where one label map is written, objects compete for pixels by the official non-o
 (``_apply_non_overlapping_constraints`` of SAM 2): each pixel keeps the logit of the object that scores highest
 there, every other object's logit is capped at -10 (first object on a tie); a pixel then takes the label of the
 lowest object id whose logit is above the threshold (with a threshold below -10 several could be).
+
+Where each object's mask is post-processed first (volumes: its largest 3D component, as a single run does),
+the rule decides among the objects whose own mask holds a voxel: it goes to the one with the highest logit
+there (the first on a tie). Without post-processing this is the rule above at threshold 0; where masks do not
+overlap, each object keeps exactly its own mask (:func:`compose_labels`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..model.medsam2 import NO_OBJECT_LOGIT
-from .early_stop import DEFAULT_ABSENT_SLICES
+from .early_stop import DEFAULT_ABSENT_SLICES, DirectionStop
 from .predictor import FeatureCache, PromptError, SliceResult, VolumePredictor
 from .session import Session
+from .session_file import step_results
+
+OBJECT_ERRORS = (ValueError, RuntimeError)  # what ends one object's walk without ending the others' (collected)
+NumberedSteps = Sequence[Tuple[int, Dict[str, Any]]]  # (step number in its file, step), as object_steps gives
 
 OVERLAP_CAP = -10.0  # the logit every object but the highest-scoring one is capped at (the reference's value)
 
@@ -43,6 +53,122 @@ def label_map(masks: Mapping[int, np.ndarray], shape: Tuple[int, ...]) -> np.nda
     for object_id in sorted(masks, reverse=True):
         labels[masks[object_id]] = object_id
     return labels
+
+
+def advance_together(walks: Dict[Hashable, Iterator], errors: Optional[Dict[Hashable, Exception]] = None
+                     ) -> Iterator[Tuple[Hashable, Any]]:
+    """(key, item) from each walk in turn, one item each, until every walk ends, so that walks over one stack
+    ask a shared feature cache for about the same slices at about the same time. ``errors`` given: a walk that
+    raises one of OBJECT_ERRORS ends there and its error is kept under its key; the others go on."""
+    walks = dict(walks)
+    while walks:
+        for key in list(walks):
+            try:
+                item = next(walks[key], walks)  # the dict itself: a sentinel no walk yields
+            except OBJECT_ERRORS as error:
+                if errors is None:
+                    raise
+                errors[key], item = error, walks
+            if item is walks:
+                del walks[key]
+            else:
+                yield key, item
+
+
+@dataclass
+class Region:
+    """An object's mask kept as its bounding box, with its logits there (masks are small against the volume)."""
+
+    box: Tuple[slice, ...]
+    values: np.ndarray  # bool, the mask inside ``box``
+    logits: np.ndarray  # float32, the logits inside ``box``: they decide overlaps
+
+    @classmethod
+    def of(cls, mask: np.ndarray, box_logits: Optional[np.ndarray] = None) -> "Region":
+        """The region of ``mask``; ``box_logits``: the logits inside its bounding box (None: 0 everywhere, a
+        region that wins no overlap it is not first in)."""
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            box = tuple(slice(0, 0) for _ in mask.shape)
+        else:
+            box = tuple(slice(int(occupied[0]), int(occupied[-1]) + 1) for occupied in (
+                np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+                for axis in range(mask.ndim)))
+        values = mask[box]
+        logits = np.zeros(values.shape, np.float32) if box_logits is None else np.asarray(box_logits, np.float32)
+        if logits.shape != values.shape:
+            raise ValueError(f"The logits of a region are {logits.shape}; its box is {values.shape}.")
+        return cls(box, values, logits)
+
+    @property
+    def voxels(self) -> int:
+        return int(self.values.sum())
+
+    @property
+    def slices(self) -> int:
+        return int(self.values.any(axis=(1, 2)).sum()) if self.values.ndim == 3 else 0
+
+
+def compose_labels(shape: Tuple[int, ...], regions: Sequence[Tuple[int, Region]]) -> Tuple[np.ndarray, List[int]]:
+    """Label map (uint8, ``shape``) of (label, region) pairs, and per pair the voxels of its mask labelled
+    otherwise. A voxel that regions of different labels hold goes to the one with the highest logit there (the
+    earlier pair on a tie): the official non-overlap rule among the objects that claim the voxel. Pairs with the
+    same label merge."""
+    kept = [region.values.copy() for _, region in regions]
+    for first in range(len(regions)):
+        for second in range(first + 1, len(regions)):
+            (label_a, a), (label_b, b) = regions[first], regions[second]
+            common = tuple(slice(max(p.start, q.start), min(p.stop, q.stop)) for p, q in zip(a.box, b.box))
+            if label_a == label_b or any(part.start >= part.stop for part in common):
+                continue
+            in_a = tuple(slice(part.start - p.start, part.stop - p.start) for part, p in zip(common, a.box))
+            in_b = tuple(slice(part.start - q.start, part.stop - q.start) for part, q in zip(common, b.box))
+            both = a.values[in_a] & b.values[in_b]
+            a_wins = a.logits[in_a] >= b.logits[in_b]
+            kept[first][in_a] &= ~(both & ~a_wins)
+            kept[second][in_b] &= ~(both & a_wins)
+    labels = np.zeros(shape, dtype=np.uint8)
+    for (label, region), own in zip(regions, kept):
+        labels[region.box][own] = label  # regions of different labels keep disjoint voxels
+    return labels, [int((region.values & (labels[region.box] != label)).sum()) for label, region in regions]
+
+
+@dataclass
+class TrackedObject:
+    """What one object's session produced on a stack: its mask (post-processed as a single run's) and the
+    logits inside the mask's bounding box, to decide overlaps with (see :class:`Region`)."""
+
+    mask: np.ndarray  # uint8 (D, H, W)
+    box_logits: np.ndarray  # float32, the logits inside the mask's bounding box (-1024 on slices not computed)
+    stops: List[DirectionStop]  # the session's early stops
+
+    @classmethod
+    def of(cls, session: Session) -> "TrackedObject":
+        mask = session.mask()
+        box = Region.of(mask).box
+        box_logits = np.full(tuple(part.stop - part.start for part in box), NO_OBJECT_LOGIT, np.float32)
+        for number, index in enumerate(range(box[0].start, box[0].stop)):
+            result = session.results.get(index)
+            if result is not None:
+                box_logits[number] = result.logits[box[1:]]
+        return cls(mask, box_logits, [stop for stop in session.stops.values() if stop.early])
+
+
+def segment_objects(predictor: VolumePredictor, volume: np.ndarray, objects: Mapping[Hashable, NumberedSteps],
+                    cache: Optional[FeatureCache] = None, on_result=None,
+                    errors: Optional[Dict[Hashable, Exception]] = None) -> Dict[Hashable, TrackedObject]:
+    """Run each object's numbered steps (:func:`~MedSAM2Lib.inference.session_file.object_steps`) on a session of
+    its own over one uint8 (D, H, W) volume, all in one pass (:func:`advance_together`): each slice is encoded
+    once for all of them while ``cache`` (default: a FeatureCache of the volume) holds it. ``on_result(key,
+    step number, result or None)`` sees each yielded slice and each finished step and may raise to cancel.
+    ``errors`` given: an object whose steps fail is left out of the result, its error kept there."""
+    cache = cache if cache is not None else FeatureCache(volume)
+    sessions = {key: Session(predictor, volume, cache, predictor.early_stop) for key in objects}
+    walks = {key: step_results(sessions[key], steps) for key, steps in objects.items()}
+    for key, (number, result) in advance_together(walks, errors):
+        if on_result is not None:
+            on_result(key, number, result)
+    return {key: TrackedObject.of(session) for key, session in sessions.items() if errors is None or key not in errors}
 
 
 class MultiObjectSession:
@@ -82,13 +208,7 @@ class MultiObjectSession:
                  if object_ids is not None or self.sessions[object_id].prompted_slices}
         if not walks:
             raise PromptError("Give a box, points or a mask for an object before propagating.")
-        while walks:
-            for object_id in list(walks):
-                result = next(walks[object_id], None)
-                if result is None:
-                    del walks[object_id]
-                else:
-                    yield object_id, result
+        yield from advance_together(walks)
 
     def logits(self, index: int) -> np.ndarray:
         """(N, H, W) float32 logits of slice ``index``, objects in id order; an object without an output there
