@@ -361,18 +361,33 @@ def command_segment(args: argparse.Namespace) -> int:
 
 
 def command_video(args: argparse.Namespace) -> int:
+    from ..inference.session_file import object_steps
     from ..video.frames import read_frames
-    from ..video.tracking import (VideoOptions, check_output_folder, planned_results, read_prompts, track,
-                                  write_result)
+    from ..video.tracking import (VideoOptions, check_output_folder, planned_results, png_path, read_prompts,
+                                  read_session_prompts, track, track_session, write_result)
 
-    # Everything that can be refused is refused before the model loads: the output, the frames, the masks.
-    check_output_folder(args.output, (args.frames, args.masks))
+    # Everything that can be refused is refused before the model loads: the output, the frames, the prompts.
+    check_output_folder(args.output, tuple(path for path in (args.frames, args.masks) if path is not None))
     if args.early_stop is not None and args.early_stop < 1:
         raise ValueError(f"--early-stop {args.early_stop}: give at least 1 frame.")
+    if args.prompts is not None and (args.use_all_masks or args.track_objects_appearing_later):
+        raise ValueError("--use-all-masks and --track-objects-appearing-later choose among the masks of --masks; a "
+                         "session file (--prompts) names its prompts itself.")
     options = VideoOptions(args.use_all_masks, args.per_object_png, args.track_objects_appearing_later,
                            args.score_thresh)
     frames = read_frames(args.frames)
-    prompts = read_prompts(args.masks, frames, options)
+    if args.prompts is not None:
+        document = read_session_prompts(args.prompts, frames)
+        objects = object_steps(document.steps)
+        files = model_files(args)
+        files.read("the session file", args.prompts)
+        for mask in document.mask_files:
+            files.read("a mask of the session file", mask)
+        for name in frames.names:
+            for object_id in (objects if args.per_object_png else [None]):
+                files.write(f"the PNG of frame {name}", png_path(args.output, name, object_id))
+    else:
+        prompts = read_prompts(args.masks, frames, options)
     predictor = build_predictor(args, options={
         "precision": args.precision or "auto",
         "early_stop": args.early_stop,
@@ -381,11 +396,18 @@ def command_video(args: argparse.Namespace) -> int:
         "binarize_prompt_memory": args.apply_postprocessing,
         "keep_largest_component": False,
     })
-    progress = ProgressBar(planned_results(frames, prompts), "Tracking", unit="frame")
-    result = track(predictor, frames, prompts, options, args.early_stop, on_result=lambda *_: progress.advance())
-    if 0 < progress.done < progress.total:  # an early stop: end the bar's line
-        progress.stream.write("\n")
-    written = write_result(args.output, frames, result, prompts.palette)
+    if args.prompts is not None:
+        with ProgressBar(sum(map(len, objects.values())), "Session", unit="step") as progress:
+            result = track_session(predictor, frames, document, options, args.early_stop,
+                                   on_step=lambda *_: progress.advance())
+        palette = None
+    else:
+        progress = ProgressBar(planned_results(frames, prompts), "Tracking", unit="frame")
+        result = track(predictor, frames, prompts, options, args.early_stop, on_result=lambda *_: progress.advance())
+        if 0 < progress.done < progress.total:  # an early stop: end the bar's line
+            progress.stream.write("\n")
+        palette = prompts.palette
+    written = write_result(args.output, frames, result, palette)
     print(f"Wrote {len(written)} mask PNGs of {len(result.object_ids)} objects "
           f"({', '.join(map(str, result.object_ids))}) to {args.output}.")
     return 0
@@ -641,9 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder of JPEG or PNG frames, in the order of their names; or a video file "
                             "(.mp4, .avi, .mov, .mkv) with PyAV: pip install av (in a checkout: pip install -e "
                             "'.[video]')")
-    video.add_argument("--masks", type=Path, required=True,
-                       help="folder of label PNGs named like the frames (00000.png: one value per object), by "
-                            "default only the first frame's")
+    prompts = video.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--masks", type=Path,
+                         help="folder of label PNGs named like the frames (00000.png: one value per object), by "
+                              "default only the first frame's")
+    prompts.add_argument("--prompts", type=Path, metavar="SESSION.json",
+                         help="a session file whose steps name frames (\"frame\": a name or an index from 0): "
+                              "boxes, points, masks, corrections and propagations of one or several objects, run "
+                              "in order; a PNG is written for every frame")
     video.add_argument("-o", "--output", type=Path, required=True,
                        help="folder for the label PNGs (one per frame, named like the frames, with the input "
                             "masks' palette); each file is replaced only once the new one is complete")

@@ -210,6 +210,14 @@ class MultiObjectSession:
             raise PromptError("Give a box, points or a mask for an object before propagating.")
         yield from advance_together(walks)
 
+    def run_steps(self, objects: Mapping[int, NumberedSteps]) -> Iterator[Tuple[int, int, Optional[SliceResult]]]:
+        """Run each object's numbered steps (:func:`~MedSAM2Lib.inference.session_file.object_steps`) on its
+        session, the objects advanced side by side as in :meth:`propagate`: (object id, step number, result) for
+        each slice yielded, result None once a step is done."""
+        walks = {object_id: step_results(self.session(object_id), steps) for object_id, steps in objects.items()}
+        for object_id, (number, result) in advance_together(walks):
+            yield object_id, number, result
+
     def logits(self, index: int) -> np.ndarray:
         """(N, H, W) float32 logits of slice ``index``, objects in id order; an object without an output there
         scores NO_OBJECT_LOGIT (-1024) everywhere, as the reference fills a missing object."""

@@ -87,6 +87,7 @@ class SessionDocument:
     window: Optional[str] = None  # as Windowing.parse reads it
     size_ijk: Optional[Tuple[int, int, int]] = None
     options: Dict[str, Any] = field(default_factory=dict)  # checked against OPTION_CHECKS
+    mask_files: Tuple[Path, ...] = ()  # the mask files the steps name (read already)
 
     def check_size(self, shape_kji: Sequence[int]) -> None:
         """Refuse a (K, J, I) volume shape other than the one the file was made on."""
@@ -166,7 +167,9 @@ def read_session(path, frame_names: Optional[Sequence[str]] = None) -> SessionDo
         check, expected = OPTION_CHECKS[name]
         if not check(value):
             raise SessionFileError(f"The session file {path}: option {name} must be {expected}; got {value!r}.")
-    return SessionDocument(path, steps, stack, window, tuple(size) if size is not None else None, options)
+    mask_files = tuple(path.parent / step["mask"] for step in document["steps"] if "mask" in step)
+    return SessionDocument(path, steps, stack, window, tuple(size) if size is not None else None, options,
+                           mask_files)
 
 
 def session_options(session: Session) -> Dict[str, Any]:
