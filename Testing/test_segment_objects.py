@@ -156,3 +156,63 @@ def test_batch_rows_of_one_scan_run_in_one_pass(tmp_path, tiny_model):
     np.testing.assert_array_equal(labels, expected)
     assert [outcome.overlap_voxels for outcome in outcomes] == lost and sum(lost) > 0
     assert len({outcome.seconds for outcome in outcomes}) == 1  # one pass: its time is each row's
+
+
+@pytest.mark.parametrize("step, expected", [
+    ({"slice": 12, "box": LESION, "object": 256}, "Step 2 of the session file: object must be a label value 1..255; "
+                                                  "got 256."),
+    ({"slice": 12, "box": LESION, "object": "2"}, "Step 2 of the session file: object must be a label value 1..255; "
+                                                  "got '2'."),
+    ({"slice": 12, "remove": True, "object": True}, "Step 2 of the session file: object must be a label value "
+                                                    "1..255; got True."),
+    ({"propagate": "both", "object": 2}, "Step 2 of the session file propagates and cannot also have object."),
+    ({"slice": 40, "box": LESION, "object": 2}, "Step 2: Slice 40 is outside the volume, which has slices 0..23."),
+])
+def test_bad_objects_in_a_session_file_are_refused_before_the_model_loads(step, expected, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr(cli, "build_predictor", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    session = tmp_path / "session.json"
+    session.write_text(json.dumps({"steps": [{"slice": 12, "box": LESION}, step, {"propagate": "both"}]}))
+    assert main(["segment", str(VOLUME), "--prompts", str(session), "-o", str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: {expected}\n"
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_an_object_prompted_after_a_propagation_is_propagated_by_the_next_one_only(tmp_path):
+    """Each object's steps: its prompts, and the propagations while it has one."""
+    from MedSAM2Lib.inference.session_file import object_steps
+
+    box, propagate = {"slice": 12, "box": LESION}, {"propagate": "both"}
+    later = {"slice": 3, "box": FAR, "object": 2}
+    removal = {"slice": 12, "remove": True}
+    assert object_steps([box, propagate, later, propagate, removal, propagate]) == {
+        1: [(1, box), (2, propagate), (4, propagate), (5, removal)],
+        2: [(3, {"slice": 3, "box": FAR}), (4, propagate), (6, propagate)]}
+
+
+def test_a_session_runner_of_one_object_refuses_steps_of_another():
+    from MedSAM2Lib.inference.session_file import SessionFileError, run_steps
+
+    with pytest.raises(SessionFileError, match="Step 1 is about object 2, and a session tracks one object"):
+        run_steps(None, [{"slice": 12, "box": LESION, "object": 2}])
+
+
+def test_a_batch_session_row_naming_several_objects_fails_alone(tmp_path, tiny_model):
+    images = tmp_path / "images"
+    images.mkdir()
+    np.savez(images / "scan.npz", imgs=np.load(VOLUME)["imgs"][8:16])
+    (tmp_path / "two.json").write_text(json.dumps({"steps": [
+        {"slice": 4, "box": LESION}, {"slice": 2, "box": FAR, "object": 2}, {"propagate": "both"}]}))
+    (tmp_path / "one.json").write_text(json.dumps({"steps": [
+        {"slice": 2, "box": FAR, "object": 2}, {"propagate": "both"}]}))
+    table = tmp_path / "prompts.csv"
+    table.write_text("image,session,label\nscan.npz,two.json,1\nscan.npz,one.json,4\n")
+    prompts, bad = read_prompt_table(table, images)
+    predictor = VolumePredictor(tiny_model, precision="float32")
+    outcomes = BatchRunner(lambda: predictor, images, tmp_path / "out").run(prompts)
+    assert [(outcome.status, outcome.message) for outcome in outcomes] == [
+        ("failed", "the session file names objects 1, 2; a row is one structure: give each object a row (and label) "
+                   "of its own."),
+        ("ok", "")]
+    labels = np.load(tmp_path / "out" / "scan.npz")["mask"]
+    assert set(np.unique(labels)) == {0, 4}  # the file's one object gets the row's label

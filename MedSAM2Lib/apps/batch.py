@@ -13,8 +13,9 @@ Prompt table (CSV; header names in any case and order):
   Rows with the same label are one structure (their masks are merged).
 - ``direction`` (optional): ``both`` (default), ``forward`` or ``backward``; ``first_slice`` and ``last_slice``
   (optional, both or neither): the inclusive slice range to stay within.
-- ``session`` (optional): a session file (prompts on several slices, corrections, propagations; see
-  :mod:`~MedSAM2Lib.inference.session_file`), relative to the table's folder, instead of ``slice`` and the box
+- ``session`` (optional): a session file of one object (prompts on several slices, corrections, propagations;
+  see :mod:`~MedSAM2Lib.inference.session_file`; a file naming several objects fails its row), relative to the
+  table's folder, instead of ``slice`` and the box
   columns, which then stay empty (and may be absent from the table). The session runs on the stack of slices the
   file names (a file saved from a Slicer segment may slice the scan along any axis) and its mask is mapped back
   to the scan's grid; the file's window, if it names one, replaces the command line's (a different ``window``

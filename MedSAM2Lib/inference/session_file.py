@@ -296,6 +296,9 @@ def step_results(session: Session, numbered: Sequence[Tuple[int, Dict[str, Any]]
     from .predictor import PromptError
 
     for number, step in numbered:
+        if step.get("object", DEFAULT_OBJECT) != DEFAULT_OBJECT:
+            raise SessionFileError(f"Step {number} is about object {step['object']}, and a session tracks one object; "
+                                   "steps of several objects run through object_steps, a session each.")
         try:
             if "propagate" in step:
                 for result in session.propagate(step["propagate"], tuple(step["range"]) if "range" in step else None):
