@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from MedSAM2Lib.apps import cli
 from MedSAM2Lib.apps.batch import BatchRunner, TableError, read_deeplesion_table, read_prompt_table
-from MedSAM2Lib.inference.objects import TrackedObject, compose_labels
+from MedSAM2Lib.inference.objects import Region, TrackedObject, compose_labels
 from MedSAM2Lib.inference.connected_components import largest_component
 from MedSAM2Lib.inference.predictor import VolumePredictor, validate_prompt
 from MedSAM2Lib.inference.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
@@ -49,8 +49,7 @@ class BoxBlobPredictor:
             x0, y0, x1, y1 = (int(value) for value in box)
             mask = np.zeros(volume.shape, np.uint8)
             mask[max(key_slice - 2, 0):key_slice + 3, y0:y1, x0:x1] = 1
-            box_shape = (min(key_slice + 3, volume.shape[0]) - max(key_slice - 2, 0), y1 - y0, x1 - x0)
-            tracked[key] = TrackedObject(mask, np.zeros(box_shape, np.float32), [])
+            tracked[key] = TrackedObject(Region.of(mask), [])
         return tracked
 
 

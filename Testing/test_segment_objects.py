@@ -197,7 +197,7 @@ def test_a_session_runner_of_one_object_refuses_steps_of_another():
         run_steps(None, [{"slice": 12, "box": LESION, "object": 2}])
 
 
-def test_a_batch_session_row_naming_several_objects_fails_alone(tmp_path, tiny_model):
+def test_a_batch_session_row_naming_several_objects_or_refused_half_way_fails_alone(tmp_path, tiny_model):
     images = tmp_path / "images"
     images.mkdir()
     np.savez(images / "scan.npz", imgs=np.load(VOLUME)["imgs"][8:16])
@@ -205,14 +205,17 @@ def test_a_batch_session_row_naming_several_objects_fails_alone(tmp_path, tiny_m
         {"slice": 4, "box": LESION}, {"slice": 2, "box": FAR, "object": 2}, {"propagate": "both"}]}))
     (tmp_path / "one.json").write_text(json.dumps({"steps": [
         {"slice": 2, "box": FAR, "object": 2}, {"propagate": "both"}]}))
+    (tmp_path / "refused.json").write_text(json.dumps({"steps": [  # refused by the session half-way
+        {"slice": 4, "box": LESION}, {"propagate": "both"}, {"slice": 3, "remove": True}]}))
     table = tmp_path / "prompts.csv"
-    table.write_text("image,session,label\nscan.npz,two.json,1\nscan.npz,one.json,4\n")
+    table.write_text("image,session,label\nscan.npz,two.json,1\nscan.npz,one.json,4\nscan.npz,refused.json,5\n")
     prompts, bad = read_prompt_table(table, images)
     predictor = VolumePredictor(tiny_model, precision="float32")
     outcomes = BatchRunner(lambda: predictor, images, tmp_path / "out").run(prompts)
     assert [(outcome.status, outcome.message) for outcome in outcomes] == [
         ("failed", "the session file names objects 1, 2; a row is one structure: give each object a row (and label) "
                    "of its own."),
-        ("ok", "")]
+        ("ok", ""),
+        ("failed", "Step 3: Slice 3 has no prompt to remove.")]
     labels = np.load(tmp_path / "out" / "scan.npz")["mask"]
     assert set(np.unique(labels)) == {0, 4}  # the file's one object gets the row's label

@@ -530,8 +530,7 @@ class BatchRunner:
                 outcome.message = str(errors[prompt]) or type(errors[prompt]).__name__
             elif prompt in tracked:
                 found = tracked[prompt]
-                regions[prompt] = Region.of(prompt.stack.from_stack(found.mask),
-                                            prompt.stack.from_stack(found.box_logits))
+                regions[prompt] = found.on_grid(prompt.stack, stacked.shape)
                 outcome.status, outcome.message = "ok", " ".join(map(str, found.stops))
             self.on_prompt(prompt)
 

@@ -307,7 +307,7 @@ def segment_session(args: argparse.Namespace):
 
 
 def command_segment(args: argparse.Namespace) -> int:
-    from ..inference.objects import Region, compose_labels
+    from ..inference.objects import compose_labels
     from ..inference.preprocessing import Windowing
     from ..inference.session_file import check_steps, object_steps
     from .volume_io import read_scan, write_mask
@@ -350,8 +350,7 @@ def command_segment(args: argparse.Namespace) -> int:
     for object_id, found in tracked.items():
         for stop in found.stops:
             print(f"Object {object_id}: {stop}" if len(tracked) > 1 else stop, file=sys.stderr)
-    regions = [(object_id, Region.of(document.stack.from_stack(found.mask), document.stack.from_stack(found.box_logits)))
-               for object_id, found in tracked.items()]  # back to the image's voxel grid (tight boxes map to tight boxes)
+    regions = [(object_id, found.on_grid(document.stack, stack.shape)) for object_id, found in tracked.items()]
     labels, _ = compose_labels(shape, regions)
     write_mask(args.output, labels, geometry)
     objects_voxels = ", ".join(f"object {object_id}: {int((labels == object_id).sum())}" for object_id in tracked)
@@ -608,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
-                                                  "file of prompts on several slices)")
+                                                  "file of prompts on several slices, of one or several objects)")
     segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W), a volume file SimpleITK reads, or a "
                                                   "folder of DICOM files (the series with the most slices)")
     segment.add_argument("--series", default=None, metavar="UID",
@@ -621,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
                          help="a session file: prompts on any slices, corrections and propagations, run in order "
                               "(on the stack of slices and with the window it names, as a file saved from a "
-                              "Slicer segment does)")
+                              "Slicer segment does); steps naming objects (\"object\": 2) segment several lesions "
+                              "in one pass into one label map")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help=f"the mask: {mask_formats()} (.npz: key 'mask'), written with the input's geometry; an "
                               "existing file is replaced only once the new one is complete")

@@ -19,7 +19,7 @@ overlap, each object keeps exactly its own mask (:func:`compose_labels`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .early_stop import DEFAULT_ABSENT_SLICES, DirectionStop
 from .predictor import FeatureCache, PromptError, SliceResult, VolumePredictor
 from .session import Session
 from .session_file import step_results
+
+if TYPE_CHECKING:
+    from ..slicer_glue.geometry import StackGeometry
 
 OBJECT_ERRORS = (ValueError, RuntimeError)  # what ends one object's walk without ending the others' (collected)
 NumberedSteps = Sequence[Tuple[int, Dict[str, Any]]]  # (step number in its file, step), as object_steps gives
@@ -85,8 +88,7 @@ class Region:
 
     @classmethod
     def of(cls, mask: np.ndarray, box_logits: Optional[np.ndarray] = None) -> "Region":
-        """The region of ``mask``; ``box_logits``: the logits inside its bounding box (None: 0 everywhere, a
-        region that wins no overlap it is not first in)."""
+        """The region of ``mask``; ``box_logits``: the logits inside its bounding box (None: 0 everywhere)."""
         mask = np.asarray(mask, bool)
         if not mask.any():
             box = tuple(slice(0, 0) for _ in mask.shape)
@@ -135,12 +137,11 @@ def compose_labels(shape: Tuple[int, ...], regions: Sequence[Tuple[int, Region]]
 
 @dataclass
 class TrackedObject:
-    """What one object's session produced on a stack: its mask (post-processed as a single run's) and the
-    logits inside the mask's bounding box, to decide overlaps with (see :class:`Region`)."""
+    """What one object's session produced on a stack of slices: its mask (post-processed as a single run's) with
+    its logits, as a :class:`Region` of the stack, and the session's early stops."""
 
-    mask: np.ndarray  # uint8 (D, H, W)
-    box_logits: np.ndarray  # float32, the logits inside the mask's bounding box (-1024 on slices not computed)
-    stops: List[DirectionStop]  # the session's early stops
+    region: Region
+    stops: List[DirectionStop]
 
     @classmethod
     def of(cls, session: Session) -> "TrackedObject":
@@ -151,7 +152,14 @@ class TrackedObject:
             result = session.results.get(index)
             if result is not None:
                 box_logits[number] = result.logits[box[1:]]
-        return cls(mask, box_logits, [stop for stop in session.stops.values() if stop.early])
+        return cls(Region.of(mask, box_logits), [stop for stop in session.stops.values() if stop.early])
+
+    def on_grid(self, stack: StackGeometry, stack_shape: Tuple[int, int, int]) -> Region:
+        """The region on the volume's voxel grid, for a (slices, rows, columns) stack of ``stack_shape`` that
+        ``stack`` made of it. A tight box maps to a tight box, so the box's logits map as they are."""
+        mask = np.zeros(stack_shape, bool)
+        mask[self.region.box] = self.region.values
+        return Region.of(stack.from_stack(mask), stack.from_stack(self.region.logits))
 
 
 def segment_objects(predictor: VolumePredictor, volume: np.ndarray, objects: Mapping[Hashable, NumberedSteps],
@@ -161,14 +169,21 @@ def segment_objects(predictor: VolumePredictor, volume: np.ndarray, objects: Map
     its own over one uint8 (D, H, W) volume, all in one pass (:func:`advance_together`): each slice is encoded
     once for all of them while ``cache`` (default: a FeatureCache of the volume) holds it. ``on_result(key,
     step number, result or None)`` sees each yielded slice and each finished step and may raise to cancel.
-    ``errors`` given: an object whose steps fail is left out of the result, its error kept there."""
+    ``errors`` given: an object whose steps fail is left out of the result, its error kept there. The result
+    is in the order of ``objects``."""
     cache = cache if cache is not None else FeatureCache(volume)
-    sessions = {key: Session(predictor, volume, cache, predictor.early_stop) for key in objects}
-    walks = {key: step_results(sessions[key], steps) for key, steps in objects.items()}
+    tracked: Dict[Hashable, TrackedObject] = {}
+
+    def walk(key: Hashable, steps: NumberedSteps) -> Iterator:
+        session = Session(predictor, volume, cache, predictor.early_stop)
+        yield from step_results(session, steps)
+        tracked[key] = TrackedObject.of(session)  # the session (its memory of every slice) goes once it is done
+
+    walks = {key: walk(key, steps) for key, steps in objects.items()}
     for key, (number, result) in advance_together(walks, errors):
         if on_result is not None:
             on_result(key, number, result)
-    return {key: TrackedObject.of(session) for key, session in sessions.items() if errors is None or key not in errors}
+    return {key: tracked[key] for key in objects if key in tracked}
 
 
 class MultiObjectSession:
