@@ -219,3 +219,23 @@ def test_a_batch_session_row_naming_several_objects_or_refused_half_way_fails_al
         ("failed", "Step 3: Slice 3 has no prompt to remove.")]
     labels = np.load(tmp_path / "out" / "scan.npz")["mask"]
     assert set(np.unique(labels)) == {0, 4}  # the file's one object gets the row's label
+
+
+def test_a_tracked_object_maps_to_the_volume_grid_with_its_logits():
+    """A session file's stack (slices along J, rows flipped): the region and its logits land where the full
+    arrays mapped back would put them."""
+    from MedSAM2Lib.inference.objects import TrackedObject
+    from MedSAM2Lib.slicer_glue.geometry import StackGeometry
+
+    stack = StackGeometry.from_json({"slice_axis": "J", "row_axis": "K", "column_axis": "I", "flip_rows": True,
+                                     "flip_columns": False})
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 5, 7), bool)
+    mask[1:4, 2:5, 3:6] = rng.random((3, 3, 3)) > 0.3
+    logits = rng.normal(size=mask.shape).astype(np.float32)
+    box = Region.of(mask).box
+    mapped = TrackedObject(Region.of(mask, logits[box]), []).on_grid(stack, mask.shape)
+    expected = Region.of(stack.from_stack(mask), stack.from_stack(logits)[Region.of(stack.from_stack(mask)).box])
+    assert mapped.box == expected.box
+    np.testing.assert_array_equal(mapped.values, expected.values)
+    np.testing.assert_array_equal(mapped.logits, expected.logits)
