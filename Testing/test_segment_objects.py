@@ -209,14 +209,14 @@ def test_a_batch_session_row_naming_several_objects_or_refused_half_way_fails_al
         {"slice": 4, "box": LESION}, {"propagate": "both"}, {"slice": 3, "remove": True}]}))
     table = tmp_path / "prompts.csv"
     table.write_text("image,session,label\nscan.npz,two.json,1\nscan.npz,one.json,4\nscan.npz,refused.json,5\n")
-    prompts, bad = read_prompt_table(table, images)
+    prompts, bad = read_prompt_table(table, images)  # the file naming two objects: refused before any work
+    assert [(outcome.row, outcome.status, outcome.message) for outcome in bad] == [
+        (2, "failed", "the session file names objects 1, 2; a row is one structure: give each object a row (and "
+                      "label) of its own.")]
     predictor = VolumePredictor(tiny_model, precision="float32")
     outcomes = BatchRunner(lambda: predictor, images, tmp_path / "out").run(prompts)
-    assert [(outcome.status, outcome.message) for outcome in outcomes] == [
-        ("failed", "the session file names objects 1, 2; a row is one structure: give each object a row (and label) "
-                   "of its own."),
-        ("ok", ""),
-        ("failed", "Step 3: Slice 3 has no prompt to remove.")]
+    assert [(outcome.row, outcome.status, outcome.message) for outcome in outcomes] == [
+        (3, "ok", ""), (4, "failed", "Step 3: Slice 3 has no prompt to remove.")]
     labels = np.load(tmp_path / "out" / "scan.npz")["mask"]
     assert set(np.unique(labels)) == {0, 4}  # the file's one object gets the row's label
 

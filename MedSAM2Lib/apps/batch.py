@@ -69,7 +69,7 @@ import numpy as np
 from ..inference.objects import Region, compose_labels
 from ..inference.predictor import DIRECTIONS, FeatureCache
 from ..inference.preprocessing import Windowing
-from ..inference.session_file import check_steps, object_steps, read_session
+from ..inference.session_file import SessionDocument, check_steps, object_steps, read_session
 from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry
 from ..atomic import FileUses, write_csv_atomically
 from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
@@ -195,6 +195,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
                              f"leave {', '.join(given)} empty.")
         session = (table_folder / cells[SESSION_COLUMN]).resolve()
         document = read_session(session)  # refused now, before any work, if it cannot be used
+        one_object_steps(document)
         return Prompt(row=line, image=image, key_slice=None, box=None, label=label, session=session,
                       window=document.windowing(window, "the row's window", default_window), stack=document.stack)
     missing = [column for column in TABLE_COLUMNS[1:] if column not in cells]
@@ -554,18 +555,23 @@ class BatchRunner:
                 outcome.message = "the mask is empty."
 
 
+def one_object_steps(document: SessionDocument):
+    """The numbered steps of a session file's one object; ValueError with a sentence when it names several."""
+    objects = object_steps(document.steps)
+    if len(objects) > 1:
+        raise ValueError(f"the session file names objects {', '.join(map(str, objects))}; a row is one structure: "
+                         "give each object a row (and label) of its own.")
+    return next(iter(objects.values()))
+
+
 def _row_steps(prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int]):
     """A row's steps, numbered, checked on its stack of slices: its session file's (one object), or its box
     propagated. ValueError with a sentence when they cannot be used."""
     if prompt.session is not None:
         document = read_session(prompt.session)
         document.check_size(scan_shape)
-        objects = object_steps(document.steps)
-        if len(objects) > 1:
-            raise ValueError(f"the session file names objects {', '.join(map(str, objects))}; a row is one "
-                             "structure: give each object a row (and label) of its own.")
         check_steps(document.steps, stacked)
-        return next(iter(objects.values()))
+        return one_object_steps(document)
     propagate = {"propagate": prompt.direction}
     if prompt.slice_range is not None:
         propagate["range"] = list(prompt.slice_range)
