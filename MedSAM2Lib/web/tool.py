@@ -24,6 +24,7 @@ import slicer
 
 from ..atomic import write_atomically
 from ..slicer_glue.box import BoxEvent
+from ..slicer_glue.effect import PreEncodeTrigger
 from ..slicer_glue.geometry import ObliqueViewError
 from ..slicer_glue.gestures import ViewGestures
 from ..slicer_glue.interactive import InteractionError, InteractiveOptions, InteractiveSegmenter
@@ -110,6 +111,7 @@ class WebTool:
         self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
         self.segmenter = InteractiveSegmenter(logic)
         self.gestures = ViewGestures()
+        self.pre_encoding = PreEncodeTrigger()
         self.runs = LoopRunController()
         self.runs.observe(self._changed_from_any_thread)
         self.message = "Drag a box around the structure in a slice view."
@@ -149,6 +151,8 @@ class WebTool:
             if self.busy:
                 self.cancel("Cancelled (Esc).")
             return BoxEvent(consumed=self.busy)
+        if event == "move":  # the mouse over a view: its slice is encoded in the background, as in the effect
+            self._pre_encode(slice_node)
         gesture = self.gestures.handle(event, slice_node, xy, shift=shift, control=control, alt=alt,
                                        running=self.busy, tolerance_mm=self.tolerance_mm(slice_node),
                                        segmenter=self.segmenter, editor=self.editor)
@@ -229,6 +233,14 @@ class WebTool:
             self.message = f"MedSAM2 could not {action.replace('_', ' ')} ({type(error).__name__}: {error}); see the log."
         finally:
             self.progress, self.task = (0, 0), None
+            self.on_change()
+
+    def _pre_encode(self, slice_node) -> None:
+        if slice_node is not self.pre_encoding.slice_node:
+            self.pre_encoding.entered(slice_node)
+        failure = self.pre_encoding.ask(self.segmenter, self.editor, slice_node, lambda: self.options, self.busy)
+        if failure:
+            self.message = failure
             self.on_change()
 
     def _progress_from_worker(self, done: int, total: int) -> None:
