@@ -673,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "in order; a PNG is written for every frame")
     video.add_argument("-o", "--output", type=Path, required=True,
                        help="folder for the label PNGs (one per frame, named like the frames, with the input "
-                            "masks' palette); each file is replaced only once the new one is complete")
+                            "masks' palette, else DAVIS's); each file is replaced only once the new one is complete")
     video.add_argument("--use-all-masks", action="store_true",
                        help="prompt with every mask PNG named like a frame, not only the first")
     video.add_argument("--per-object-png", action="store_true",
