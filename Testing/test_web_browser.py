@@ -252,3 +252,32 @@ def test_cancel_during_propagation_writes_nothing(tmp_path):
         assert app.segmentation_node.GetSegmentation().GetNumberOfSegments() == 0
 
     asyncio.run(open_page(volume_file(tmp_path, "long"), tmp_path / "out", scenario))
+
+
+def test_a_second_tab_is_told_and_cannot_edit(tmp_path):
+    """trame-slicer serves one scene to every tab: the first tab owns the app, a second one is covered by a
+    notice that takes its clicks (its views and buttons do nothing) until it takes the app over."""
+    async def scenario(page: Page) -> None:
+        first = page.page
+        other_tab = "#medsam2-other-tab"
+        second = await first.context.new_page()
+        await second.goto(first.url)
+        await second.wait_for_selector(other_tab)
+        assert "open in another tab" in await second.locator("#medsam2-other-tab-text").inner_text()
+        assert await first.locator(other_tab).count() == 0
+        # The notice is what a click on the second tab's views or buttons reaches.
+        view = await second.locator("img").first.bounding_box()
+        x, y = at(view, (0.5, 0.5))
+        assert await second.evaluate(
+            "([x, y]) => document.getElementById('medsam2-other-tab').contains(document.elementFromPoint(x, y))",
+            [x, y])
+        before = page.app.server.state.medsam2_owner
+        await second.click("#medsam2-take-over")
+        await first.wait_for_selector(other_tab)
+        assert await second.locator(other_tab).count() == 0
+        assert page.app.server.state.medsam2_owner not in ("", before)
+        await second.close(run_before_unload=True)  # its page gives the app back: no tab is told it is in use
+        await first.wait_for_function("!document.getElementById('medsam2-other-tab')")
+        assert page.app.server.state.medsam2_owner == ""
+
+    asyncio.run(open_page(volume_file(tmp_path, "short"), tmp_path / "out", scenario))
