@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -225,13 +226,17 @@ def test_a_session_file_opens_with_its_segment_and_the_user_goes_on(tmp_path, da
 
 # -- a second tab --------------------------------------------------------------------------------------------------
 
-def test_the_first_tab_owns_the_app_until_it_closes_or_another_takes_it_over():
+def test_the_first_tab_owns_the_app_until_its_connection_closes_or_another_takes_it_over():
     guard = TabGuard(get_server(f"medsam2-tabs-{uuid.uuid4()}", client_type="vue3"))
-    assert guard.claim("first") and not guard.claim("second")
-    assert guard.owner == "first"
-    guard.release("second")  # not the owner's: nothing changes
+    # A test double of wslink's server, which names the connection each claim comes from (the browser test runs it).
+    guard.web_app = SimpleNamespace(last_active_client_id="connection 1")
+    assert guard.claim("first") and guard.owner == "first"
+    guard.web_app.last_active_client_id = "connection 2"
+    assert not guard.claim("second") and guard.owner == "first"
+    guard.connection_closed("connection 2")  # not the owner's: nothing changes
     assert guard.owner == "first"
     assert guard.claim("second", take_over=True) and guard.owner == "second"
-    guard.release("second")
-    assert guard.owner is None and guard.claim("third")
-    assert not guard.claim("")
+    guard.connection_closed("connection 1")
+    assert guard.owner == "second"
+    guard.connection_closed("connection 2")
+    assert guard.owner is None and not guard.claim("")
