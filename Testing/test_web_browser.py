@@ -2,7 +2,7 @@
 streamed views, the tiny fixture model; results checked on the server side against the library.
 
 The server is the command's own app (arguments parsed by ``medsam2``'s parser, the model loaded by
-``build_predictor``), started in this process so that the test can read its scene between browser actions (the
+``prepare_web``), started in this process so that the test can read its scene between browser actions (the
 browser and the server share one event loop: nothing else touches the scene meanwhile).
 """
 
@@ -27,15 +27,15 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from trame.app import get_server  # noqa: E402
 
-from MedSAM2Lib.apps.cli import build_parser, build_predictor  # noqa: E402
+from MedSAM2Lib.apps.cli import build_parser, prepare_web  # noqa: E402
 from MedSAM2Lib.inference.predictor import FeatureCache  # noqa: E402
 from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
 from MedSAM2Lib.inference.session import Session  # noqa: E402
 from MedSAM2Lib.inference.session_file import run_steps  # noqa: E402
 from MedSAM2Lib.slicer_glue.geometry import StackGeometry  # noqa: E402
-from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array  # noqa: E402
+from MedSAM2Lib.slicer_glue.logic import matrix_to_array  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import segment_array  # noqa: E402
-from MedSAM2Lib.web.app import MedSAM2WebApp, WebOptions  # noqa: E402
+from MedSAM2Lib.web.app import MedSAM2WebApp  # noqa: E402
 
 from conftest import DATA  # noqa: E402
 
@@ -58,14 +58,13 @@ def volume_file(folder: Path, length: str) -> Path:
     return path
 
 
-def web_app(volume_file: Path, out: Path) -> MedSAM2WebApp:
-    """``medsam2 web VOLUME`` on the tiny model, on a free port, with its own trame server."""
+def web_app(volume_file: Path, out: Path, *options: str) -> MedSAM2WebApp:
+    """``medsam2 web VOLUME [OPTIONS]`` on the tiny model, on a free port, with its own trame server."""
     args = build_parser().parse_args([
         "web", str(volume_file), "--port", "0", "--out", str(out), "--device", "cpu", "--precision", "float32",
-        "--checkpoint", str(DATA / "medsam2_tiny_random_seed0.pt"), "--config", str(DATA / "medsam2_tiny_test.yaml")])
-    options = WebOptions(args.image, args.out, args.port)
-    return MedSAM2WebApp(options, MedSAM2Logic(build_predictor(args)),
-                         server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
+        "--checkpoint", str(DATA / "medsam2_tiny_random_seed0.pt"), "--config", str(DATA / "medsam2_tiny_test.yaml"),
+        *options])
+    return MedSAM2WebApp(*prepare_web(args), server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
 
 
 class Page:
@@ -112,10 +111,10 @@ def at(view: dict, fraction) -> tuple:
     return view["x"] + fraction[0] * view["width"], view["y"] + fraction[1] * view["height"]
 
 
-async def open_page(volume_file: Path, out: Path, scenario) -> None:
+async def open_page(volume_file: Path, out: Path, scenario, *options: str) -> None:
     """Serve the app, open it in chromium, run ``scenario(Page)``, stop both. The app is made inside the running
     loop: trame-slicer schedules each view's registration on the loop current when the view is created."""
-    app = web_app(volume_file, out)
+    app = web_app(volume_file, out, *options)
     app.start(exec_mode="task")
     assert await app.server.ready
     async with async_api.async_playwright() as playwright:
@@ -282,3 +281,22 @@ def test_a_second_tab_is_told_and_cannot_edit(tmp_path):
         assert page.app.server.state.medsam2_owner not in ("", owner)
 
     asyncio.run(open_page(volume_file(tmp_path, "short"), tmp_path / "out", scenario))
+
+
+def test_an_image_of_the_data_folder_is_chosen_in_the_page(tmp_path):
+    """--data: the page lists the folder's images; choosing one replaces the scene's volume."""
+    data = tmp_path / "data"
+    data.mkdir()
+    first = volume_file(data, "short")
+    image = sitk.ReadImage(str(first))
+    sitk.WriteImage(image[:, :128, :], str(data / "half.nii.gz"))  # another image: half the rows
+
+    async def scenario(page: Page) -> None:
+        await page.page.locator(".v-select").first.click()
+        await page.page.get_by_role("option", name="half.nii.gz").click()
+        await page.wait_for_status("Opened half.nii.gz.")
+        assert page.app.volume_node.GetName() == "half"
+        assert page.app.volume_node.GetImageData().GetDimensions() == (256, 128, 11)
+        assert "half.nii.gz" in await page.page.locator(".v-select").first.inner_text()
+
+    asyncio.run(open_page(first, tmp_path / "out", scenario, "--data", str(data)))
