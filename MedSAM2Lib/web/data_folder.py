@@ -48,7 +48,7 @@ class DataFolder:
             here = Path(folder)
             depth = len(here.relative_to(self.root).parts)
             subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) if depth < MAX_DEPTH else []
-            if depth and _holds_dicom(here, files):
+            if _holds_dicom(here, files):  # the data folder itself too: listed as "."
                 found.append(here.relative_to(self.root).as_posix())
                 files = [name for name in files if not _is_dicom_name(name)]  # the series, listed once
             for name in sorted(files):
