@@ -339,6 +339,9 @@ class InteractiveSegmenter:
     def remove_last_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
         return self._act(editor, self.compute_remove_last_point, *arguments, **keywords)
 
+    def restore(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_restore, *arguments, **keywords)
+
     def compute_box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
                     options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
         """A box released in a view: a prompt on the segment's session (started if none), the slice computed
@@ -926,8 +929,10 @@ def session_tag_from_file(document: SessionDocument, source: SourceImage, defaul
     volume of another size, or a step cannot apply to the source volume's stack."""
     from ..inference.session_file import check_steps
 
+    volume = source.array()
+    document.check_size(volume.shape)  # before windowing, which may refuse the voxels for another reason
     windowing = document.windowing(None, "", default_window)
-    stack = document.stack_of(windowing.apply(source.array()))
+    stack = document.stack_of(windowing.apply(volume))
     check_steps(document.steps, stack)
     return _tag(document.steps, document.stack, windowing, source, stack_digest(stack), dict(document.options))
 
