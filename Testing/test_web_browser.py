@@ -284,14 +284,23 @@ def test_a_second_tab_is_told_and_cannot_edit(tmp_path):
 
 
 def test_an_image_of_the_data_folder_is_chosen_in_the_page(tmp_path):
-    """--data: the page lists the folder's images; choosing one replaces the scene's volume."""
+    """--data: the page lists the folder's images; an unreadable one gets a sentence and the image stays;
+    choosing another replaces the scene's volume."""
     data = tmp_path / "data"
     data.mkdir()
     first = volume_file(data, "short")
     image = sitk.ReadImage(str(first))
     sitk.WriteImage(image[:, :128, :], str(data / "half.nii.gz"))  # another image: half the rows
+    (data / "broken.nii.gz").write_bytes(b"not a NIfTI file")
 
     async def scenario(page: Page) -> None:
+        await page.page.locator(".v-select").first.click()
+        await page.page.get_by_role("option", name="broken.nii.gz").click()
+        message = await page.wait_for_status("Cannot read ")
+        assert "broken.nii.gz" in message and "Traceback" not in message
+        assert page.app.volume_node.GetName() == "lesion"  # the image stays, and the list says so
+        await page.page.wait_for_function(
+            "document.querySelector('.v-select').innerText.includes('lesion.nrrd')")
         await page.page.locator(".v-select").first.click()
         await page.page.get_by_role("option", name="half.nii.gz").click()
         await page.wait_for_status("Opened half.nii.gz.")

@@ -44,8 +44,8 @@ from .tool import SAVE_FORMATS, WebTool
 
 LOG = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
-LAYOUT = "Axial Primary"
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz")  # the axial view large; 3D, coronal and sagittal beside it
+LAYOUT = "Axial Primary"  # the axial view large; 3D, coronal and sagittal beside it
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class MedSAM2WebApp(TrameApp):
         self.effect.tool = self.tool
         self.tabs = TabGuard(self.server)
         if options.session is not None:  # refused here, before serving, if it does not fit the image
-            self.restore = open_session(self.tool, options.session, self.server)
+            open_session(self.tool, options.session, self.server)
         self._build_ui()
         self._fit_views_on_resize()
         self._show_state()
@@ -124,9 +124,13 @@ class MedSAM2WebApp(TrameApp):
                 raise DataFolderError("Start medsam2 web with --data FOLDER to choose images in the page.")
             path = self.options.data.path_of(name)
             volume_node = self._load(path)
-        except (ValueError, OSError) as error:  # VolumeError, DataFolderError, NonFiniteError: a sentence
-            LOG.warning("%s", error)
-            self.tool.message = str(error)
+        except Exception as error:  # the page gets a sentence, never a traceback (wslink would send it one)
+            if isinstance(error, (ValueError, OSError)):  # VolumeError, DataFolderError, NonFiniteError: a sentence
+                LOG.warning("%s", error)
+                self.tool.message = str(error)
+            else:  # a bug: the log keeps the traceback
+                LOG.exception("Opening %s failed", name)
+                self.tool.message = f"Could not open {name} ({type(error).__name__}: {error}); see the log."
             self._show_state()
             return False
         old = (self.volume_node, self.segmentation_node)

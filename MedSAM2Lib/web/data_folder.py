@@ -75,7 +75,7 @@ class DataFolder:
 
     def name_of(self, path: Path) -> str:
         """``path`` (inside the folder) as the page names it."""
-        return self.path_of(str(path)).relative_to(self.root).as_posix() or "."
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
     def _inside(self, path: Path) -> bool:
         return Path(path).resolve().is_relative_to(self.root)
