@@ -43,6 +43,12 @@ def test_a_host_without_a_token_is_refused_with_a_sentence(capsys, token):
     assert "Traceback" not in error
 
 
+def test_a_missing_image_is_refused_before_the_model_loads(capsys, tmp_path):
+    assert main(["web", str(tmp_path / "missing.nrrd"), "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert capsys.readouterr().err == f"medsam2: error: No image at {tmp_path / 'missing.nrrd'}: give a volume file " \
+                                      "or a folder of DICOM files.\n"
+
+
 def test_a_missing_checkpoint_is_refused_before_serving(capsys, tmp_path):
     assert main(["web", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 1
     assert str(tmp_path / "missing.pt") in capsys.readouterr().err

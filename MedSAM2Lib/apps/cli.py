@@ -522,6 +522,8 @@ def prepare_web(args: argparse.Namespace):
     host = check_exposure(args.host, args.token)
     data = DataFolder(args.data) if args.data is not None else None
     image = check_image_in(data, args.image) or resource_path("mni152_t1_demo.nii.gz")
+    if not image.exists():
+        raise VolumeError(f"No image at {image}: give a volume file or a folder of DICOM files.")
     checkpoint = chosen_checkpoint(args)
     if not checkpoint.is_file():
         from ..model.checkpoint import CheckpointError
