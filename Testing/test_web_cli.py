@@ -87,16 +87,18 @@ def data_folder(tmp_path) -> Path:
     (data / "broken.nii.gz").write_bytes(b"not a NIfTI file")
     outside = write_volume(tmp_path / "outside" / "secret.nrrd")
     (data / "link.nrrd").symlink_to(outside)  # a link out of the folder: neither listed nor opened
+    (data / "linked_series").mkdir()
+    (data / "linked_series" / "IM0001.dcm").symlink_to(outside)  # a DICOM folder whose files lie outside
     return data
 
 
 def test_the_data_folder_lists_the_images_segment_reads(data_folder):
     names, cut_short = DataFolder(data_folder).images()
-    assert names == ["a.nrrd", "broken.nii.gz", "c.npz", "series", "sub/b.nii.gz"] and not cut_short
+    assert names == ["a.nrrd", "broken.nii.gz", "c.npz", "linked_series", "series", "sub/b.nii.gz"] and not cut_short
 
 
 @pytest.mark.parametrize("name", ["../outside/secret.nrrd", "link.nrrd", "sub/../../outside/secret.nrrd", "/etc/passwd",
-                                  "missing.nrrd", "detached.mhd", ""])
+                                  "missing.nrrd", "detached.mhd", "linked_series", ""])
 def test_names_outside_the_data_folder_are_refused_with_a_sentence(data_folder, name):
     with pytest.raises(DataFolderError) as refusal:
         DataFolder(data_folder).path_of(name)

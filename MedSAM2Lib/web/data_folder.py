@@ -68,6 +68,9 @@ class DataFolder:
             raise DataFolderError(f"{name} is not inside the data folder {self.root}: only its images can be opened.")
         if not path.exists():
             raise DataFolderError(f"{name} is not in the data folder {self.root} (any more).")
+        if path.is_dir() and not all(self._inside(child) for child in path.iterdir()):
+            raise DataFolderError(f"{name} holds links to files outside the data folder {self.root}: only its "
+                                  "images can be opened.")
         if path.name.lower().endswith(DETACHED_SUFFIXES):
             raise DataFolderError(f"{name} is a header whose voxels are in a file it names, which may lie outside the "
                                   "data folder: convert it to .nrrd or .nii.gz to open it here.")
