@@ -49,7 +49,8 @@ class DataFolder:
             depth = len(here.relative_to(self.root).parts)
             subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) if depth < MAX_DEPTH else []
             if _holds_dicom(here, files):  # the data folder itself too: listed as "."
-                found.append(here.relative_to(self.root).as_posix())
+                if all(self._inside(here / name) for name in files):
+                    found.append(here.relative_to(self.root).as_posix())
                 files = [name for name in files if not _is_dicom_name(name)]  # the series, listed once
             for name in sorted(files):
                 if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES) and self._inside(here / name):
