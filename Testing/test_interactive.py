@@ -19,9 +19,9 @@ from MedSAM2Lib.inference.session import Session
 from MedSAM2Lib.inference.preprocessing import Windowing
 from MedSAM2Lib.slicer_glue import scenario as slicer_scenario
 from MedSAM2Lib.apps.cli import main
-from MedSAM2Lib.inference.session_file import SessionFileError
+from MedSAM2Lib.inference.session_file import SessionFileError, read_session
 from MedSAM2Lib.slicer_glue.interactive import (SESSION_TAG, InteractionError, InteractiveOptions,
-                                                InteractiveSegmenter, write_session_from_tag)
+                                                InteractiveSegmenter, session_tag_from_file, write_session_from_tag)
 from MedSAM2Lib.slicer_glue.geometry import PointError, point_prompt, transform_points
 from MedSAM2Lib.slicer_glue.gestures import ViewGestures
 from MedSAM2Lib.slicer_glue.logic import (MedSAM2Logic, SegmentEditorLogicBackend, grid_part, labelmap_stamp,
@@ -716,3 +716,36 @@ def test_a_segment_is_read_from_its_own_labelmap_part_as_export_reads_it(app, vo
                                       segment_array(segmentation, segment_id, volume_node))
         np.testing.assert_array_equal(segment_mask_on(segmentation, segment_id, grid_part(source.image, box)),
                                       mask[box])
+
+
+def test_a_session_file_restores_as_a_segment_s_saved_session(app, volume_node, predictor, tmp_path):
+    """A segment's session as a session file (as ``medsam2 segment --prompts`` reads it), made the tag of a new
+    segment of another segmentation (``medsam2 web --prompts``): the restore replays it and writes the same
+    segment, voxel by voxel, on the oblique volume; a further restore of the live session is refused."""
+    segmentation, _, _ = boxed_and_propagated(app, volume_node, predictor)
+    expected = selected(app, volume_node)
+    write_session_from_tag(saved_session_tag(segmentation, app.editor_node.GetSelectedSegmentID()),
+                           tmp_path / "session.json")
+    document = read_session(tmp_path / "session.json")
+    app.segmentation_for(volume_node, with_segment=True)
+    tag = session_tag_from_file(document, app.editor.source(), Windowing("none"))
+    segment_id = app.editor_node.GetSelectedSegmentID()
+    app.editor_node.GetSegmentationNode().GetSegmentation().GetSegment(segment_id).SetTag(SESSION_TAG, tag)
+    segmenter = InteractiveSegmenter(MedSAM2Logic(predictor))
+    assert not selected(app, volume_node).any() and segmenter.restorable(app.editor)
+    result = segmenter.restore(app.editor, LESION)
+    assert result.message.startswith("Restored the segment's saved MedSAM2 session (2 steps).")
+    np.testing.assert_array_equal(selected(app, volume_node), expected)
+    assert segmenter.session_of(app.editor).propagated
+    with pytest.raises(InteractionError, match="already open"):
+        segmenter.restore(app.editor, LESION)
+    app.editor_logic.Undo()  # the restore is one undoable write
+    assert not selected(app, volume_node).any()
+
+
+def test_a_session_file_for_another_volume_size_is_refused_before_any_work(app, volume_node, tmp_path):
+    (tmp_path / "session.json").write_text(json.dumps({"size_ijk": [64, 48, 8], "steps": [
+        {"slice": 3, "box": [10, 10, 30, 30]}, {"propagate": "both"}]}))
+    app.segmentation_for(volume_node, with_segment=True)
+    with pytest.raises(SessionFileError, match="made on a 64 x 48 x 8 volume"):
+        session_tag_from_file(read_session(tmp_path / "session.json"), app.editor.source(), Windowing("none"))

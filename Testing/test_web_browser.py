@@ -1,9 +1,10 @@
 """``medsam2 web`` end to end in a real browser: Debian's chromium driven by playwright, real mouse events on the
 streamed views, the tiny fixture model; results checked on the server side against the library.
 
-The server is the command's own app (web_support.web_app: arguments parsed by ``medsam2``'s parser and read as
-``medsam2 web`` reads them), started in this process so that the test can read its scene between browser actions
-(the browser and the server share one event loop: nothing else touches the scene meanwhile).
+The server is the command's own app (web_support.web_app: arguments parsed by ``medsam2``'s parser, the app
+built by ``prepare_web`` as ``medsam2 web`` builds it), started in this process so that the test can read its
+scene between browser actions (the browser and the server share one event loop: nothing else touches the scene
+meanwhile).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 pytest.importorskip("trame_slicer", reason="the web front end's extra is not installed: pip install -e '.[web]'")
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed: pip install -e '.[test]'")
@@ -86,10 +88,10 @@ def at(view: dict, fraction) -> tuple:
     return view["x"] + fraction[0] * view["width"], view["y"] + fraction[1] * view["height"]
 
 
-async def open_page(volume_file: Path, out: Path, scenario) -> None:
+async def open_page(volume_file: Path, out: Path, scenario, *options: str) -> None:
     """Serve the app, open it in chromium, run ``scenario(Page)``, stop both. The app is made inside the running
     loop: trame-slicer schedules each view's registration on the loop current when the view is created."""
-    app = web_app(volume_file, out)
+    app = web_app(volume_file, out, options=("--precision", "float32", *options))
     app.start(exec_mode="task")
     assert await app.server.ready
     async with async_api.async_playwright() as playwright:
@@ -239,3 +241,61 @@ def test_cancel_during_propagation_writes_nothing(tmp_path):
         assert app.segmentation_node.GetSegmentation().GetNumberOfSegments() == 0
 
     asyncio.run(open_page(volume_file(tmp_path, "long"), tmp_path / "out", scenario))
+
+
+def test_a_second_tab_is_told_and_cannot_edit(tmp_path):
+    """trame-slicer serves one scene to every tab: the first tab owns the app, a second one is covered by a
+    notice that takes its clicks (its views and buttons do nothing) until it takes the app over."""
+    async def scenario(page: Page) -> None:
+        first = page.page
+        other_tab = "#medsam2-other-tab"
+        second = await first.context.browser.new_page(viewport={"width": 1400, "height": 900})
+        await second.goto(first.url)
+        await second.wait_for_selector(other_tab)
+        assert "open in another tab" in await second.locator("#medsam2-other-tab-text").inner_text()
+        assert await first.locator(other_tab).count() == 0
+        # The notice is what a click on the second tab's views or buttons reaches.
+        view = await second.locator("img").first.bounding_box()
+        x, y = at(view, (0.5, 0.5))
+        assert await second.evaluate(
+            "([x, y]) => document.getElementById('medsam2-other-tab').contains(document.elementFromPoint(x, y))",
+            [x, y])
+        before = page.app.server.state.medsam2_owner
+        await second.click("#medsam2-take-over")
+        await first.wait_for_selector(other_tab)
+        assert await second.locator(other_tab).count() == 0
+        assert page.app.server.state.medsam2_owner not in ("", before)
+        owner = page.app.server.state.medsam2_owner
+        await second.close()  # its connection closes: the app is free, and the first tab claims it again
+        await first.wait_for_function("!document.getElementById('medsam2-other-tab')")
+        assert page.app.server.state.medsam2_owner not in ("", owner)
+
+    asyncio.run(open_page(volume_file(tmp_path, "short"), tmp_path / "out", scenario))
+
+
+def test_an_image_of_the_data_folder_is_chosen_in_the_page(tmp_path):
+    """--data: the page lists the folder's images; an unreadable one gets a sentence and the image stays;
+    choosing another replaces the scene's volume."""
+    data = tmp_path / "data"
+    data.mkdir()
+    first = volume_file(data, "short")
+    image = sitk.ReadImage(str(first))
+    sitk.WriteImage(image[:, :128, :], str(data / "half.nii.gz"))  # another image: half the rows
+    (data / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+
+    async def scenario(page: Page) -> None:
+        await page.page.locator(".v-select").first.click()
+        await page.page.get_by_role("option", name="broken.nii.gz").click()
+        message = await page.wait_for_status("Cannot read ")
+        assert "broken.nii.gz" in message and "Traceback" not in message
+        assert page.app.volume_node.GetName() == "lesion"  # the image stays, and the list says so
+        await page.page.wait_for_function(
+            "document.querySelector('.v-select').innerText.includes('lesion.nrrd')")
+        await page.page.locator(".v-select").first.click()
+        await page.page.get_by_role("option", name="half.nii.gz").click()
+        await page.wait_for_status("Opened half.nii.gz.")
+        assert page.app.volume_node.GetName() == "half"
+        assert page.app.volume_node.GetImageData().GetDimensions() == (256, 128, 11)
+        assert "half.nii.gz" in await page.page.locator(".v-select").first.inner_text()
+
+    asyncio.run(open_page(first, tmp_path / "out", scenario, "--data", str(data)))

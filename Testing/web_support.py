@@ -10,9 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 from trame.app import get_server
 
-from MedSAM2Lib.apps.cli import build_parser
-from MedSAM2Lib.web.app import MedSAM2WebApp, WebOptions
-from MedSAM2Lib.web.model import ModelOptions
+from MedSAM2Lib.apps.cli import build_parser, prepare_web
+from MedSAM2Lib.web.app import MedSAM2WebApp
 
 from conftest import DATA
 
@@ -38,5 +37,4 @@ def web_app(volume_file: Path, out: Path, checkpoint: Optional[Path] = None,
         "web", str(volume_file), "--port", "0", "--out", str(out), "--device", "cpu", *options,
         "--checkpoint", str(checkpoint or DATA / "medsam2_tiny_random_seed0.pt"),
         "--config", str(DATA / "medsam2_tiny_test.yaml")])
-    return MedSAM2WebApp(WebOptions(args.image, args.out, args.port), ModelOptions.from_arguments(args),
-                         server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
+    return MedSAM2WebApp(*prepare_web(args), server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))

@@ -542,25 +542,40 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_web(args: argparse.Namespace) -> int:
+def prepare_web(args: argparse.Namespace):
+    """``medsam2 web``'s options and its model's: everything that can be refused here is refused before the
+    server starts (exposure, data folder, image, checkpoint, --out, session file)."""
+    from ..inference.session_file import read_session
     from ..resources import resource_path
+    from ..web.app import WebOptions, check_exposure
+    from ..web.data_folder import DataFolder, check_image_in
+    from ..web.model import ModelOptions
     from .demo import missing_weights_message
 
-    try:
-        from ..web.app import MedSAM2WebApp, WebOptions, check_exposure
-        from ..web.model import ModelOptions
-    except ImportError as error:  # the optional extra is missing
-        raise ValueError(f"medsam2 web needs trame-slicer ({error}): pip install 'medsam2-slicer[web]'.") from None
-
     host = check_exposure(args.host, args.token)
-    image = args.image or resource_path("mni152_t1_demo.nii.gz")
+    data = DataFolder(args.data) if args.data is not None else None
+    image = check_image_in(data, args.image) or resource_path("mni152_t1_demo.nii.gz")
+    if not image.exists():
+        raise VolumeError(f"No image at {image}: give a volume file or a folder of DICOM files.")
     checkpoint = chosen_checkpoint(args)
     if not checkpoint.is_file():
         from ..model.checkpoint import CheckpointError
 
-        raise CheckpointError(missing_weights_message(checkpoint))
+        raise CheckpointError(missing_weights_message(checkpoint, chosen_model(args)))
     check_writable(args.out / "medsam2-web-check")  # Save writes there: refused now, not after an hour of work
-    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), ModelOptions.from_arguments(args))
+    session = read_session(args.prompts) if args.prompts is not None else None
+    options = WebOptions(image, args.out, args.port, host, args.token, data, session)
+    # A session file's options apply where the command line names none, as for medsam2 segment --prompts.
+    return options, ModelOptions.from_arguments(args, session.options if session is not None else None)
+
+
+def command_web(args: argparse.Namespace) -> int:
+    try:
+        from ..web.app import MedSAM2WebApp
+    except ImportError as error:  # the optional extra is missing
+        raise ValueError(f"medsam2 web needs trame-slicer ({error}): pip install 'medsam2-slicer[web]'.") from None
+    options, model = prepare_web(args)
+    app = MedSAM2WebApp(options, model)  # refuses a session file that does not fit the image
     print(f"MedSAM2 in the browser: {app.url(args.port)} (Ctrl+C stops; Save writes into {args.out})", flush=True)
     app.start()
     return 0
@@ -714,7 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="segment in a web browser: slice and 3D views, box and point prompts, "
                                           "propagation, undo, save (pip install 'medsam2-slicer[web]')")
     web.add_argument("image", type=Path, nargs="?", default=None,
-                     help="volume file (NRRD, NIfTI, MHA, ...) or DICOM folder (default: the bundled demo scan)")
+                     help="volume file (NRRD, NIfTI, MHA, .npz) or DICOM folder, as segment reads it (default: the "
+                          "first image of --data, else the bundled demo scan)")
+    web.add_argument("--data", type=Path, default=None, metavar="DIR",
+                     help="a folder whose images (and DICOM folders) the page lists to choose from; nothing outside "
+                          "it is opened (IMAGE, if given, must be one of them)")
+    web.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
+                     help="a session file (as segment --prompts reads) to open with its segment, to go on from")
     web.add_argument("--port", type=whole_number_or_zero, default=8080, help="port to serve on (default 8080; 0: any free one)")
     web.add_argument("--host", default=None,
                      help="serve on this interface instead of 127.0.0.1 (requires --token)")

@@ -78,7 +78,8 @@ from ..inference.connected_components import largest_component
 from ..inference.predictor import Cancelled, FeatureCache
 from ..inference.preprocessing import Windowing
 from ..inference.session import Session
-from ..inference.session_file import SessionFileError, run_steps, session_options, write_session_file
+from ..inference.session_file import (SessionDocument, SessionFileError, run_steps, session_options,
+                                      write_session_file)
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing,
                     grid_part, labelmap_stamp, segment_mask_on, slab_modifications, view_geometry, view_to_index)
@@ -390,6 +391,9 @@ class InteractiveSegmenter(SegmentActions):
 
     # -- the actions --------------------------------------------------------------------------------
 
+    def restore(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_restore, *arguments, **keywords)
+
     def compute_box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
                     options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
         """A box released in a view: a prompt on the segment's session (started if none), the slice computed
@@ -470,6 +474,17 @@ class InteractiveSegmenter(SegmentActions):
         return Computed(state, source, options, None, recomputed,
                         " ".join([edits_sentence(taken, None) + sentence, *stops, "Undo (Ctrl+Z) reverts it."]),
                         propagated=True)
+
+    def compute_restore(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
+                        progress=None, should_cancel=None) -> Computed:
+        """The selected segment's saved session (its tag, e.g. from :func:`session_tag_from_file`) replayed, and
+        nothing else computed: its write shows the session's segment."""
+        if self.session_of(editor) is not None:
+            raise InteractionError("The selected segment's MedSAM2 session is already open.")
+        source = editor.source()
+        state = self._session_for(editor, source, None, options, "Restore", progress, should_cancel)
+        return Computed(state, source, options, None, sorted(state.session.results), "Undo (Ctrl+Z) reverts it.",
+                        propagated=state.propagated)
 
     def compute_remove_point(self, editor: EditorAccess, index: int, number: int,
                              options: InteractiveOptions = InteractiveOptions(), progress=None,
@@ -931,14 +946,19 @@ def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage
     orientation they refer to, the window (full precision), the size of the grid, whether that grid is the
     source volume's own (``volume_grid``; else a session file cannot address the volume's voxels) and the
     digest of the stack (:func:`stack_digest`). No '|' in it: that character separates tags in .seg.nrrd."""
+    return _tag(state.session.steps, state.geometry, windowing, source, digest, session_options(state.session))
+
+
+def _tag(steps: Sequence[dict], geometry: StackGeometry, windowing: Windowing, source: SourceImage, digest: str,
+         options: Dict[str, Any]) -> str:
     document = {
-        "steps": [_encoded_step(step) for step in state.session.steps],
-        "stack": state.geometry.as_json(),
+        "steps": [_encoded_step(step) for step in steps],
+        "stack": geometry.as_json(),
         "window": window_text(windowing),
         "size_ijk": [int(n) for n in source.shape_ijk],
         "volume_grid": source.on_volume_grid(),
         "digest": digest,
-        "options": session_options(state.session),
+        "options": options,
     }
     return json.dumps(document).replace("|", "\\u007c")
 
@@ -984,6 +1004,21 @@ def write_session_from_tag(tag: str, path: Path) -> None:
             "segmentation the source volume's geometry (Segment Editor: Specify geometry) and segment again."
         )
     write_session_file(path, saved.steps, saved.geometry, saved.window, saved.size_ijk, saved.options)
+
+
+def session_tag_from_file(document: SessionDocument, source: SourceImage, default_window: Windowing) -> str:
+    """A session file (``medsam2 segment --prompts``) as the tag of a segment on ``source``, for its next action
+    to restore (:meth:`InteractiveSegmenter.compute_restore`): the file's stack orientation and window (else
+    ``default_window``), its steps and options. SessionFileError (before any work) when the file was made on a
+    volume of another size, or a step cannot apply to the source volume's stack."""
+    from ..inference.session_file import check_steps
+
+    volume = source.array()
+    document.check_size(volume.shape)  # before windowing, which may refuse the voxels for another reason
+    windowing = document.windowing(None, "", default_window)
+    stack = document.stack_of(windowing.apply(volume))
+    check_steps(document.steps, stack)
+    return _tag(document.steps, document.stack, windowing, source, stack_digest(stack), dict(document.options))
 
 
 def slice_digest(mask: np.ndarray) -> str:

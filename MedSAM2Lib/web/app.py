@@ -2,8 +2,10 @@
 
 Security defaults: the server binds 127.0.0.1; ``--host`` (any other interface) is refused unless ``--token`` is
 given, and then the page connects only with that token (wslink's secret: the URL carries ``?secret=TOKEN``). Files
-are read only from the image named on the command line and written only into ``--out``. trame-slicer keeps one
-scene per server process and every connected tab sees it: this is one user's app.
+are read only from the image named on the command line or from the ``--data`` folder
+(:mod:`~MedSAM2Lib.web.data_folder`), and written only into ``--out``. trame-slicer keeps one scene per server
+process and every connected tab sees it: this is one user's app, and a second tab is told so
+(:mod:`~MedSAM2Lib.web.single_tab`).
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame_vuetify.widgets import vuetify3 as v3
 from vtkmodules.vtkCommonCore import vtkCommand
 
-from ..apps.volume_io import VolumeError
+from ..inference.session_file import SessionDocument
 from ..slicer_glue.box import rotate_views_to_grid
+from .data_folder import DataFolder, DataFolderError, add_image
 from .effect import MedSAM2Effect
 from .model import ModelOptions, PageModel
 from .options_panel import build_options_panel
+from .session_opening import open_session
+from .single_tab import TabGuard
 from .tool import SAVE_FORMATS, WebTool
 
 LOG = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
-LAYOUT = "Axial Primary"
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")  # the axial view large; 3D, coronal and sagittal beside it
+LAYOUT = "Axial Primary"  # the axial view large; 3D, coronal and sagittal beside it
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class WebOptions:
     port: int = 8080
     host: str = LOOPBACK
     token: Optional[str] = None
+    data: Optional[DataFolder] = None  # the folder whose images the page lists (image is one of them)
+    session: Optional[SessionDocument] = None  # opened with the image as its segment (--prompts)
 
 
 def check_exposure(host: Optional[str], token: Optional[str]) -> str:
@@ -75,17 +82,16 @@ class MedSAM2WebApp(TrameApp):
         self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
-        self.volume_node = self._load(options.image)
+        self.image = options.image
+        self._show(self._load(options.image))
         editor = self.slicer.segmentation_editor
-        self.segmentation_node = editor.create_empty_segmentation_node()
-        self.segmentation_node.SetName(f"{self.volume_node.GetName()} segmentation")
-        editor.set_active_segmentation(self.segmentation_node, self.volume_node)
-        editor.editor_node.SetAndObserveSegmentationNode(self.segmentation_node)
-        editor.editor_node.SetAndObserveSourceVolumeNode(self.volume_node)
         self.tool = WebTool(self.slicer.scene, self.slicer.app_logic, editor.editor_node, PageModel(model),
                             self._show_state)
         self.effect = editor.set_active_effect_type(MedSAM2Effect)
         self.effect.tool = self.tool
+        self.tabs = TabGuard(self.server)
+        if options.session is not None:  # refused here, before serving, if it does not fit the image
+            open_session(self.tool, options.session, self.server)
         self._build_ui()
         self._fit_views_on_resize()
         self._show_state()
@@ -93,15 +99,53 @@ class MedSAM2WebApp(TrameApp):
     # -- the scene -----------------------------------------------------------------------------------------
 
     def _load(self, image: Path):
-        if not image.exists():
-            raise VolumeError(f"{image} does not exist.")
-        nodes = self.slicer.io_manager.load_volumes([str(image)])
-        if not nodes:
-            raise VolumeError(f"{image} could not be read as a volume (NRRD, NIfTI, MHA, a DICOM folder, ...).")
-        volume_node = nodes[0]
-        volume_node.SetName(volume_name(image))  # Save names its files after it
+        """The image as a new volume node, read as ``medsam2 segment`` reads it (VolumeError says why not; the
+        scene is then unchanged), named after the file: Save names its files after it."""
+        return add_image(self.slicer.scene, image, volume_name(image), on_note=lambda note: LOG.info("%s", note))
+
+    def _show(self, volume_node) -> None:
+        """Segment ``volume_node``: shown in the slice views, with a new empty segmentation active."""
+        self.volume_node = volume_node
         self.slicer.display_manager.show_volume_in_slice_background(volume_node)
-        return volume_node
+        editor = self.slicer.segmentation_editor
+        self.segmentation_node = editor.create_empty_segmentation_node()
+        self.segmentation_node.SetName(f"{volume_node.GetName()} segmentation")
+        editor.set_active_segmentation(self.segmentation_node, volume_node)
+        editor.editor_node.SetAndObserveSegmentationNode(self.segmentation_node)
+        editor.editor_node.SetAndObserveSourceVolumeNode(volume_node)
+
+    def open_image(self, name: str) -> bool:
+        """Replace the image by the data folder's image ``name``, as closing the scene and loading it would: the
+        sessions end, the segmentation and its undo history go. False, with a sentence in the page and the log,
+        when it cannot be opened (outside the folder, unreadable, a run going on): the current image stays."""
+        try:
+            if self.tool.busy:
+                raise DataFolderError("MedSAM2 is segmenting: open another image once it has finished (or cancel it).")
+            if self.options.data is None:
+                raise DataFolderError("Start medsam2 web with --data FOLDER to choose images in the page.")
+            path = self.options.data.path_of(name)
+            volume_node = self._load(path)
+        except Exception as error:  # the page gets a sentence, never a traceback (wslink would send it one)
+            if isinstance(error, (ValueError, OSError)):  # VolumeError, DataFolderError, NonFiniteError: a sentence
+                LOG.warning("%s", error)
+                self.tool.message = str(error)
+            else:  # a bug: the log keeps the traceback
+                LOG.exception("Opening %s failed", name)
+                self.tool.message = f"Could not open {name} ({type(error).__name__}: {error}); see the log."
+            self._show_state()
+            return False
+        old = (self.volume_node, self.segmentation_node)
+        self.tool.segmenter.end_sessions()  # as on scene close
+        self._show(volume_node)
+        for node in old:
+            self.slicer.scene.RemoveNode(node)
+        self.tool.editor_logic.ClearUndoState()
+        self.image = path
+        for view in self.slicer.view_manager.get_views():
+            self._fit(view)
+        self.tool.message = f"Opened {name}. Drag a box around the structure in a slice view."
+        self._show_state()
+        return True
 
     def slice_nodes(self):
         return [view.get_view_node() for view in self.slicer.view_manager.get_slice_views()]
@@ -127,6 +171,11 @@ class MedSAM2WebApp(TrameApp):
         with SinglePageWithDrawerLayout(self.server, full_height=True, width=330) as self.ui:
             self.ui.title.set_text("MedSAM2")
             with self.ui.toolbar:
+                if self.options.data is not None:
+                    v3.VSelect(id="medsam2-image", label="Image", items=("medsam2_images", self._image_names()),
+                               v_model=("medsam2_image", self.options.data.name_of(self.image)),
+                               update_modelValue=(self._pick, "[$event]"), density="compact", hide_details=True,
+                               style="max-width: 320px;")
                 v3.VSpacer()
                 v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=self._propagate,
                         disabled=("!medsam2_propagate_enabled",))
@@ -142,6 +191,7 @@ class MedSAM2WebApp(TrameApp):
                 build_options_panel(self.server, tool)
             with self.ui.content:
                 client.Style("html { overflow-y: hidden; }")
+                self.tabs.add_notice()
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                     with html.Div(style="padding: 4px 12px;"):
                         v3.VProgressLinear(id="medsam2-progress", model_value=("medsam2_percent",), height=6,
@@ -149,6 +199,16 @@ class MedSAM2WebApp(TrameApp):
                         html.Div("{{ medsam2_message }}", id="medsam2-status")
                     with html.Div(style="flex: 1; position: relative;"):
                         self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _image_names(self):
+        names, cut_short = self.options.data.images()
+        if cut_short:
+            LOG.warning("The data folder holds more images than the page lists (the first %d).", len(names))
+        return names
+
+    def _pick(self, name: str) -> None:
+        if not self.open_image(name):  # the list shows the image still open
+            self.server.state.medsam2_image = self.options.data.name_of(self.image)
 
     def _propagate(self) -> None:
         # Returns nothing: trame awaits what a handler returns, and the page would wait for the whole run.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from ..inference.early_stop import DEFAULT_ABSENT_SLICES
 from ..slicer_glue.logic import MedSAM2Logic
@@ -38,11 +38,13 @@ class ModelOptions:
     keep_largest_component: bool = True
 
     @classmethod
-    def from_arguments(cls, args: argparse.Namespace) -> "ModelOptions":
-        """``medsam2 web``'s model arguments (read as the other commands read them: cli.computing_options)."""
+    def from_arguments(cls, args: argparse.Namespace, saved_options: Optional[Mapping[str, Any]] = None
+                       ) -> "ModelOptions":
+        """``medsam2 web``'s model arguments (read as the other commands read them: cli.computing_options);
+        ``saved_options``: a session file's, for what the arguments leave open."""
         from ..apps.cli import chosen_checkpoint, computing_options
 
-        computing = computing_options(args, {})
+        computing = computing_options(args, saved_options or {})
         return cls(ModelChoice(chosen_checkpoint(args), args.config, args.device, computing["precision"]),
                    computing["early_stop"], computing["fill_holes"], computing["keep_largest_component"])
 
