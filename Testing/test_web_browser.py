@@ -255,7 +255,9 @@ def test_a_second_tab_is_told_and_cannot_edit(tmp_path):
         assert "open in another tab" in await second.locator("#medsam2-other-tab-text").inner_text()
         assert await first.locator(other_tab).count() == 0
         # The notice is what a click on the second tab's views or buttons reaches.
-        view = await second.locator("img").first.bounding_box()
+        view_image = second.locator("img").first
+        await view_image.wait_for(state="visible")  # laid out once its first frame arrives
+        view = await view_image.bounding_box()
         x, y = at(view, (0.5, 0.5))
         assert await second.evaluate(
             "([x, y]) => document.getElementById('medsam2-other-tab').contains(document.elementFromPoint(x, y))",
