@@ -307,6 +307,7 @@ def segment_session(args: argparse.Namespace):
 
 
 def command_segment(args: argparse.Namespace) -> int:
+    from ..inference.cpu_memory import release_free_memory
     from ..inference.preprocessing import Windowing
     from ..inference.session import Session
     from ..inference.session_file import check_steps, run_steps
@@ -342,7 +343,12 @@ def command_segment(args: argparse.Namespace) -> int:
     for stop in session.stops.values():
         if stop.early:
             print(stop, file=sys.stderr)
+    # Tracking is over: the heap's free pages, kept for the next slice, go before the whole-volume arrays come,
+    # and the model, the stack and the tracking state before the mask is written and read back.
+    release_free_memory()
     mask = document.stack.from_stack(session.mask())  # back to the image's voxel grid
+    del session, cache, stack, predictor
+    release_free_memory()
     write_mask(args.output, mask, geometry)
     print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
     return 0
