@@ -142,29 +142,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(REPOSITORY))
-    import numpy as np
-    import torch
-
-    from benchmarks.windowing_memory import ct_like
-    from MedSAM2Lib.model import MedSAM2
-    from MedSAM2Lib.model.config import MEDSAM2_T512
+    from benchmarks.depth_memory import random_checkpoint, segment_arguments
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        torch.manual_seed(0)
-        torch.save({"model": MedSAM2(MEDSAM2_T512).state_dict()}, folder / "random_t512.pt")
-        np.savez(folder / "ct.npz", imgs=ct_like(args.slices, args.size))
-        size = args.size
-        command = [sys.executable, __file__, "--run-segment", str(args.slices - 1), "segment", str(folder / "ct.npz"),
-                   "-o", str(folder / "mask.npz"), "--window", "-160", "240", "--slice", str(args.slices // 2),
-                   "--box", *(str(round(f * size)) for f in (0.4, 0.4, 0.6, 0.6)),
-                   "--checkpoint", str(folder / "random_t512.pt"), "--device", "cpu",
-                   "--precision", args.precision, "--no-early-stop"]
+        arguments = segment_arguments(folder, random_checkpoint(folder), args.slices, args.size, args.precision)
+        command = [sys.executable, __file__, "--run-segment", str(args.slices - 1), *arguments]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY,
                                 env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"})
     if result.returncode != 0:
         raise SystemExit(f"measurement failed:\n{result.stderr}")
-    report = {"volume": [args.slices, size, size], "precision": args.precision,
+    report = {"volume": [args.slices, args.size, args.size], "precision": args.precision,
               **json.loads(result.stdout.strip().splitlines()[-1])}
     print(json.dumps(report, indent=1 if args.json else None))
 
