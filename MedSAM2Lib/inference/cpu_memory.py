@@ -9,9 +9,11 @@ them once to the most that its own adjustment reaches, 32 MiB for serving a bloc
 for trimming the heap's top, keeps blocks of up to 32 MiB on the heap and lets about 1,300 faults a slice
 remain (a trim threshold of 256 MiB faulted no less and kept more memory).
 
-The price is memory: blocks that stay (each slice's tracking state) now lie on the heap between the large ones
-that come and go, so the heap grows with the slices tracked (``benchmarks/depth_memory.py``: 300 x 512 x 512
-peaks at 1.07 GiB against 0.89 GiB without the setting).
+The price is memory: the heap keeps freed blocks, resident, for the next slice, and blocks that stay (each
+slice's tracking state) lie between the large ones that come and go, so free pieces that fit no later block
+pile up with the slices tracked (``benchmarks/memory_breakdown.py``, 300 x 512 x 512 in exact mode: 89 MiB
+free at the first tracked slice, 223 MiB at the last; an earlier run of ``medsam2 segment`` peaked at
+1.07 GiB against 0.89 GiB without the setting).
 
 Once tracking is over, :func:`release_free_memory` hands what the heap keeps free back to the system, so that
 the memory of the steps after it (the whole-volume mask, the file written and read back) does not come on
