@@ -14,6 +14,11 @@ its uint8 window), ``load model`` (checkpoint read, network built, in fast mode 
 alone), ``mask`` (the whole-volume mask from each slice's logits and its largest component) and ``write``
 (the mask file written and read back). Each phase reports its peak RSS and the counters at that peak; the
 report also says which phase held the peak of the whole run, and the minor page faults per tracked slice.
+
+    python benchmarks/memory_breakdown.py --run-segment N segment ARGUMENTS...
+
+measures any ``medsam2 segment`` command that tracks N slices the same way, in this process (its last output
+line is the report): another volume or checkpoint, or only part of a volume (``--direction forward``).
 """
 
 from __future__ import annotations
