@@ -10,14 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedSAM2Lib.apps import cli
-from MedSAM2Lib.apps.batch import (
-    BatchRunner,
-    Region,
-    TableError,
-    compose_labels,
-    read_deeplesion_table,
-    read_prompt_table,
-)
+from MedSAM2Lib.apps.batch import BatchRunner, TableError, read_deeplesion_table, read_prompt_table
+from MedSAM2Lib.inference.objects import Region, TrackedObject, compose_labels
 from MedSAM2Lib.inference.connected_components import largest_component
 from MedSAM2Lib.inference.predictor import VolumePredictor, validate_prompt
 from MedSAM2Lib.inference.preprocessing import Windowing, ct_preset_window, mr_percentile_window, window
@@ -27,6 +21,7 @@ from MedSAM2Lib.apps import volume_io
 
 from conftest import DATA
 from interruptions import fill, small_filesystem
+from test_segment_objects import alone_region
 
 OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)  # 30 degrees about z
 OBLIQUE_X = (1.0, 0.0, 0.0, 0.0, 0.8660254, -0.5, 0.0, 0.5, 0.8660254)  # 30 degrees about x
@@ -34,23 +29,28 @@ FIXTURE_BOX = [104, 70, 183, 131]
 
 
 class BoxBlobPredictor:
-    """Test double for VolumePredictor: the mask of a prompt is its box on the key slice and the two slices
-    either side, as if the model found exactly the boxed structure. Records each call's key slice, box and
-    feature cache."""
+    """Test double for VolumePredictor: the mask of a box row is its box on the key slice and the two slices
+    either side, as if the model found exactly the boxed structure (logits 0: the earlier row wins an overlap).
+    Records each row's key slice, box and feature cache."""
 
     def __init__(self, interrupt_on_call: int = 0) -> None:
         self.calls = []
         self.interrupt_on_call = interrupt_on_call
 
-    def segment(self, volume, key_slice, box, direction="both", slice_range=None, on_slice=None, cache=None):
-        validate_prompt(volume, key_slice, box, direction, slice_range)
-        self.calls.append((key_slice, tuple(box), cache))
-        if len(self.calls) == self.interrupt_on_call:
-            raise KeyboardInterrupt
-        x0, y0, x1, y1 = (int(value) for value in box)
-        mask = np.zeros(volume.shape, np.uint8)
-        mask[max(key_slice - 2, 0):key_slice + 3, y0:y1, x0:x1] = 1
-        return mask
+    def segment_objects(self, volume, objects, cache=None, on_result=None, errors=None):
+        tracked = {}
+        for key, steps in objects.items():
+            (_, prompt), (_, propagate) = steps
+            key_slice, box = prompt["slice"], prompt["box"]
+            validate_prompt(volume, key_slice, box, propagate["propagate"], propagate.get("range"))
+            self.calls.append((key_slice, tuple(box), cache))
+            if len(self.calls) == self.interrupt_on_call:
+                raise KeyboardInterrupt
+            x0, y0, x1, y1 = (int(value) for value in box)
+            mask = np.zeros(volume.shape, np.uint8)
+            mask[max(key_slice - 2, 0):key_slice + 3, y0:y1, x0:x1] = 1
+            tracked[key] = TrackedObject(Region.of(mask), [])
+        return tracked
 
 
 def write_table(path: Path, header: str, *rows: str) -> Path:
@@ -188,17 +188,6 @@ def test_deeplesion_rows_are_read_as_the_official_script_reads_them(tmp_path):
 # -- label maps ---------------------------------------------------------------------------------------
 
 
-def test_earlier_rows_win_and_equal_labels_merge():
-    first, second, third = (np.zeros((1, 4, 4), bool) for _ in range(3))
-    first[0, 0:2, 0:2] = True
-    second[0, 1:3, 1:3] = True  # overlaps the first row at (1, 1)
-    third[0, 2:4, 2:4] = True  # same label as the second: shares (2, 2) without losing it
-    label_map, lost = compose_labels((1, 4, 4), [(5, Region.of(first)), (2, Region.of(second)), (2, Region.of(third))])
-    np.testing.assert_array_equal(label_map[0], [[5, 5, 0, 0], [5, 5, 2, 0], [0, 2, 2, 2], [0, 0, 2, 2]])
-    assert lost == [0, 1, 0] and label_map.dtype == np.uint8
-    assert Region.of(np.zeros((2, 3, 3))).voxels == 0
-
-
 def test_two_lesions_in_one_scan_each_keep_their_own_mask(tmp_path):
     """The official script keeps the largest component of the union of all lesions: the small one vanishes.
     Here each row is post-processed on its own and the small lesion survives whole."""
@@ -231,9 +220,9 @@ def test_batch_matches_single_prompts_and_encodes_each_slice_once_per_window(tmp
     BatchRunner(lambda: predictor, images, tmp_path / "out").run(prompts)
     assert predictor.encoder_calls == 2 * 8  # two windows, each slice encoded once per window
     volume = fixture_slab()
-    singles = [predictor.segment(volume, 4, FIXTURE_BOX), predictor.segment(volume, 4, [20, 20, 90, 60]),
-               predictor.segment(window(volume, 0, 200), 2, FIXTURE_BOX)]
-    expected, _ = compose_labels(volume.shape, [(label, Region.of(mask)) for label, mask in zip((1, 2, 3), singles)])
+    singles = [alone_region(predictor, volume, 4, FIXTURE_BOX), alone_region(predictor, volume, 4, [20, 20, 90, 60]),
+               alone_region(predictor, window(volume, 0, 200), 2, FIXTURE_BOX)]
+    expected, _ = compose_labels(volume.shape, list(zip((1, 2, 3), singles)))
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "slab.npz")["mask"], expected)
 
 

@@ -158,3 +158,31 @@ def test_points_are_drawn_in_the_colour_of_their_label():
     colours = polydata.GetPointData().GetScalars()
     assert [colours.GetTuple3(i) for i in range(2)] == [POINT_COLOURS[1], POINT_COLOURS[0]]
     assert POINT_COLOURS[0] == (230, 40, 40)
+
+
+def test_points_are_rendered_in_the_colour_of_their_label():
+    """What both front ends' points actor shows (gestures.point_glyph_mapper), rendered offscreen: each dot in
+    its label's colour, not the actor's (white)."""
+    import vtk
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    from MedSAM2Lib.slicer_glue.gestures import POINT_COLOURS, point_glyph_mapper, set_point_glyphs
+
+    polydata = vtk.vtkPolyData()
+    set_point_glyphs(polydata, [(20.0, 30.0, 1), (60.0, 40.0, 0)])
+    actor = vtk.vtkActor2D()
+    actor.SetMapper(point_glyph_mapper(polydata))
+    renderer = vtk.vtkRenderer()
+    renderer.AddViewProp(actor)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(True)
+    window.SetSize(80, 60)
+    window.AddRenderer(renderer)
+    window.Render()
+    capture = vtk.vtkWindowToImageFilter()
+    capture.SetInput(window)
+    capture.Update()
+    pixels = vtk_to_numpy(capture.GetOutput().GetPointData().GetScalars()).reshape(60, 80, -1)[..., :3]
+    np.testing.assert_array_equal(pixels[30, 20], POINT_COLOURS[1])
+    np.testing.assert_array_equal(pixels[40, 60], POINT_COLOURS[0])
+    np.testing.assert_array_equal(pixels[5, 5], (0, 0, 0))

@@ -18,7 +18,9 @@ from MedSAM2Lib import __version__
 from MedSAM2Lib.apps import cli, volume_io
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.apps.volume_io import read_volume
+from MedSAM2Lib.inference import objects as objects_module
 from MedSAM2Lib.inference import session as session_module
+from MedSAM2Lib.inference.objects import segment_objects
 from MedSAM2Lib.inference.predictor import VolumePredictor
 from MedSAM2Lib.inference.preprocessing import window
 
@@ -158,6 +160,9 @@ class PredictorDouble:
     def single_pass_cache(self, volume):
         return None
 
+    def segment_objects(self, volume, objects, cache=None, on_result=None, errors=None):
+        return segment_objects(self, volume, objects, cache, on_result, errors)  # on the Session double
+
 
 class BoxMaskSession:
     """Test double for Session: the mask is the prompt's box on its slice (for tests about files and inputs, not
@@ -166,6 +171,7 @@ class BoxMaskSession:
     def __init__(self, predictor, volume, cache=None, early_stop=None):
         self.volume = volume
         self.stops = {}  # no propagation, so no direction stopped
+        self.results = {}  # no logits: no overlaps to decide
         self._mask = np.zeros(volume.shape, np.uint8)
 
     def add_prompt(self, slice_index, box=None, points=None, labels=None, mask=None, add=False):
@@ -190,6 +196,7 @@ def box_sessions(monkeypatch):
 
     monkeypatch.setattr(cli, "build_predictor", lambda args, saved_options=None: PredictorDouble())
     monkeypatch.setattr(session_module, "Session", make)
+    monkeypatch.setattr(objects_module, "Session", make)
     return made
 
 
@@ -295,10 +302,10 @@ def test_a_segment_killed_before_the_rename_keeps_the_existing_output(tmp_path):
     output.write_bytes(OLD_OUTPUT)
     result = run_killed_at_rename(
         "from MedSAM2Lib.apps import cli\n"
-        "from MedSAM2Lib.inference import session\n"
+        "from MedSAM2Lib.inference import objects, session\n"
         "from test_cli import BoxMaskSession, PredictorDouble, SEGMENT\n"
         "cli.build_predictor = lambda args, saved_options=None: PredictorDouble()\n"
-        "session.Session = BoxMaskSession\n"
+        "session.Session = objects.Session = BoxMaskSession\n"
         "cli.main(SEGMENT + ['-o', 'mask.nii.gz'])\n",
         tmp_path,
     )
@@ -469,6 +476,7 @@ class FailingRemoval(BoxMaskSession):
 def test_an_error_half_way_starts_on_a_line_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "build_predictor", lambda args, saved_options=None: PredictorDouble())
     monkeypatch.setattr(session_module, "Session", FailingRemoval)
+    monkeypatch.setattr(objects_module, "Session", FailingRemoval)
     monkeypatch.setattr(sys, "stderr", Terminal())
     box = [104, 70, 183, 131]
     session = write_session(tmp_path, [{"slice": 12, "box": box}, {"slice": 14, "box": box},

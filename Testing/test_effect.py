@@ -75,6 +75,31 @@ def test_parameters_become_session_options_as_the_effect_stores_them(app):
     assert session_options(node).slice_range is None
 
 
+def test_a_front_end_without_the_effect_object_stores_parameters_where_the_effect_does(app):
+    """The web page sets parameters through effect.set_parameter: the effect's attributes, switches as 0/1."""
+    node = app.editor_node
+    effect.set_parameter(node, "Direction", "backward")
+    effect.set_parameter(node, "NewSegmentPerBox", True)
+    effect.set_parameter(node, "RangeEnabled", True)
+    effect.set_parameter(node, "RangeFirst", 3)
+    effect.set_parameter(node, "RangeLast", 5)
+    effect.set_parameter(node, "WriteMode", "add")
+    assert node.GetAttribute("MedSAM2.NewSegmentPerBox") == "1"
+    assert session_options(node) == InteractiveOptions(direction="backward", slice_range=(3, 5), add=True,
+                                                       new_segment_per_box=True)
+    effect.set_parameter(node, "NewSegmentPerBox", False)
+    assert not session_options(node).new_segment_per_box
+    with pytest.raises(KeyError, match="no parameter 'Directions'"):
+        effect.set_parameter(node, "Directions", "both")
+
+
+def test_reset_before_setup_drops_the_box_only(app):
+    tool = BoxTool()
+    tool.box = object()  # any box
+    assert effect.reset_session(None, None, tool).startswith("The selected segment's MedSAM2 session was reset.")
+    assert tool.box is None
+
+
 # -- views ----------------------------------------------------------------------------------------------------
 
 

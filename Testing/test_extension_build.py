@@ -242,7 +242,8 @@ def test_effect_help_and_readme_name_the_effect_s_buttons_and_keys():
 
     buttons = literal_arguments("QPushButton")
     assert {"Propagate", "Use the segment on this slice", "Reset", "Cancel"} <= buttons
-    session_boxes = {"Clicks add background points", "Update automatically", "New segment for each box"}
+    session_boxes = {"Clicks add background points", "Update automatically", "New segment for each box",
+                     "Propagate through time (cine)"}
     assert session_boxes <= literal_arguments("QCheckBox")
     # The keys the effect receives (slicer_glue.gestures.KEY_EVENTS), with the Mac names: Qt's Control is the
     # Command key there, and the Mac "delete" key sends Backspace.
@@ -254,7 +255,7 @@ def test_effect_help_and_readme_name_the_effect_s_buttons_and_keys():
                                             *keys.values()}:
         assert words in section, words
     for words in ("drag a box", "Propagate", "Shift+click", "Ctrl+click", "Cmd+click", "Update automatically",
-                  "Use the segment on this slice", "Early stop", "Cancel", *keys.values()):
+                  "Use the segment on this slice", "Early stop", "Cancel", "Propagate through time", *keys.values()):
         assert words in help_text, words
     # Esc never reaches the effect (qMRMLSegmentEditorWidget's shortcut deactivates it): neither text may promise
     # that it clears the box or that it is the effect's own key for stopping.

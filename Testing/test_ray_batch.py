@@ -90,7 +90,7 @@ class TinyPredictorFactory:
     """Makes a VolumePredictor of the tiny test model, on a Ray worker.
 
     Test double hook: the predictor kills its own worker process (SIGKILL, as the kernel's out-of-memory killer
-    would) when asked to segment a row whose box is ``kill_once`` (the first time only; ``marker``, a file,
+    would) when asked to segment rows one of whose boxes is ``kill_once`` (the first time only; ``marker``, a file,
     records that it happened) or ``kill_always`` (every time)."""
 
     checkpoint: Path
@@ -109,14 +109,14 @@ class KillingPredictor:
     def __init__(self, predictor: VolumePredictor, factory: TinyPredictorFactory) -> None:
         self.predictor, self.factory = predictor, factory
 
-    def segment(self, volume, key_slice, box, *args, **kwargs):
-        box = tuple(box)
-        if box == self.factory.kill_once and not self.factory.marker.exists():
+    def segment_objects(self, volume, objects, *args, **kwargs):
+        boxes = {tuple(step["box"]) for steps in objects.values() for _, step in steps if "box" in step}
+        if self.factory.kill_once in boxes and not self.factory.marker.exists():
             self.factory.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        if box == self.factory.kill_always:
+        if self.factory.kill_always in boxes:
             os.kill(os.getpid(), signal.SIGKILL)
-        return self.predictor.segment(volume, key_slice, box, *args, **kwargs)
+        return self.predictor.segment_objects(volume, objects, *args, **kwargs)
 
 
 class NeverLoadingFactory:

@@ -335,8 +335,15 @@ def test_a_step_the_session_refuses_is_named(tmp_path, tiny_model, input_volume)
 
 
 
-def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volume):
-    """A session row and a box row on one scan: each row's own mask, composed in table order."""
+def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volume, monkeypatch):
+    """A session row and a box row on one scan, in one pass: each row's own mask (the official session's for the
+    session row), then composed into one label map (overlaps by logit: Testing/test_segment_objects.py)."""
+    from MedSAM2Lib.apps import batch
+
+    composed = []
+    compose = batch.compose_labels
+    monkeypatch.setattr(batch, "compose_labels", lambda shape, regions: composed.append(regions) or compose(
+        shape, regions))
     volume = input_volume[0]
     images = tmp_path / "images"
     images.mkdir()
@@ -352,9 +359,13 @@ def test_batch_session_column_beside_a_box_row(tmp_path, checkpoints, input_volu
                    *EXACT, "--checkpoint", str(checkpoints["tiny"]),
                    "--config", str(DATA / "medsam2_tiny_test.yaml")])
     assert status == 0
+    (first_label, first), (second_label, second) = composed[0]
+    own = np.zeros(volume.shape, bool)
+    own[first.box] = first.values
+    assert (first_label, second_label) == (1, 2) and second.voxels > 0
+    reference_masks("session_two_boxes").check(own)
     labels = np.load(tmp_path / "out" / "case.npz")["mask"]
-    reference_masks("session_two_boxes").check(labels == 1)
-    assert (labels == 2).any()
+    np.testing.assert_array_equal(labels, compose(volume.shape, composed[0])[0])
 
 
 @pytest.mark.parametrize("row, message", [

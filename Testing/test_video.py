@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from MedSAM2Lib.apps import cli
 from MedSAM2Lib.apps.cli import main
 from MedSAM2Lib.inference.reference_check import (LOGIT_TOLERANCE, MAX_BORDERLINE_DIFFERENCES, compare_masks,
                                                   relative_error)
@@ -290,3 +291,118 @@ def test_all_masks_prompt_and_an_object_missing_from_one_gets_an_empty_mask(vide
     np.testing.assert_array_equal(frame5 == 1, labels[5] == 1)  # a mask prompt is its frame's answer
     assert not (frame5 == 2).any()  # the empty mask: object 2 absent there
     assert (np.asarray(Image.open(out / "00004.png")) == 2).any()
+
+
+# -- session files: steps that name frames ---------------------------------------------------------------
+
+
+def write_video_session(folder: Path, steps, **entries) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "session.json"
+    path.write_text(json.dumps({"steps": steps, **entries}))
+    return path
+
+
+def first_frame_object_masks(folder: Path) -> list:
+    """Steps giving each object of the first frame's label PNG as a mask PNG beside the session file."""
+    labels = np.asarray(Image.open(MASKS / "00000.png"))
+    steps = []
+    for object_id in (1, 2):
+        Image.fromarray((labels == object_id).astype(np.uint8)).save(folder / f"object{object_id}.png")
+        steps.append({"frame": "00000", "mask": f"object{object_id}.png", "object": object_id})
+    return steps
+
+
+def test_a_session_file_tracks_the_objects_of_its_steps_as_the_masks_do(video_checkpoint, tmp_path, monkeypatch):
+    """Masks on the first frame as session steps (frames by name), propagated forward: the same PNGs as the
+    official first-frame run of --masks, every frame encoded once for both objects."""
+    folder = tmp_path / "session"
+    folder.mkdir()
+    session = write_video_session(folder, first_frame_object_masks(folder) + [{"propagate": "forward"}])
+    predictors = []
+    build = cli.build_predictor
+    monkeypatch.setattr(cli, "build_predictor", lambda *args, **kwargs: predictors.append(build(*args, **kwargs))
+                        or predictors[-1])
+    status = main(["video", str(FRAMES), "--prompts", str(session), "-o", str(tmp_path / "out"),
+                   *model_arguments(video_checkpoint)])
+    assert status == 0 and predictors[0].encoder_calls == 12
+    status, _ = run_video(tmp_path, monkeypatch, [FRAMES, "--masks", MASKS, "-o", tmp_path / "masks_out",
+                                                  *model_arguments(video_checkpoint)])
+    assert status == 0
+    for index in range(12):
+        with Image.open(tmp_path / "out" / f"{index:05d}.png") as ours, \
+                Image.open(tmp_path / "masks_out" / f"{index:05d}.png") as theirs:
+            assert ours.getpalette() == voc_palette()  # no input palette: DAVIS's
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=f"frame {index}")
+
+
+def test_a_session_file_with_boxes_and_a_correction_by_frame_index(video_checkpoint, tmp_path):
+    """Frames named by index, a box, a later object, a correction after a propagation; a PNG per frame and
+    per object with --per-object-png."""
+    labels = REFERENCE["labels"]
+    rows, columns = np.nonzero(labels[0] == 1)
+    box = [int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1]
+    rows, columns = np.nonzero(labels[4] == 2)
+    later = [int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1]
+    session = write_video_session(tmp_path / "s", [
+        {"frame": 0, "box": box}, {"propagate": "forward"},
+        {"frame": 4, "box": later, "object": 2}, {"frame": 8, "points": [[box[0] + 2, box[1] + 2]], "labels": [0]},
+        {"propagate": "both"}])
+    out = tmp_path / "out"
+    assert main(["video", str(FRAMES), "--prompts", str(session), "-o", str(out), "--per-object-png",
+                 *model_arguments(video_checkpoint)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["001", "002"]
+    assert all(len(list((out / folder).iterdir())) == 12 for folder in ("001", "002"))
+    assert np.asarray(Image.open(out / "002" / "00004.png")).any()
+
+
+@pytest.mark.parametrize("steps, entries, expected", [
+    ([{"frame": "00099", "box": [1, 1, 9, 9]}], {},
+     "Step 1 of the session file: there is no frame named '00099'; the frames are 00000..00011 (12 frames)."),
+    ([{"frame": 12, "box": [1, 1, 9, 9]}], {},
+     "Step 1 of the session file: frame 12 is outside the clip, whose frames are numbered 0..11."),
+    ([{"frame": 0, "box": [1, 1, 9, 9]}, {"frame": -1, "remove": True}], {},
+     "Step 2 of the session file: frame -1 is outside the clip, whose frames are numbered 0..11."),
+    ([{"frame": 1.5, "box": [1, 1, 9, 9]}], {},
+     "Step 1 of the session file: frame must be a frame's name or its index from 0; got 1.5."),
+    ([{"slice": 3, "box": [1, 1, 9, 9]}], {},
+     'Step 1 of the session file names a slice; the steps of a video session file name a "frame" (its name, or '
+     "its index from 0)."),
+    ([{"box": [1, 1, 9, 9]}], {},
+     'Step 1 of the session file needs a frame (its name, or its index from 0), or "propagate".'),
+    ([{"frame": 0, "box": [1, 1, 9, 9], "object": 0}], {},
+     "Step 1 of the session file: object must be a label value 1..255; got 0."),
+    ([{"frame": 0, "box": [1, 1, 200, 9]}, {"propagate": "forward"}], {},
+     "Step 1: The box (1, 1) - (200, 9) reaches outside the slice, whose pixels span x 0..96 and y 0..72."),
+    ([{"propagate": "forward"}, {"frame": 0, "box": [1, 1, 9, 9]}], {},
+     "Step 1: Give a box, points or a mask on a slice before propagating."),
+    ([{"frame": 0, "box": [1, 1, 9, 9]}], {"window": "0 255"},
+     "has window, which describe a volume; a video session file holds only steps (the command line gives the "
+     "options)."),
+])
+def test_bad_frames_in_a_session_file_are_one_sentence_and_nothing_is_written(steps, entries, expected, tmp_path,
+                                                                             capsys):
+    session = write_video_session(tmp_path / "s", steps, **entries)
+    out = tmp_path / "out"
+    message = refused(capsys, [FRAMES, "--prompts", session, "-o", out], tmp_path)
+    assert message.startswith("medsam2: error: ") and message.endswith(expected) and "\n" not in message
+    assert not out.exists()
+
+
+def test_a_session_file_cannot_be_mixed_with_the_mask_options_nor_have_its_masks_replaced(tmp_path, capsys):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    steps = first_frame_object_masks(folder)
+    Image.open(folder / "object1.png").save(folder / "00000.png")
+    steps[0]["mask"] = "00000.png"
+    session = write_video_session(folder, steps + [{"propagate": "forward"}])
+    before = (folder / "00000.png").read_bytes()
+    message = refused(capsys, [FRAMES, "--prompts", session, "-o", folder], tmp_path)
+    assert message == (f"medsam2: error: Cannot write the PNG of frame 00000 to {folder / '00000.png'}: that is a "
+                       "mask of the session file, which it would replace; choose another name.")
+    assert (folder / "00000.png").read_bytes() == before
+    message = refused(capsys, [FRAMES, "--prompts", session, "-o", tmp_path / "out", "--use-all-masks"], tmp_path)
+    assert "choose among the masks of --masks; a session file (--prompts) names its prompts itself" in message
+    with pytest.raises(SystemExit):  # argparse: one of --masks and --prompts, not both
+        main(["video", str(FRAMES), "--prompts", str(session), "--masks", str(MASKS), "-o", str(tmp_path / "o")])
+    assert "not allowed with argument" in capsys.readouterr().err

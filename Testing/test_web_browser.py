@@ -1,9 +1,9 @@
 """``medsam2 web`` end to end in a real browser: Debian's chromium driven by playwright, real mouse events on the
 streamed views, the tiny fixture model; results checked on the server side against the library.
 
-The server is the command's own app (arguments parsed by ``medsam2``'s parser, the model loaded by
-``build_predictor``), started in this process so that the test can read its scene between browser actions (the
-browser and the server share one event loop: nothing else touches the scene meanwhile).
+The server is the command's own app (web_support.web_app: arguments parsed by ``medsam2``'s parser and read as
+``medsam2 web`` reads them), started in this process so that the test can read its scene between browser actions
+(the browser and the server share one event loop: nothing else touches the scene meanwhile).
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 pytest.importorskip("trame_slicer", reason="the web front end's extra is not installed: pip install -e '.[web]'")
 async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed: pip install -e '.[test]'")
@@ -25,47 +23,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 
 import slicer  # noqa: E402
 import vtk  # noqa: E402
-from trame.app import get_server  # noqa: E402
 
-from MedSAM2Lib.apps.cli import build_parser, build_predictor  # noqa: E402
 from MedSAM2Lib.inference.predictor import FeatureCache  # noqa: E402
 from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
 from MedSAM2Lib.inference.session import Session  # noqa: E402
 from MedSAM2Lib.inference.session_file import run_steps  # noqa: E402
 from MedSAM2Lib.slicer_glue.geometry import StackGeometry  # noqa: E402
-from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic, matrix_to_array  # noqa: E402
+from MedSAM2Lib.slicer_glue.logic import matrix_to_array  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import segment_array  # noqa: E402
-from MedSAM2Lib.web.app import MedSAM2WebApp, WebOptions  # noqa: E402
+from MedSAM2Lib.web.app import MedSAM2WebApp  # noqa: E402
 
-from conftest import DATA  # noqa: E402
+from web_support import volume_file, web_app  # noqa: E402
 
 BROWSER_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                      "--disable-component-update", "--disable-sync", "--no-first-run"]
-# Slices of the fixture volume around its key slice 12, an odd number so that the view's centre is a slice: 11 (the
-# centre is slice 5) for the full scenario, 23 (slice 11) for a propagation long enough to cancel.
-SLICES = {"short": slice(7, 18), "long": slice(1, 24)}
 # The box and the background point, as fractions of the axial view's width and height (the bright structure).
 BOX = ((0.40, 0.33), (0.72, 0.57))
 BACKGROUND_POINT = (0.45, 0.36)
-
-
-def volume_file(folder: Path, length: str) -> Path:
-    """Slices of the fixture volume (:data:`SLICES`), stored axially (identity directions), 1 x 1 x 2.5 mm."""
-    image = sitk.GetImageFromArray(np.load(DATA / "input_volume.npz")["imgs"][SLICES[length]].astype(np.int16))
-    image.SetSpacing((1.0, 1.0, 2.5))
-    path = folder / "lesion.nrrd"
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def web_app(volume_file: Path, out: Path) -> MedSAM2WebApp:
-    """``medsam2 web VOLUME`` on the tiny model, on a free port, with its own trame server."""
-    args = build_parser().parse_args([
-        "web", str(volume_file), "--port", "0", "--out", str(out), "--device", "cpu", "--precision", "float32",
-        "--checkpoint", str(DATA / "medsam2_tiny_random_seed0.pt"), "--config", str(DATA / "medsam2_tiny_test.yaml")])
-    options = WebOptions(args.image, args.out, args.port)
-    return MedSAM2WebApp(options, MedSAM2Logic(build_predictor(args)),
-                         server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
 
 
 class Page:
@@ -221,6 +195,19 @@ def test_box_point_propagate_undo_redo_save_in_a_browser(tmp_path):
         assert storage.ReadData(reloaded)
         segment_id = reloaded.GetSegmentation().GetNthSegmentID(0)
         np.testing.assert_array_equal(segment_array(reloaded, segment_id, app.volume_node), propagated)
+
+        # The side panel: a segment added and listed, the first one selected again from the list, an option ticked.
+        first = app.tool.editor.selected_segment_id()
+        await page.page.click("#medsam2-add-segment")
+        await page.wait_for_status("Segment 'Segment_1' added")
+        assert await page.page.locator(".medsam2-segment").count() == 2
+        assert app.tool.editor.selected_segment_id() not in (None, first)
+        await page.page.locator(".medsam2-segment").first.click()
+        await page.wait_for_status("Segment 'MedSAM2' selected")
+        assert app.tool.editor.selected_segment_id() == first
+        await page.page.get_by_label("New segment for each box").check()
+        while app.tool.option("NewSegmentPerBox") != "1":  # the page's state reaches the server on its loop
+            await asyncio.sleep(0.05)
 
     asyncio.run(open_page(volume_file(tmp_path, "short"), out, scenario))
     assert (tmp_path / "medsam2-web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

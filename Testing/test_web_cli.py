@@ -35,3 +35,20 @@ def test_a_missing_checkpoint_is_refused_before_serving(capsys, tmp_path):
                                             ("dicom_folder", "dicom_folder"), ("a.b.nii", "a.b")])
 def test_saved_files_are_named_after_the_image(name, expected):
     assert volume_name(Path(name)) == expected
+
+
+def test_the_command_lines_model_options_are_where_the_page_starts(tmp_path):
+    from MedSAM2Lib.apps.cli import build_parser
+    from MedSAM2Lib.web.model import ModelOptions, PageModel
+
+    checkpoint = tmp_path / "own.pt"
+    args = build_parser().parse_args(["web", "--checkpoint", str(checkpoint), "--device", "cpu", "--precision",
+                                      "bfloat16", "--no-early-stop", "--all-components"])
+    options = ModelOptions.from_arguments(args)
+    assert options.choice.checkpoint == checkpoint and options.choice.device == "cpu"
+    assert options.choice.precision == "bfloat16" and options.early_stop is None
+    assert options.fill_holes and not options.keep_largest_component
+    page = PageModel(options)  # nothing is loaded until the logic is asked for
+    assert page.settings.precision() == "bfloat16" and page.settings.early_stop() is None
+    defaults = ModelOptions.from_arguments(build_parser().parse_args(["web", "--checkpoint", str(checkpoint)]))
+    assert defaults.choice.precision == "auto" and defaults.early_stop == 5 and defaults.keep_largest_component

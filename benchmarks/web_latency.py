@@ -44,16 +44,16 @@ async def measure(args) -> dict:
     from playwright.async_api import async_playwright
     from trame.app import get_server
 
-    from MedSAM2Lib.apps.cli import build_parser, build_predictor
-    from MedSAM2Lib.slicer_glue.logic import MedSAM2Logic
+    from MedSAM2Lib.apps.cli import build_parser
     from MedSAM2Lib.web.app import MedSAM2WebApp, WebOptions
+    from MedSAM2Lib.web.model import ModelOptions
 
     out = Path(tempfile.mkdtemp(prefix="medsam2-web-benchmark-"))
     command = ["web", str(args.volume), "--port", "0", "--out", str(out), "--checkpoint", str(args.checkpoint),
                "--device", args.device, "--precision", args.precision] + (
         ["--config", str(args.config)] if args.config else [])
     parsed = build_parser().parse_args(command)
-    app = MedSAM2WebApp(WebOptions(parsed.image, parsed.out, parsed.port), MedSAM2Logic(build_predictor(parsed)),
+    app = MedSAM2WebApp(WebOptions(parsed.image, parsed.out, parsed.port), ModelOptions.from_arguments(parsed),
                         server=get_server(f"medsam2-web-benchmark-{uuid.uuid4()}", client_type="vue3"))
     app.start(exec_mode="task")
     await app.server.ready

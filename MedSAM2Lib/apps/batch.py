@@ -13,8 +13,9 @@ Prompt table (CSV; header names in any case and order):
   Rows with the same label are one structure (their masks are merged).
 - ``direction`` (optional): ``both`` (default), ``forward`` or ``backward``; ``first_slice`` and ``last_slice``
   (optional, both or neither): the inclusive slice range to stay within.
-- ``session`` (optional): a session file (prompts on several slices, corrections, propagations; see
-  :mod:`~MedSAM2Lib.inference.session_file`), relative to the table's folder, instead of ``slice`` and the box
+- ``session`` (optional): a session file of one object (prompts on several slices, corrections, propagations;
+  see :mod:`~MedSAM2Lib.inference.session_file`; a file naming several objects fails its row), relative to the
+  table's folder, instead of ``slice`` and the box
   columns, which then stay empty (and may be absent from the table). The session runs on the stack of slices the
   file names (a file saved from a Slicer segment may slice the scan along any axis) and its mask is mapped back
   to the scan's grid; the file's window, if it names one, replaces the command line's (a different ``window``
@@ -24,14 +25,17 @@ DeepLesion's ``DeepLesion_Dataset_Info.csv`` is read by :func:`read_deeplesion_t
 
 How a scan is processed:
 
-- It is read once. Its rows are segmented per window: each distinct window gives one uint8 volume and one
-  :class:`~MedSAM2Lib.inference.predictor.FeatureCache`, so each slice is encoded once for all the rows sharing that
-  window (rows with different windows see different images and cannot share features).
-- Each row is segmented on its own, and the predictor's post-processing (the largest 3D component) applies to
-  that row's mask only, never to the union of several rows: a small lesion beside a large one survives.
-- Overlaps: **earlier rows win**. Label maps are composed in table order and a voxel keeps the label of the
-  first row whose mask covers it; the voxels a row loses this way are counted in the summary
-  (``overlap_voxels``).
+- It is read once. Its rows are segmented per window: each distinct window gives one uint8 volume, and the rows
+  sharing it (and the stack of slices their session files name) are segmented in **one pass**: a session per
+  row, advanced side by side over one :class:`~MedSAM2Lib.inference.predictor.FeatureCache`, so each slice is
+  encoded once for all of them (:func:`~MedSAM2Lib.inference.objects.segment_objects`). Rows with different
+  windows see different images and cannot share features. A row's ``seconds`` is the time of its pass.
+- Each row is its own object (its own memory), and the predictor's post-processing (the largest 3D component)
+  applies to that row's mask only, never to the union of several rows: a small lesion beside a large one
+  survives. A row's mask is that of the row run alone.
+- Overlaps: **the higher logit wins**, the official non-overlap rule among the rows whose masks hold a voxel
+  (:func:`~MedSAM2Lib.inference.objects.compose_labels`; the earlier row on a tie); rows with the same label
+  merge. The voxels of a row's mask that another label wins are counted in the summary (``overlap_voxels``).
 - The label map (uint8) goes to the output folder under the image's path relative to the images folder (its
   file name when outside it), in the input's format (``.nii.gz`` when that format cannot hold a 3D label map,
   e.g. DICOM or ``.mhd``; a DICOM folder ``CT1`` gives ``CT1.nii.gz``) and with its spacing, origin and
@@ -62,10 +66,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..inference.objects import Region, compose_labels
 from ..inference.predictor import DIRECTIONS, FeatureCache
 from ..inference.preprocessing import Windowing
-from ..inference.session import Session
-from ..inference.session_file import read_session, run_steps
+from ..inference.session_file import SessionDocument, check_steps, object_steps, read_session
 from ..slicer_glue.geometry import ARRAY_ORDER, StackGeometry
 from ..atomic import FileUses, write_csv_atomically
 from .volume_io import MASK_SUFFIXES, VolumeError, check_output, mask_suffix, read_scan, write_mask
@@ -116,8 +120,8 @@ class Outcome:
     output: str = ""
     voxels: int = 0  # of this row's own mask
     slices: int = 0  # slices this row's mask touches
-    overlap_voxels: int = 0  # of this row's mask, already labelled by an earlier row
-    seconds: float = 0.0  # segmenting this row (the first row of a window also encodes the slices)
+    overlap_voxels: int = 0  # of this row's mask, won by another label (a higher logit there)
+    seconds: float = 0.0  # the pass that segmented this row with the others of its window (encoding included)
     scan_seconds: float = 0.0  # the whole scan: reading, windowing, every row, writing
 
 
@@ -191,6 +195,7 @@ def _table_prompt(line: int, cells: Dict[str, str], image: Path, default_window:
                              f"leave {', '.join(given)} empty.")
         session = (table_folder / cells[SESSION_COLUMN]).resolve()
         document = read_session(session)  # refused now, before any work, if it cannot be used
+        one_object_steps(document)
         return Prompt(row=line, image=image, key_slice=None, box=None, label=label, session=session,
                       window=document.windowing(window, "the row's window", default_window), stack=document.stack)
     missing = [column for column in TABLE_COLUMNS[1:] if column not in cells]
@@ -314,51 +319,6 @@ def read_deeplesion_table(path: Path, images: Path) -> Tuple[List[Prompt], List[
         if image not in lesions:
             outcomes.append(Outcome(None, image.name, None, "skipped", "no row of the table is about this volume."))
     return prompts, outcomes
-
-
-# -- label maps ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Region:
-    """A mask kept as its bounding box: masks are small against the volume."""
-
-    box: Tuple[slice, ...]
-    values: np.ndarray  # bool, the mask inside ``box``
-
-    @classmethod
-    def of(cls, mask: np.ndarray) -> "Region":
-        mask = np.asarray(mask, bool)
-        if not mask.any():
-            return cls(tuple(slice(0, 0) for _ in mask.shape), np.zeros((0,) * mask.ndim, bool))
-        box = []
-        for axis in range(mask.ndim):
-            occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-            box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-        return cls(tuple(box), mask[tuple(box)])
-
-    @property
-    def voxels(self) -> int:
-        return int(self.values.sum())
-
-    @property
-    def slices(self) -> int:
-        return int(self.values.any(axis=(1, 2)).sum()) if self.values.ndim == 3 else 0
-
-
-def compose_labels(shape: Tuple[int, ...], regions: Sequence[Tuple[int, Region]]) -> Tuple[np.ndarray, List[int]]:
-    """Label map (uint8, ``shape``) of (label, region) pairs in priority order, and per pair the voxels it lost.
-
-    Earlier pairs win: a voxel keeps the first label that covers it. Pairs with the same label merge (a voxel
-    they share is not counted as lost)."""
-    label_map = np.zeros(shape, dtype=np.uint8)
-    lost = []
-    for label, region in regions:
-        target = label_map[region.box]  # a view: writing to it writes the label map
-        taken = target != 0
-        lost.append(int((region.values & taken & (target != label)).sum()))
-        target[region.values & ~taken] = label
-    return label_map, lost
 
 
 # -- running ----------------------------------------------------------------------------------------------
@@ -542,42 +502,38 @@ class BatchRunner:
                 continue
             for stack, stack_group in group_in_order(group, lambda prompt: prompt.stack).items():
                 stacked = stack.to_stack(windowed)  # the scan's array itself for boxes (slices along K)
-                cache = FeatureCache(stacked, self.cache_slices)
-                for prompt in stack_group:
-                    self._segment_prompt(prompt, stacked, volume.shape, cache, regions, outcomes[prompt])
+                self._segment_together(stack_group, stacked, volume.shape, regions, outcomes)
         self._compose_and_write(volume.shape, regions, outcomes, geometry, output)
         for outcome in outcomes.values():
             outcome.message = " ".join(notes + [outcome.message]).strip()
         return list(outcomes.values())
 
-    def _segment_prompt(self, prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int],
-                        cache: FeatureCache, regions: Dict[Prompt, Region], outcome: Outcome) -> None:
-        """One row on the scan's windowed stack of slices (``prompt.stack``); its mask on the scan's grid."""
+    def _segment_together(self, prompts: Sequence[Prompt], stacked: np.ndarray, scan_shape: Tuple[int, int, int],
+                          regions: Dict[Prompt, Region], outcomes: Dict[Prompt, Outcome]) -> None:
+        """Rows on one windowed stack of slices in one pass, a session each sharing one feature cache (each slice
+        encoded once for all of them); their masks on the scan's grid. A row that cannot be used, or whose
+        steps fail, fails alone."""
         started = time.perf_counter()
-        early_stops = []
-
-        def on_slice(result) -> None:
-            if result.stop is not None and result.stop.early:
-                early_stops.append(str(result.stop))
-
-        try:
-            if prompt.session is not None:
-                document = read_session(prompt.session)
-                document.check_size(scan_shape)
-                session = Session(self._predictor, stacked, cache, self._predictor.early_stop)
-                run_steps(session, document.steps)
-                mask = prompt.stack.from_stack(session.mask())
-            else:
-                mask = self._predictor.segment(stacked, prompt.key_slice, prompt.box, prompt.direction,
-                                               prompt.slice_range, on_slice, cache)
-        except ROW_ERRORS as error:
-            outcome.message = str(error) or type(error).__name__
-        else:
-            regions[prompt] = Region.of(mask)
-            outcome.status = "ok"
-            outcome.message = " ".join(early_stops)
-        outcome.seconds = time.perf_counter() - started
-        self.on_prompt(prompt)
+        objects = {}
+        for prompt in prompts:
+            try:
+                objects[prompt] = _row_steps(prompt, stacked, scan_shape)
+            except ROW_ERRORS as error:
+                outcomes[prompt].message = str(error)
+        errors: Dict[Prompt, Exception] = {}
+        tracked = self._predictor.segment_objects(stacked, objects, FeatureCache(stacked, self.cache_slices),
+                                                  errors=errors) if objects else {}
+        seconds = time.perf_counter() - started
+        for prompt in prompts:
+            outcome = outcomes[prompt]
+            outcome.seconds = seconds
+            if prompt in errors:
+                outcome.message = str(errors[prompt]) or type(errors[prompt]).__name__
+            elif prompt in tracked:
+                found = tracked[prompt]
+                regions[prompt] = found.on_grid(prompt.stack, stacked.shape)
+                outcome.status, outcome.message = "ok", " ".join(map(str, found.stops))
+            self.on_prompt(prompt)
 
     def _compose_and_write(self, shape, regions: Dict[Prompt, Region], outcomes: Dict[Prompt, Outcome],
                            geometry, output: Path) -> None:
@@ -597,6 +553,31 @@ class BatchRunner:
             outcome.overlap_voxels = lost_voxels
             if region.voxels == 0:
                 outcome.message = "the mask is empty."
+
+
+def one_object_steps(document: SessionDocument):
+    """The numbered steps of a session file's one object; ValueError with a sentence when it names several."""
+    objects = object_steps(document.steps)
+    if len(objects) > 1:
+        raise ValueError(f"the session file names objects {', '.join(map(str, objects))}; a row is one structure: "
+                         "give each object a row (and label) of its own.")
+    return next(iter(objects.values()))
+
+
+def _row_steps(prompt: Prompt, stacked: np.ndarray, scan_shape: Tuple[int, int, int]):
+    """A row's steps, numbered, checked on its stack of slices: its session file's (one object), or its box
+    propagated. ValueError with a sentence when they cannot be used."""
+    if prompt.session is not None:
+        document = read_session(prompt.session)
+        document.check_size(scan_shape)
+        check_steps(document.steps, stacked)
+        return one_object_steps(document)
+    propagate = {"propagate": prompt.direction}
+    if prompt.slice_range is not None:
+        propagate["range"] = list(prompt.slice_range)
+    steps = [{"slice": prompt.key_slice, "box": list(prompt.box)}, propagate]
+    check_steps(steps, stacked, name_steps=False)
+    return list(enumerate(steps, start=1))
 
 
 def read_summary(path: Path) -> List[Outcome]:

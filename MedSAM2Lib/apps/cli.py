@@ -308,9 +308,9 @@ def segment_session(args: argparse.Namespace):
 
 def command_segment(args: argparse.Namespace) -> int:
     from ..inference.cpu_memory import release_free_memory
+    from ..inference.objects import compose_labels
     from ..inference.preprocessing import Windowing
-    from ..inference.session import Session
-    from ..inference.session_file import check_steps, run_steps
+    from ..inference.session_file import check_steps, object_steps
     from .volume_io import read_scan, write_mask
 
     # Everything that can be refused is refused before the model loads: the output, the scan, the prompts.
@@ -324,49 +324,74 @@ def command_segment(args: argparse.Namespace) -> int:
     volume, geometry = read_scan(args.image, args.nan_as, args.series,
                                  on_note=lambda note: print(f"medsam2: {note}", file=sys.stderr))
     stack = document.stack_of(windowing.apply(volume))  # a session file's stack: slices along any axis
+    shape = volume.shape
     del volume  # the scan's own values (an int16 CT: 2 bytes a voxel, 150 MiB for 300 x 512 x 512) go once windowed
     steps = document.steps
     check_steps(steps, stack, name_steps=args.prompts is not None)
+    objects = object_steps(steps)  # several objects (session files): one pass, one session each
     predictor = build_predictor(args, document.options)
-    # Image features are kept for a later step that returns to a slice (a correction, a second propagation);
-    # steps ending in their only propagation never do, so each slice's features go once used (memory flat in depth).
-    single_pass = [number for number, step in enumerate(steps) if "propagate" in step] == [len(steps) - 1]
+    # Image features are kept for a later step that returns to a slice (a correction, a second propagation, or
+    # another object); one object whose steps end in their only propagation never does, so each slice's features
+    # go once used (memory flat in depth).
+    single_pass = len(objects) == 1 and [number for number, step in enumerate(steps) if "propagate" in step] == [
+        len(steps) - 1]
     cache = predictor.single_pass_cache(stack) if single_pass else None
-    session = Session(predictor, stack, cache, early_stop=predictor.early_stop)
     if args.prompts is not None:
-        with ProgressBar(len(steps), "Session", unit="step") as progress:
-            run_steps(session, steps, on_step=progress.advance)
+        progress = ProgressBar(sum(map(len, objects.values())), "Session", unit="step")
     else:  # an early stop ends the bar before its total
-        planned = planned_slices(stack.shape[0], args.slice, args.direction, None)
-        with ProgressBar(len(planned), "Propagating") as progress:
-            run_steps(session, steps, on_slice=progress.advance)
-    for stop in session.stops.values():
-        if stop.early:
-            print(stop, file=sys.stderr)
-    # Tracking is over: the heap's free pages, kept for the next slice, go before the whole-volume arrays come,
-    # and the model, the stack and the tracking state before the mask is written and read back.
+        progress = ProgressBar(len(planned_slices(stack.shape[0], args.slice, args.direction, None)), "Propagating")
+    counts_steps = args.prompts is not None
+
+    def advance(_object_id, _step, result) -> None:  # result None: a step is done, else a slice
+        if (result is None) == counts_steps:
+            progress.advance()
+
+    with progress:
+        tracked = predictor.segment_objects(stack, objects, cache, on_result=advance)
+    for object_id, found in tracked.items():
+        for stop in found.stops:
+            print(f"Object {object_id}: {stop}" if len(tracked) > 1 else stop, file=sys.stderr)
+    # The model and the stack go, with the heap's free pages, before the whole-volume arrays of the output come.
+    stack_shape = stack.shape
+    del cache, stack, predictor
     release_free_memory()
-    mask = document.stack.from_stack(session.mask())  # back to the image's voxel grid
-    del session, cache, stack, predictor
-    release_free_memory()
-    write_mask(args.output, mask, geometry)
-    print(f"Wrote {args.output}: {int(mask.sum())} voxels on {int(mask.any(axis=(1, 2)).sum())} slices.")
+    regions = [(object_id, found.on_grid(document.stack, stack_shape)) for object_id, found in tracked.items()]
+    labels, _ = compose_labels(shape, regions)
+    write_mask(args.output, labels, geometry)
+    objects_voxels = ", ".join(f"object {object_id}: {int((labels == object_id).sum())}" for object_id in tracked)
+    print(f"Wrote {args.output}: {int((labels > 0).sum())} voxels on {int(labels.any(axis=(1, 2)).sum())} slices"
+          + (f" ({objects_voxels})." if len(tracked) > 1 else "."))
     return 0
 
 
 def command_video(args: argparse.Namespace) -> int:
+    from ..inference.session_file import object_steps
     from ..video.frames import read_frames
-    from ..video.tracking import (VideoOptions, check_output_folder, planned_results, read_prompts, track,
-                                  write_result)
+    from ..video.tracking import (VideoOptions, check_output_folder, planned_results, png_path, read_prompts,
+                                  read_session_prompts, track, track_session, write_result)
 
-    # Everything that can be refused is refused before the model loads: the output, the frames, the masks.
-    check_output_folder(args.output, (args.frames, args.masks))
+    # Everything that can be refused is refused before the model loads: the output, the frames, the prompts.
+    check_output_folder(args.output, tuple(path for path in (args.frames, args.masks) if path is not None))
     if args.early_stop is not None and args.early_stop < 1:
         raise ValueError(f"--early-stop {args.early_stop}: give at least 1 frame.")
+    if args.prompts is not None and (args.use_all_masks or args.track_objects_appearing_later):
+        raise ValueError("--use-all-masks and --track-objects-appearing-later choose among the masks of --masks; a "
+                         "session file (--prompts) names its prompts itself.")
     options = VideoOptions(args.use_all_masks, args.per_object_png, args.track_objects_appearing_later,
                            args.score_thresh)
     frames = read_frames(args.frames)
-    prompts = read_prompts(args.masks, frames, options)
+    if args.prompts is not None:
+        document = read_session_prompts(args.prompts, frames)
+        objects = object_steps(document.steps)
+        files = model_files(args)
+        files.read("the session file", args.prompts)
+        for mask in document.mask_files:
+            files.read("a mask of the session file", mask)
+        for name in frames.names:
+            for object_id in (objects if args.per_object_png else [None]):
+                files.write(f"the PNG of frame {name}", png_path(args.output, name, object_id))
+    else:
+        prompts = read_prompts(args.masks, frames, options)
     predictor = build_predictor(args, options={
         "precision": args.precision or "auto",
         "early_stop": args.early_stop,
@@ -375,11 +400,18 @@ def command_video(args: argparse.Namespace) -> int:
         "binarize_prompt_memory": args.apply_postprocessing,
         "keep_largest_component": False,
     })
-    progress = ProgressBar(planned_results(frames, prompts), "Tracking", unit="frame")
-    result = track(predictor, frames, prompts, options, args.early_stop, on_result=lambda *_: progress.advance())
-    if 0 < progress.done < progress.total:  # an early stop: end the bar's line
-        progress.stream.write("\n")
-    written = write_result(args.output, frames, result, prompts.palette)
+    if args.prompts is not None:
+        with ProgressBar(sum(map(len, objects.values())), "Session", unit="step") as progress:
+            result = track_session(predictor, frames, document, options, args.early_stop,
+                                   on_step=lambda *_: progress.advance())
+        palette = None
+    else:
+        progress = ProgressBar(planned_results(frames, prompts), "Tracking", unit="frame")
+        result = track(predictor, frames, prompts, options, args.early_stop, on_result=lambda *_: progress.advance())
+        if 0 < progress.done < progress.total:  # an early stop: end the bar's line
+            progress.stream.write("\n")
+        palette = prompts.palette
+    written = write_result(args.output, frames, result, palette)
     print(f"Wrote {len(written)} mask PNGs of {len(result.object_ids)} objects "
           f"({', '.join(map(str, result.object_ids))}) to {args.output}.")
     return 0
@@ -521,9 +553,9 @@ def command_web(args: argparse.Namespace) -> int:
 
     try:
         from ..web.app import MedSAM2WebApp, WebOptions, check_exposure
+        from ..web.model import ModelOptions
     except ImportError as error:  # the optional extra is missing
         raise ValueError(f"medsam2 web needs trame-slicer ({error}): pip install 'medsam2-slicer[web]'.") from None
-    from ..slicer_glue.logic import MedSAM2Logic
 
     host = check_exposure(args.host, args.token)
     image = args.image or resource_path("mni152_t1_demo.nii.gz")
@@ -533,7 +565,7 @@ def command_web(args: argparse.Namespace) -> int:
 
         raise CheckpointError(missing_weights_message(checkpoint))
     check_writable(args.out / "medsam2-web-check")  # Save writes there: refused now, not after an hour of work
-    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), MedSAM2Logic(build_predictor(args)))
+    app = MedSAM2WebApp(WebOptions(image, args.out, args.port, host, args.token), ModelOptions.from_arguments(args))
     print(f"MedSAM2 in the browser: {app.url(args.port)} (Ctrl+C stops; Save writes into {args.out})", flush=True)
     app.start()
     return 0
@@ -580,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment one structure from a box (or points, or a session "
-                                                  "file of prompts on several slices)")
+                                                  "file of prompts on several slices, of one or several objects)")
     segment.add_argument("image", type=Path, help=".npz with 'imgs' (D, H, W), a volume file SimpleITK reads, or a "
                                                   "folder of DICOM files (the series with the most slices)")
     segment.add_argument("--series", default=None, metavar="UID",
@@ -593,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--prompts", type=Path, default=None, metavar="SESSION.json",
                          help="a session file: prompts on any slices, corrections and propagations, run in order "
                               "(on the stack of slices and with the window it names, as a file saved from a "
-                              "Slicer segment does)")
+                              "Slicer segment does); steps naming objects (\"object\": 2) segment several lesions "
+                              "in one pass into one label map")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help=f"the mask: {mask_formats()} (.npz: key 'mask'), written with the input's geometry; an "
                               "existing file is replaced only once the new one is complete")
@@ -635,12 +668,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder of JPEG or PNG frames, in the order of their names; or a video file "
                             "(.mp4, .avi, .mov, .mkv) with PyAV: pip install av (in a checkout: pip install -e "
                             "'.[video]')")
-    video.add_argument("--masks", type=Path, required=True,
-                       help="folder of label PNGs named like the frames (00000.png: one value per object), by "
-                            "default only the first frame's")
+    prompts = video.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--masks", type=Path,
+                         help="folder of label PNGs named like the frames (00000.png: one value per object), by "
+                              "default only the first frame's")
+    prompts.add_argument("--prompts", type=Path, metavar="SESSION.json",
+                         help="a session file whose steps name frames (\"frame\": a name or an index from 0): "
+                              "boxes, points, masks, corrections and propagations of one or several objects, run "
+                              "in order; a PNG is written for every frame")
     video.add_argument("-o", "--output", type=Path, required=True,
                        help="folder for the label PNGs (one per frame, named like the frames, with the input "
-                            "masks' palette); each file is replaced only once the new one is complete")
+                            "masks' palette, else DAVIS's); each file is replaced only once the new one is complete")
     video.add_argument("--use-all-masks", action="store_true",
                        help="prompt with every mask PNG named like a frame, not only the first")
     video.add_argument("--per-object-png", action="store_true",

@@ -237,6 +237,14 @@ class VolumePredictor:
                 on_slice(result)
         return largest_component(mask) if self.keep_largest_component else mask
 
+    def segment_objects(self, volume: np.ndarray, objects, cache: Optional[FeatureCache] = None, on_result=None,
+                        errors=None):
+        """Several objects' steps in one pass over a volume, one session each: see
+        :func:`~MedSAM2Lib.inference.objects.segment_objects` (key -> TrackedObject)."""
+        from .objects import segment_objects  # which builds on this class
+
+        return segment_objects(self, volume, objects, cache, on_result, errors)
+
     def _box_session(self, volume: np.ndarray, key_slice: int, box: Sequence[float],
                      cache: Optional[FeatureCache]) -> Tuple["Session", SliceResult]:
         """The one-box case: a session holding the box, and the box slice's result."""

@@ -10,20 +10,28 @@ imported inside the functions that run after setup.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import vtk
 
 from .box import BoxTool
 from .run_controller import SessionButtons, WriteTarget, selected_has_saved_session, session_buttons
+from .sequence_browser import cine_of
 
 EFFECT_NAME = "MedSAM2"
 # The effect's parameters and their defaults. qSlicerSegmentEditorAbstractEffect::setParameter stores each as the
 # segment editor node's attribute "<effect name>.<parameter>" (and parameter() reads it back from there).
 PARAMETER_DEFAULTS = {"Direction": "both", "Windowing": "display", "RangeEnabled": 0, "RangeFirst": 0, "RangeLast": 0,
                       "FillHoles": 1, "LargestComponent": 1, "BackgroundClicks": 0, "AutoUpdate": 0,
-                      "NewSegmentPerBox": 0, "WriteMode": "replace"}
+                      "NewSegmentPerBox": 0, "WriteMode": "replace", "ThroughTime": 0}
+# The choices of the effect's list parameters, (label, value), as both front ends offer them.
+DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
+              ("Backward (decreasing slice index)", "backward")]
+WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
+              ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
+              ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
+WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
 
 
 # -- parameters -----------------------------------------------------------------------------------------------
@@ -33,6 +41,15 @@ def parameter(editor_node, name: str) -> str:
     """An effect parameter as the effect stores it on the segment editor node (its default when unset)."""
     value = editor_node.GetAttribute(f"{EFFECT_NAME}.{name}") if editor_node is not None else None
     return str(PARAMETER_DEFAULTS[name]) if value is None else value
+
+
+def set_parameter(editor_node, name: str, value) -> None:
+    """Store an effect parameter where the effect keeps it (what qSlicerSegmentEditorAbstractEffect::setParameter
+    does: the node's attribute "<effect name>.<parameter>"; switches as 0/1), for a front end without Slicer's
+    effect object (the web page). KeyError for a name the effect does not have."""
+    if name not in PARAMETER_DEFAULTS:
+        raise KeyError(f"The MedSAM2 effect has no parameter {name!r}.")
+    editor_node.SetAttribute(f"{EFFECT_NAME}.{name}", str(int(value)) if isinstance(value, bool) else str(value))
 
 
 def switch(editor_node, name: str) -> bool:
@@ -62,6 +79,23 @@ def session_options(editor_node):
                               add=parameter(editor_node, "WriteMode") == "add",
                               auto_update=switch(editor_node, "AutoUpdate"),
                               new_segment_per_box=switch(editor_node, "NewSegmentPerBox"))
+
+
+def offers_through_time(editor_node) -> bool:
+    """Whether the effect offers "propagate through time": the source volume is the proxy of a Sequence of two
+    frames or more (a cine loop or 4D image) that a sequence browser plays (read without torch: before setup)."""
+    return editor_node is not None and cine_of(editor_node.GetSourceVolumeNode()) is not None
+
+
+def through_time(editor_node) -> bool:
+    """Whether the effect's actions run through time: offered and chosen (the "ThroughTime" parameter)."""
+    return switch(editor_node, "ThroughTime") and offers_through_time(editor_node)
+
+
+def progress_sentence(editor_node, done: int, total: int) -> str:
+    """The status line during a run: slices, or frames through time."""
+    unit = "frame" if through_time(editor_node) else "slice"
+    return f"Segmenting {unit} {done} of {total}... (Cancel stops)"
 
 
 # -- views ----------------------------------------------------------------------------------------------------
@@ -116,6 +150,39 @@ class LastSliceView:
         return slice_nodes[0] if slice_nodes else None
 
 
+class PreEncodeTrigger:
+    """When the effect asks for the slice a view shows to be encoded in the background
+    (:meth:`InteractiveSegmenter.pre_encode`), so that the box the user is about to drag previews with the decoder
+    only: when the mouse enters a slice view, which becomes the active view (qMRMLSegmentEditorWidget::
+    setupViewObservations forwards each slice view's EnterEvent to the active effect, as Paint uses it), and when
+    the active view shows another slice (scrolling, or a jump, changes its slice node's SliceToRAS; pan and zoom
+    change only its XYToSlice: vtkMRMLSliceIntersectionWidget::ProcessTranslateSlice calls SetSliceOrigin and
+    ProcessZoomSlice SetFieldOfView, so they ask nothing; the editor forwards the slice node's ModifiedEvent to
+    processViewNodeEvents). Never while a run goes on (the run has the model), nor before setup (no segmenter:
+    the model is not loaded yet).
+    """
+
+    def __init__(self) -> None:
+        self.slice_node = None  # the active view's slice node
+        self._shown: Optional[Tuple[float, ...]] = None  # its SliceToRAS when last asked
+
+    def entered(self, slice_node) -> None:
+        self.slice_node, self._shown = slice_node, None
+
+    def ask(self, segmenter, editor, slice_node, options: Callable[[], Any], busy: bool) -> Optional[str]:
+        """Start the background encoding if the active view shows a slice not asked for yet; returns the
+        sentence of an earlier background failure for the status line (once), else None. options(): the
+        effect's InteractiveOptions (read only when asking)."""
+        if slice_node is None or slice_node is not self.slice_node or busy or segmenter is None or editor is None:
+            return None
+        matrix = slice_node.GetSliceToRAS()
+        shown = tuple(matrix.GetElement(row, column) for row in range(4) for column in range(4))
+        if shown == self._shown:
+            return None
+        self._shown = shown
+        return segmenter.pre_encode(editor, slice_node, options())
+
+
 # -- what is shown --------------------------------------------------------------------------------------------
 
 
@@ -126,13 +193,16 @@ class Shown:
     box_view: Optional[Any]  # the slice node of the only view that draws the box (None: no box)
     points: Dict[str, List[Tuple[float, float, int]]]  # slice node ID -> the points drawn there (x, y, label)
     buttons: SessionButtons
+    through_time_offered: bool = False  # the "Propagate through time" option is shown (the source is a cine)
 
 
 def what_to_show(box_tool: BoxTool, segmenter, editor, editor_node, slice_nodes: Sequence[Any],
                  busy: bool, active: bool = True) -> Shown:
     """The box in the view it was drawn in only (other views of the layout never draw it); the selected
-    segment's points in each view that shows their slice (none in the others); nothing in the views while the
-    effect is not active (a run that ends after Esc refreshes the buttons only); the session buttons.
+    segment's points in each view that shows their slice (none in the others; through time, those of the shown
+    frame); nothing in the views while the effect is not active (a run that ends after Esc refreshes the buttons
+    only); the session buttons ("Propagate through time" when the effect runs through time); whether the
+    "Propagate through time" option is offered.
 
     segmenter, editor: the InteractiveSegmenter and its EditorAccess, or None before setup.
     """
@@ -145,7 +215,9 @@ def what_to_show(box_tool: BoxTool, segmenter, editor, editor_node, slice_nodes:
     session = segmenter.session_of(editor) if live else None
     saved = segmenter.restorable(editor) if live else selected_has_saved_session(editor_node)
     buttons = session_buttons(session.propagated if session is not None else None, saved, live, busy)
-    return Shown(box_view, points, buttons)
+    if through_time(editor_node):
+        buttons = replace(buttons, propagate_text=f"{buttons.propagate_text} through time")
+    return Shown(box_view, points, buttons, offers_through_time(editor_node))
 
 
 class SelectionWatch:
@@ -175,20 +247,34 @@ class SelectionWatch:
 # -- running --------------------------------------------------------------------------------------------------
 
 
-def segmenter_for(segmenter, logic, scene):
-    """The InteractiveSegmenter on this logic. Sessions live on the logic (the model and its image features): a
-    new logic, after the model, device or precision changed, starts a segmenter without sessions, and the one it
-    replaces is closed (its sessions end, it stops observing the scene). The new one watches ``scene``: sessions
-    end with their segment or segmentation, and closing the scene releases the image features at once."""
+def segmenter_for(segmenter, logic, scene, sequences_logic=None):
+    """The segmenter on this logic: an InteractiveSegmenter on the slices, or with ``sequences_logic`` (Slicer's
+    vtkSlicerSequencesLogic; the effect passes it when :func:`through_time`) a CineSegmenter through time. Sessions
+    live on the logic (the model and its image features): a new logic, after the model, device or precision
+    changed, or the other kind of segmenter, starts a segmenter without sessions, and the one it replaces is closed
+    (its sessions end, it stops observing the scene; slice sessions are restored from their segments' tags when
+    next used). The new one watches ``scene``: sessions end with their segment or segmentation, and closing the
+    scene releases the image features at once."""
+    from .cine import CineSegmenter
     from .interactive import InteractiveSegmenter
 
-    if segmenter is not None and segmenter.logic is logic:
+    kind = CineSegmenter if sequences_logic is not None else InteractiveSegmenter
+    if segmenter is not None and segmenter.logic is logic and type(segmenter) is kind:
         return segmenter
     if segmenter is not None:
         segmenter.close()
-    segmenter = InteractiveSegmenter(logic)
+    segmenter = CineSegmenter(logic, sequences_logic) if sequences_logic is not None else InteractiveSegmenter(logic)
     segmenter.watch(scene)
     return segmenter
+
+
+def reset_session(segmenter, editor, box_tool: BoxTool) -> str:
+    """Reset: the selected segment's session ends, and a session saved in its tag is dropped too (not restored;
+    the segment's content is kept); the box goes. segmenter, editor: None before setup. Returns the status."""
+    if segmenter is not None:
+        segmenter.end_session(editor)
+    box_tool.box = None
+    return "The selected segment's MedSAM2 session was reset. Drag a box to start again."
 
 
 SETUP_DECLINED = "MedSAM2 is not set up yet: nothing was changed."

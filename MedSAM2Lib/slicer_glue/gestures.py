@@ -38,6 +38,34 @@ def set_point_glyphs(polydata, points) -> None:
     polydata.GetPointData().SetScalars(colours)
     polydata.Modified()
 
+def point_glyph_mapper(polydata):
+    """A 2D mapper drawing each point of ``polydata`` (filled by :func:`set_point_glyphs`) as a filled dot in its
+    label's colour, for the points actor of both front ends.
+
+    vtkGlyph2D hands the points' colours on as an unnamed array of its output that is not the active scalars
+    (VTK 9.6), so the mapper is pointed at that array: on the active scalars it found none and drew every point in
+    the actor's colour, white."""
+    from vtkmodules.vtkFiltersCore import vtkGlyph2D
+    from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
+    from vtkmodules.vtkRenderingCore import vtkPolyDataMapper2D
+
+    glyph = vtkGlyphSource2D()
+    glyph.SetGlyphTypeToCircle()
+    glyph.FilledOn()
+    glyph.SetScale(10)
+    glyphs = vtkGlyph2D()
+    glyphs.SetInputData(polydata)
+    glyphs.SetSourceConnection(glyph.GetOutputPort())
+    glyphs.SetScaleModeToDataScalingOff()
+    glyphs.SetColorModeToColorByScalar()
+    mapper = vtkPolyDataMapper2D()
+    mapper.SetInputConnection(glyphs.GetOutputPort())
+    mapper.SetScalarModeToUsePointFieldData()
+    mapper.ColorByArrayComponent(0, 0)  # the glyphs' colours, the only array of their output (all 3 components)
+    mapper.SetColorModeToDirectScalars()  # the points' RGB values, not a lookup table
+    return mapper
+
+
 # VTK key symbols (vtkRenderWindowInteractor::GetKeySym) of the keys the effect handles -> gesture events. The
 # Segment Editor passes a slice view's KeyPressEvent to the active effect (qMRMLSegmentEditorWidget observes the
 # interactor's KeyPressEvent) and installs no shortcut on these keys; Slicer's own views use the same key

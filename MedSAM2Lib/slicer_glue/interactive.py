@@ -82,6 +82,7 @@ from ..inference.session_file import SessionFileError, run_steps, session_option
 from .geometry import AXIS_NAMES, StackGeometry, point_prompt, transform_points
 from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, PropagationProgress, SourceImage, display_windowing,
                     grid_part, labelmap_stamp, segment_mask_on, slab_modifications, view_geometry, view_to_index)
+from .pre_encoder import slices_to_encode
 from .run_controller import (NEW_SEGMENT_NAME, SESSION_TAG, RunController, RunOutcome, WriteTarget,
                              saved_session_tag)
 
@@ -200,12 +201,97 @@ class Computed:
     propagated: bool = False  # the action propagated: the largest component applies (module docstring)
 
 
-class InteractiveSegmenter:
-    """The effect's actions on one MedSAM2Logic (which holds the model and the feature cache).
+class SegmentActions:
+    """What the effect calls on a segmenter, whatever its sessions track through (the slices of the volume here,
+    the frames of a cine in :class:`.cine.CineSegmenter`): each action is computed by ``compute_<action>``
+    (nothing written) and written by ``write`` to the segment selected when it started; one session per
+    segment, in ``sessions`` (keyed by segmentation node ID and segment ID), whose points ``_shown_points(editor,
+    slice_node)`` lists as (slice or frame, point number, view x, view y, label). Inside Slicer, actions run
+    through :meth:`run` on the shared RunController (one run at a time, cancel, captured target)."""
+
+    sessions: Dict[Tuple[str, str], Any]
+
+    # -- running and writing ------------------------------------------------------------------------
+
+    def run(self, controller: RunController, editor: EditorAccess, action: str, *arguments, owner=None,
+            progress: Optional[ProgressCallback] = None,
+            confirm_target: Optional[Callable[[WriteTarget], bool]] = None) -> RunOutcome:
+        """``compute_<action>(editor, *arguments)`` as one run of the controller (one at a time; cancel, a
+        deleted target or a closed scene write nothing), then the write to the target captured at its start."""
+        compute = getattr(self, f"compute_{action}")
+        return controller.run(
+            editor.backend.editor_node(),
+            lambda should_cancel: self._computing(compute, editor, *arguments, progress=progress,
+                                                  should_cancel=should_cancel),
+            lambda computed, target: self.write(editor, computed, target).message,
+            owner,
+            confirm_target,
+        )
+
+    def box(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_box, *arguments, **keywords)
+
+    def points(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_points, *arguments, **keywords)
+
+    def use_segment_on_slice(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_use_segment_on_slice, *arguments, **keywords)
+
+    def propagate(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_propagate, *arguments, **keywords)
+
+    def remove_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_point, *arguments, **keywords)
+
+    def remove_last_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
+        return self._act(editor, self.compute_remove_last_point, *arguments, **keywords)
+
+    def pre_encode(self, editor: EditorAccess, slice_node, options: InteractiveOptions = InteractiveOptions()
+                   ) -> Optional[str]:
+        """Encode in the background what a box drawn in this view now would need (the slice segmenter does:
+        :meth:`InteractiveSegmenter.pre_encode`); by default nothing: a cine's frames are encoded when it runs."""
+        return None
+
+    def _act(self, editor: EditorAccess, compute, *arguments, **keywords) -> ActionResult:
+        target = WriteTarget.capture(editor.backend.editor_node())
+        return self.write(editor, self._computing(compute, editor, *arguments, **keywords), target)
+
+    def _computing(self, compute, editor: EditorAccess, *arguments, **keywords) -> Computed:
+        """An action's computation with the model to itself: the background encoding stops for it
+        (:meth:`PreEncoder.paused`), whatever the session tracks through."""
+        with self.logic.pre_encoder.paused():
+            return compute(editor, *arguments, **keywords)
+
+    def _selected_key(self, editor: EditorAccess) -> Optional[Tuple[str, str]]:
+        segment_id = editor.selected_segment_id()
+        node = editor.segmentation_node()
+        return (node.GetID(), segment_id) if segment_id and node is not None else None
+
+    def session_of(self, editor: EditorAccess) -> Optional[Any]:
+        """The selected segment's live session, or None."""
+        key = self._selected_key(editor)
+        return self.sessions.get(key) if key is not None else None
+
+    def points_in_view(self, editor: EditorAccess, slice_node) -> List[Tuple[float, float, int]]:
+        """The selected segment's points on the slice the view shows: view x, view y, label."""
+        return [(x, y, label) for _, _, x, y, label in self._shown_points(editor, slice_node)]
+
+    def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
+                   ) -> Optional[Tuple[int, int]]:
+        """(slice, point number) of the selected segment's point nearest xy on the viewed slice (frame), within
+        ``radius`` view pixels; None if there is none."""
+        shown = [(index, number, np.hypot(x - xy[0], y - xy[1]))
+                 for index, number, x, y, _ in self._shown_points(editor, slice_node)]
+        near = [entry for entry in shown if entry[2] <= radius]
+        return min(near, key=lambda entry: entry[2])[:2] if near else None
+
+
+class InteractiveSegmenter(SegmentActions):
+    """The effect's actions on one MedSAM2Logic (which holds the model and the feature cache), on the slices of
+    the source volume.
 
     Each action has a ``compute_*`` method (the session's work; nothing written) and a headless shortcut of
-    the same name that computes and writes to the segment selected when it started. Inside Slicer, actions
-    run through :meth:`run` on the shared RunController (one run at a time, cancel, captured target).
+    the same name (:class:`SegmentActions`) that computes and writes to the segment selected when it started.
     """
 
     def __init__(self, logic: MedSAM2Logic, max_session_bytes: int = MAX_SESSION_BYTES) -> None:
@@ -221,22 +307,6 @@ class InteractiveSegmenter:
         self._discarded: Dict[Tuple[str, str], str] = {}  # segment -> the saved tag its Reset dropped
         self._segmentations: Dict[str, Tuple[Any, int]] = {}  # node ID -> (segmentation node, SegmentRemoved observer)
         self._scene_observers: List[Tuple[Any, int]] = []
-
-    # -- running and writing ------------------------------------------------------------------------
-
-    def run(self, controller: RunController, editor: EditorAccess, action: str, *arguments, owner=None,
-            progress: Optional[ProgressCallback] = None,
-            confirm_target: Optional[Callable[[WriteTarget], bool]] = None) -> RunOutcome:
-        """``compute_<action>(editor, *arguments)`` as one run of the controller (one at a time; cancel, a
-        deleted target or a closed scene write nothing), then the write to the target captured at its start."""
-        compute = getattr(self, f"compute_{action}")
-        return controller.run(
-            editor.backend.editor_node(),
-            lambda should_cancel: compute(editor, *arguments, progress=progress, should_cancel=should_cancel),
-            lambda computed, target: self.write(editor, computed, target).message,
-            owner,
-            confirm_target,
-        )
 
     def write(self, editor: EditorAccess, computed: Computed, target: WriteTarget) -> ActionResult:
         """Write the slices whose content changed (:meth:`_changed_slices`) undoably to the target segment (a new
@@ -320,24 +390,6 @@ class InteractiveSegmenter:
 
     # -- the actions --------------------------------------------------------------------------------
 
-    def box(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_box, *arguments, **keywords)
-
-    def points(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_points, *arguments, **keywords)
-
-    def use_segment_on_slice(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_use_segment_on_slice, *arguments, **keywords)
-
-    def propagate(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_propagate, *arguments, **keywords)
-
-    def remove_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_remove_point, *arguments, **keywords)
-
-    def remove_last_point(self, editor: EditorAccess, *arguments, **keywords) -> ActionResult:
-        return self._act(editor, self.compute_remove_last_point, *arguments, **keywords)
-
     def compute_box(self, editor: EditorAccess, slice_node, xy_corners: Sequence[Sequence[float]],
                     options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None) -> Computed:
         """A box released in a view: a prompt on the segment's session (started if none), the slice computed
@@ -419,15 +471,6 @@ class InteractiveSegmenter:
                         " ".join([edits_sentence(taken, None) + sentence, *stops, "Undo (Ctrl+Z) reverts it."]),
                         propagated=True)
 
-    def point_near(self, editor: EditorAccess, slice_node, xy: Sequence[float], radius: float
-                   ) -> Optional[Tuple[int, int]]:
-        """(slice, point number) of the selected segment's point nearest xy on the viewed slice, within
-        ``radius`` view pixels; None if there is none."""
-        shown = [(index, number, np.hypot(x - xy[0], y - xy[1]))
-                 for index, number, x, y, _ in self._shown_points(editor, slice_node)]
-        near = [entry for entry in shown if entry[2] <= radius]
-        return min(near, key=lambda entry: entry[2])[:2] if near else None
-
     def compute_remove_point(self, editor: EditorAccess, index: int, number: int,
                              options: InteractiveOptions = InteractiveOptions(), progress=None,
                              should_cancel=None) -> Computed:
@@ -436,20 +479,7 @@ class InteractiveSegmenter:
         source = editor.source()
         state = self._session_for(editor, source, None, options, "removing a point", progress, should_cancel)
         taken = self._take_edits(editor, source, state, exclude=index)  # the slice is prompted again below
-        slice_prompts = state.prompts[index]
-        points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
-        labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
-        if slice_prompts.box is None and not points:
-            state.session.remove_prompt(index)
-            del state.prompts[index]
-            recomputed = []
-        else:
-            prompt = {"box": list(slice_prompts.box)} if slice_prompts.box is not None else {}
-            if points:
-                prompt.update(points=[list(point) for point in points], labels=labels)
-            recomputed = [state.session.add_prompt(index, **prompt).index]
-            slice_prompts.points, slice_prompts.labels = points, labels
-        del state.point_order[[i for i, s in enumerate(state.point_order) if s == index][number]]
+        recomputed = remove_point(state, index, number)
         return self._then(source, state, options, index, taken + recomputed,
                           edits_sentence(taken, index) + f"Point removed from slice {index}", progress, should_cancel)
 
@@ -466,19 +496,11 @@ class InteractiveSegmenter:
 
     # -- queries and lifetime -----------------------------------------------------------------------
 
-    def points_in_view(self, editor: EditorAccess, slice_node) -> List[Tuple[float, float, int]]:
-        """The selected segment's points on the slice the view shows: view x, view y, label."""
-        return [(x, y, label) for _, _, x, y, label in self._shown_points(editor, slice_node)]
-
     def restorable(self, editor: EditorAccess) -> bool:
         """True if the selected segment has no live session but a saved one that its next action restores (or,
         if it does not fit, names in a refusal)."""
         key = self._selected_key(editor)
         return key is not None and key not in self.sessions and self._saved_tag(editor, key) is not None
-
-    def session_of(self, editor: EditorAccess) -> Optional[SegmentSession]:
-        key = self._selected_key(editor)
-        return self.sessions.get(key) if key is not None else None
 
     def end_session(self, editor: EditorAccess) -> None:
         """Reset: the selected segment's session ends (its prompts are forgotten; the segment is kept), and the
@@ -522,20 +544,43 @@ class InteractiveSegmenter:
                 del self.sessions[key]
         self._forget_segmentations({node_id for node_id, _ in self.sessions})
 
+    def pre_encode(self, editor: EditorAccess, slice_node, options: InteractiveOptions = InteractiveOptions()
+                   ) -> Optional[str]:
+        """While the user finds the slice and drags the box: encode the slice this view shows, then its neighbours,
+        in the background (:class:`PreEncoder`), on the stack a box drawn here now would use (the selected segment's
+        session's, else the stack a new session would start on), so that the box's preview needs only the
+        decoder. Returns at once; call it from the thread that starts the runs, never during one.
+
+        Nothing is started where a box could not segment (no source volume, an oblique view, ...: the box says
+        why), where the selected segment has a saved session to restore (restoring picks its own stack), or where
+        the stack differs from the live sessions' (building it would replace their image features, which only a
+        box may do). Returns, once, a sentence saying that an earlier background encoding failed (else None)."""
+        failure = self.logic.pre_encoder.take_failure()
+        try:
+            source = editor.source()
+            view = view_geometry(source, slice_node)
+            state = self.session_of(editor)
+            if state is not None and state.geometry.slice_axis == view.slice_axis and self._fits(state, source,
+                                                                                                  options):
+                geometry, windowing = state.geometry, state.windowing
+            elif self.restorable(editor) and not options.new_segment_per_box:
+                return failure
+            else:
+                geometry, windowing = self._new_session_stack(source, view, options)
+                if self._cache is not None and not self._same_stack(source, geometry, windowing):
+                    return failure
+            stack, cache = self.logic.stack_for(source, geometry, windowing)
+            shown = self._slice_at(source, slice_node, geometry, (0.0, 0.0))
+        except ValueError:  # EditorStateError, ObliqueViewError, InteractionError, NonFiniteError: the box says it
+            return failure
+        self.logic.pre_encoder.request(stack, cache, slices_to_encode(shown, stack.shape[0]))
+        return failure
+
     def held_bytes(self) -> int:
         """Bytes kept for segmenting: the image features and every session's outputs, memories and masks."""
         return self.logic.feature_bytes() + sum(state.nbytes() for state in self.sessions.values())
 
     # -- internals ----------------------------------------------------------------------------------
-
-    def _act(self, editor: EditorAccess, compute, *arguments, **keywords) -> ActionResult:
-        target = WriteTarget.capture(editor.backend.editor_node())
-        return self.write(editor, compute(editor, *arguments, **keywords), target)
-
-    def _selected_key(self, editor: EditorAccess) -> Optional[Tuple[str, str]]:
-        segment_id = editor.selected_segment_id()
-        node = editor.segmentation_node()
-        return (node.GetID(), segment_id) if segment_id and node is not None else None
 
     def _fits(self, state: SegmentSession, source: SourceImage, options: InteractiveOptions) -> bool:
         """True if the session goes on here: the effect's intensity option is its window or the default (the
@@ -553,10 +598,9 @@ class InteractiveSegmenter:
                session_id: Optional[str] = None) -> SegmentSession:
         """A new session (restored: on the saved geometry and window, with the saved session's ID), joining the live
         sessions' stack if it runs along the view's axis with the same window; otherwise the live sessions end."""
-        windowing = windowing or options.windowing or display_windowing(source.volume_node)
         if geometry is None:
-            joins = self._geometry is not None and self._geometry.slice_axis == view.slice_axis
-            geometry = self._geometry if joins and self._same_stack(source, self._geometry, windowing) else view
+            geometry, windowing = self._new_session_stack(source, view, options)
+        windowing = windowing or options.windowing or display_windowing(source.volume_node)
         if self._cache is not None and not self._same_stack(source, geometry, windowing):
             self.end_sessions()
         stack, cache = self.logic.stack_for(source, geometry, windowing)
@@ -568,6 +612,14 @@ class InteractiveSegmenter:
         session = Session(self.logic.predictor, stack, cache, early_stop=self.logic.predictor.early_stop)
         record = WriteRecord(session_id or uuid.uuid4().hex)
         return SegmentSession(session, geometry, windowing, record, baseline=baseline)
+
+    def _new_session_stack(self, source: SourceImage, view: StackGeometry, options: InteractiveOptions
+                           ) -> Tuple[StackGeometry, Windowing]:
+        """The stack orientation and window of a session a box in this view would start: the live sessions'
+        orientation if it runs along the view's axis with the same window (it then joins them), else the view's."""
+        windowing = options.windowing or display_windowing(source.volume_node)
+        joins = self._geometry is not None and self._geometry.slice_axis == view.slice_axis
+        return (self._geometry if joins and self._same_stack(source, self._geometry, windowing) else view), windowing
 
     def _take_edits(self, editor, source: SourceImage, state: SegmentSession, exclude: Optional[int] = None
                     ) -> List[int]:
@@ -794,36 +846,14 @@ class InteractiveSegmenter:
                 for number, ((x, y, _), label) in enumerate(zip(xy, slice_prompts.labels))]
 
     def _kind(self, state: SegmentSession, index: int, replacing: bool) -> str:
-        """What a prompt on this slice does, said before it is given."""
-        tracked = state.session.tracked_by(index)
-        if tracked is not None:
-            return f"a correction of the {tracked} tracking"
-        if index in state.session.prompted_slices:
-            return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
-        return "a new keyframe" if state.propagated else "segmented"
+        return prompt_kind(state.session, state.propagated, index, replacing)
 
     def _propagate(self, state: SegmentSession, options: InteractiveOptions, progress, should_cancel
                    ) -> Tuple[List[int], List[str]]:
-        """Run the session's propagation with the predictor's current early stop: the slices recomputed, and
-        where and why each direction it walked stopped early. The progress total is what the session plans
-        to recompute; should_cancel() saying yes raises Cancelled (nothing is written)."""
-        session = state.session
-        session.early_stop = self.logic.predictor.early_stop  # the setting may have changed since it started
-        plan = session.planned(options.direction, options.slice_range)
-        counter = PropagationProgress(plan, progress)
-        recomputed: List[int] = []
-        propagation = session.propagate(direction=options.direction, slice_range=options.slice_range)
-        try:
-            for result in propagation:
-                recomputed.append(result.index)
-                counter.slice_done(result)
-                if should_cancel is not None and should_cancel():
-                    raise Cancelled()
-        finally:
-            propagation.close()
-        counter.finish()
+        recomputed, stops = propagate_session(state.session, self.logic.predictor.early_stop, options, progress,
+                                              should_cancel)
         state.propagated = True
-        return recomputed, [str(session.stops[name]) for name in plan if session.stops[name].early]
+        return recomputed, stops
 
     def _then(self, source, state, options, index, recomputed, sentence, progress, should_cancel,
               new_segment: bool = False) -> Computed:
@@ -840,6 +870,60 @@ class InteractiveSegmenter:
             sentence += ". Propagate to follow it through the volume"
         return Computed(state, source, options, index, recomputed, " ".join([sentence + ".", *stops]), new_segment,
                         propagates)
+
+
+def remove_point(state, index: int, number: int) -> List[int]:
+    """Remove point ``number`` of slice (or frame) ``index`` from a session state (a :class:`SegmentSession` or
+    a cine's): the slice is prompted again with what remains on it, or loses its prompt when nothing remains.
+    Returns the slices recomputed."""
+    slice_prompts = state.prompts[index]
+    points = slice_prompts.points[:number] + slice_prompts.points[number + 1:]
+    labels = slice_prompts.labels[:number] + slice_prompts.labels[number + 1:]
+    if slice_prompts.box is None and not points:
+        state.session.remove_prompt(index)
+        del state.prompts[index]
+        recomputed = []
+    else:
+        prompt = {"box": list(slice_prompts.box)} if slice_prompts.box is not None else {}
+        if points:
+            prompt.update(points=[list(point) for point in points], labels=labels)
+        recomputed = [state.session.add_prompt(index, **prompt).index]
+        slice_prompts.points, slice_prompts.labels = points, labels
+    del state.point_order[[i for i, s in enumerate(state.point_order) if s == index][number]]
+    return recomputed
+
+
+def prompt_kind(session: Session, propagated: bool, index: int, replacing: bool) -> str:
+    """What a prompt on this slice (or frame) of the session does, said before it is given."""
+    tracked = session.tracked_by(index)
+    if tracked is not None:
+        return f"a correction of the {tracked} tracking"
+    if index in session.prompted_slices:
+        return ("its prompt replaced" if replacing else "added to its prompt") + ", the session recomputed"
+    return "a new keyframe" if propagated else "segmented"
+
+
+def propagate_session(session: Session, early_stop: Optional[int], options: InteractiveOptions,
+                      progress: Optional[ProgressCallback], should_cancel) -> Tuple[List[int], List[str]]:
+    """Run the session's propagation with the predictor's current early stop (the setting may have changed since
+    it started): the slices recomputed, and where and why each direction it walked stopped early. The progress
+    total is what the session plans to recompute; should_cancel() saying yes raises Cancelled (nothing is
+    written)."""
+    session.early_stop = early_stop
+    plan = session.planned(options.direction, options.slice_range)
+    counter = PropagationProgress(plan, progress)
+    recomputed: List[int] = []
+    propagation = session.propagate(direction=options.direction, slice_range=options.slice_range)
+    try:
+        for result in propagation:
+            recomputed.append(result.index)
+            counter.slice_done(result)
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+    finally:
+        propagation.close()
+    counter.finish()
+    return recomputed, [str(session.stops[name]) for name in plan if session.stops[name].early]
 
 
 def session_tag(state: SegmentSession, windowing: Windowing, source: SourceImage, digest: str) -> str:

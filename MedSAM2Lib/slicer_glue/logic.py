@@ -26,6 +26,7 @@ from ..inference.connected_components import bounding_box
 from ..inference.predictor import Cancelled, FeatureCache, SliceResult, VolumePredictor, planned_slices
 from ..inference.preprocessing import Windowing, check_finite
 from .geometry import StackGeometry, StackPrompt, box_prompt, stack_geometry, transform_points
+from .pre_encoder import PreEncoder
 from .run_controller import WriteTarget
 
 
@@ -374,13 +375,18 @@ class PropagationProgress:
 
 
 class MedSAM2Logic:
-    """Turns a box on a view into a segment. The predictor is injected (tests may pass a stand-in)."""
+    """Turns a box on a view into a segment. The predictor is injected (tests may pass a stand-in).
+
+    ``pre_encoder`` encodes slices of the cached stack in the background (the effect asks it for the slice a view
+    shows, :meth:`InteractiveSegmenter.pre_encode`); every computation on the model runs inside its
+    :meth:`PreEncoder.paused`, so that the model computes one thing at a time."""
 
     def __init__(self, predictor: VolumePredictor, max_cached_slices: Optional[int] = 128) -> None:
         self.predictor = predictor
         self.max_cached_slices = max_cached_slices
         self._cache_key: Optional[tuple] = None
         self._cache: Optional[FeatureCache] = None
+        self.pre_encoder = PreEncoder(predictor)
 
     # prompts
 
@@ -454,13 +460,14 @@ class MedSAM2Logic:
                 raise Cancelled()
 
         box = prompt.stack.box
-        if propagate:
-            stack_mask = self.predictor.segment(stack, key, box, direction, slice_range, on_slice, cache)
-        else:
-            result = self.predictor.segment_slice(stack, key, box, cache)
-            on_slice(result)
-            stack_mask = np.zeros(stack.shape, dtype=np.uint8)
-            stack_mask[key] = result.mask
+        with self.pre_encoder.paused():
+            if propagate:
+                stack_mask = self.predictor.segment(stack, key, box, direction, slice_range, on_slice, cache)
+            else:
+                result = self.predictor.segment_slice(stack, key, box, cache)
+                on_slice(result)
+                stack_mask = np.zeros(stack.shape, dtype=np.uint8)
+                stack_mask[key] = result.mask
         counter.finish()
         mask = prompt.stack.geometry.from_stack(stack_mask)
         return SegmentationResult(mask, sorted(computed), prompt.slice_axis, early_stops)
@@ -495,6 +502,8 @@ class MedSAM2Logic:
         return result
 
     def clear_cache(self) -> None:
+        """Release the image features (and stop encoding in the background: waits for the slice in flight)."""
+        self.pre_encoder.stop()
         self._cache_key = self._cache = None
 
     def feature_bytes(self) -> int:

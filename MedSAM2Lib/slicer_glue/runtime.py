@@ -123,6 +123,7 @@ class ModelCache:
         stamp = checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None
         key = (checkpoint.resolve(), stamp, choice.config, choice.device)
         if key != self._key:
+            self.forget_features()  # its background encoding stops before another model loads
             self._model = self._logic = None  # free the previous model before loading another
             config = load_config(choice.config) if choice.config else None  # None: recognised from the checkpoint
             self._model = load_model(checkpoint, config, select_device(choice.device))
@@ -151,6 +152,7 @@ class ModelCache:
         check_absent_slices(early_stop)
         dtype = resolve_precision(choice.precision, next(model.parameters()).device)
         if self._logic is None or self._logic.predictor.dtype != dtype:
+            self.forget_features()  # the logic replaced stops encoding in the background: one model call at a time
             self._logic = MedSAM2Logic(self.predictor(choice))
             # Kernel set-up now, with the loading, rather than in the clinician's first preview.
             self._logic.predictor.warm_up()
@@ -167,4 +169,5 @@ class ModelCache:
             self._logic.clear_cache()
 
     def clear(self) -> None:
+        self.forget_features()  # the logic's background encoding stops with it
         self._key = self._model = self._logic = None

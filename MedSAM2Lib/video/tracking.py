@@ -8,6 +8,10 @@ Two ways, as the official script has them (its ``vos_inference`` and ``vos_separ
 - ``objects_appearing_later``: each object is tracked forward from the first frame whose mask holds it (or from
   all its masks); a PNG is written for every frame, objects not yet seen scoring -1024.
 
+A session file (:func:`read_session_prompts`) may give the prompts instead: the steps of a volume session file
+(boxes, points, masks, corrections, propagations; objects by ``"object"``) with frames in the role of slices,
+named by their names or indices. Its objects are tracked as its steps say, and a PNG is written for every frame.
+
 Each object is tracked by its own session (its own memory; one encoding of each frame for all of them, see
 :mod:`..inference.objects`). On a frame's label PNG, objects compete by the official non-overlap rule; with
 per-object PNGs they may overlap (the official script then turns the rule off). One difference: with
@@ -25,6 +29,7 @@ import numpy as np
 
 from ..inference.objects import MultiObjectSession, label_map, non_overlapping
 from ..inference.predictor import SliceResult, VolumePredictor
+from ..inference.session_file import SessionDocument, check_steps, object_steps, read_session
 from .frames import Frames, VideoError, objects_of, read_label_png, voc_palette, write_label_png
 
 APPEARING_LATER = "--track-objects-appearing-later"
@@ -197,6 +202,33 @@ def track(predictor: VolumePredictor, frames: Frames, prompts: VideoPrompts, opt
     return VideoResult(session, list(range(first, len(frames.names))), options)
 
 
+def read_session_prompts(path: Path, frames: Frames) -> SessionDocument:
+    """A session file whose steps name frames of ``frames``, checked against the clip before any work."""
+    document = read_session(path, frames.names)
+    check_steps(document.steps, frames.images)
+    return document
+
+
+def track_session(predictor: VolumePredictor, frames: Frames, document: SessionDocument, options: VideoOptions,
+                  early_stop: Optional[int] = None, on_step: Optional[Callable[[int, int], None]] = None
+                  ) -> VideoResult:
+    """Run a session file's steps on the clip, every object in one pass; ``on_step(object id, step number)``
+    sees each object's finished steps. Every frame is written."""
+    objects = object_steps(document.steps)
+    session = MultiObjectSession(predictor, frames.images, objects, early_stop=early_stop)
+    for object_id, number, result in session.run_steps(objects):
+        if result is None and on_step is not None:
+            on_step(object_id, number)
+    return VideoResult(session, list(range(len(frames.names))), options)
+
+
+def png_path(output: Path, frame_name: str, object_id: Optional[int] = None) -> Path:
+    """Where a frame's label PNG goes (``OUTPUT/<frame>.png``), or one object's 0/1 PNG of it
+    (``OUTPUT/<id:03d>/<frame>.png``)."""
+    folder = Path(output) if object_id is None else Path(output) / f"{object_id:03d}"
+    return folder / f"{frame_name}.png"
+
+
 def planned_results(frames: Frames, prompts: VideoPrompts) -> int:
     """How many (object, frame) results :func:`track` computes without an early stop (a progress total)."""
     return sum(len(frames.names) - min(given) for given in prompts.masks.values())
@@ -226,11 +258,10 @@ def write_result(output: Path, frames: Frames, result: VideoResult, palette: Opt
     palette = palette or voc_palette()
     written = []
     for index in result.frames:
-        name = f"{frames.names[index]}.png"
+        name = frames.names[index]
         if result.options.per_object_png:
             for object_id, mask in result.masks(index).items():
-                written.append(write_label_png(Path(output) / f"{object_id:03d}" / name, mask.astype(np.uint8),
-                                               palette))
+                written.append(write_label_png(png_path(output, name, object_id), mask.astype(np.uint8), palette))
         else:
-            written.append(write_label_png(Path(output) / name, result.labels(index), palette))
+            written.append(write_label_png(png_path(output, name), result.labels(index), palette))
     return written

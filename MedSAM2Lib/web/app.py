@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -27,14 +27,15 @@ from trame.app import TrameApp
 from trame.widgets import client, html
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
-from trame_vuetify.ui.vuetify3 import SinglePageLayout
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame_vuetify.widgets import vuetify3 as v3
 from vtkmodules.vtkCommonCore import vtkCommand
 
 from ..apps.volume_io import VolumeError
 from ..slicer_glue.box import rotate_views_to_grid
-from ..slicer_glue.logic import MedSAM2Logic
 from .effect import MedSAM2Effect
+from .model import ModelOptions, PageModel
+from .options_panel import build_options_panel
 from .tool import SAVE_FORMATS, WebTool
 
 LOG = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ def check_exposure(host: Optional[str], token: Optional[str]) -> str:
 
 
 class MedSAM2WebApp(TrameApp):
-    """The page and its scene. ``logic``: the MedSAM2Logic holding the model (loaded before the page opens)."""
+    """The page and its scene. ``model``: the model and how it computes (loaded before the page opens)."""
 
-    def __init__(self, options: WebOptions, logic: MedSAM2Logic, server=None) -> None:
+    def __init__(self, options: WebOptions, model: ModelOptions, server=None) -> None:
         super().__init__(server)
         self.options = options
         self.slicer = SlicerApp()
@@ -81,8 +82,8 @@ class MedSAM2WebApp(TrameApp):
         editor.set_active_segmentation(self.segmentation_node, self.volume_node)
         editor.editor_node.SetAndObserveSegmentationNode(self.segmentation_node)
         editor.editor_node.SetAndObserveSourceVolumeNode(self.volume_node)
-        editor.show_3d(True)
-        self.tool = WebTool(self.slicer.scene, self.slicer.app_logic, editor.editor_node, logic, self._show_state)
+        self.tool = WebTool(self.slicer.scene, self.slicer.app_logic, editor.editor_node, PageModel(model),
+                            self._show_state)
         self.effect = editor.set_active_effect_type(MedSAM2Effect)
         self.effect.tool = self.tool
         self._build_ui()
@@ -123,12 +124,13 @@ class MedSAM2WebApp(TrameApp):
     def _build_ui(self) -> None:
         state, tool = self.server.state, self.tool
         state.trame__title = "MedSAM2"
-        with SinglePageLayout(self.server, full_height=True) as self.ui:
+        with SinglePageWithDrawerLayout(self.server, full_height=True, width=330) as self.ui:
             self.ui.title.set_text("MedSAM2")
             with self.ui.toolbar:
                 v3.VSpacer()
                 v3.VBtn("{{ medsam2_propagate_text }}", id="medsam2-propagate", click=self._propagate,
                         disabled=("!medsam2_propagate_enabled",))
+                v3.VBtn("Reset", id="medsam2-reset", click=tool.reset, disabled=("!medsam2_reset_enabled",))
                 v3.VBtn("Cancel", id="medsam2-cancel", click=tool.cancel, disabled=("!medsam2_busy",))
                 v3.VBtn("Undo", id="medsam2-undo", click=tool.undo, disabled=("!medsam2_can_undo",))
                 v3.VBtn("Redo", id="medsam2-redo", click=tool.redo, disabled=("!medsam2_can_redo",))
@@ -136,6 +138,8 @@ class MedSAM2WebApp(TrameApp):
                     v3.VBtn(f"Save .{file_format}", id=f"medsam2-save-{file_format.replace('.', '-')}",
                             click=lambda file_format=file_format: self._save(file_format),
                             disabled=("medsam2_busy",))
+            with self.ui.drawer:
+                build_options_panel(self.server, tool)
             with self.ui.content:
                 client.Style("html { overflow-y: hidden; }")
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
@@ -162,8 +166,11 @@ class MedSAM2WebApp(TrameApp):
             state.medsam2_percent = 100 * shown.done / shown.total if shown.total else 0
             state.medsam2_propagate_text = shown.propagate_text
             state.medsam2_propagate_enabled = shown.propagate_enabled
+            state.medsam2_reset_enabled = shown.reset_enabled
             state.medsam2_can_undo = shown.can_undo
             state.medsam2_can_redo = shown.can_redo
+            state.medsam2_segments = [asdict(row) for row in shown.segments]
+            state.medsam2_selected_segment = shown.selected_segment
         self.effect.redraw()
 
     # -- serving -------------------------------------------------------------------------------------------

@@ -16,11 +16,9 @@ from slicer import vtkMRMLInteractionEventData, vtkMRMLSliceNode
 from trame_slicer.segmentation import SegmentationEffect, SegmentationEffectPipeline
 from vtkmodules.vtkCommonCore import vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
-from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
-from vtkmodules.vtkFiltersCore import vtkGlyph2D
 from vtkmodules.vtkRenderingCore import vtkActor2D, vtkPolyDataMapper2D
 
-from ..slicer_glue.gestures import KEY_EVENTS as GESTURE_KEYS, set_point_glyphs
+from ..slicer_glue.gestures import KEY_EVENTS as GESTURE_KEYS, point_glyph_mapper, set_point_glyphs
 from .tool import WebTool
 
 MOUSE_EVENTS = {int(vtkCommand.LeftButtonPressEvent): "press", int(vtkCommand.MouseMoveEvent): "move",
@@ -124,20 +122,8 @@ class _Overlay:
     @classmethod
     def dots(cls) -> "_Overlay":
         polydata = vtkPolyData()
-        glyph = vtkGlyphSource2D()
-        glyph.SetGlyphTypeToCircle()
-        glyph.FilledOn()
-        glyph.SetScale(10)
-        glyphs = vtkGlyph2D()
-        glyphs.SetInputData(polydata)
-        glyphs.SetSourceConnection(glyph.GetOutputPort())
-        glyphs.SetScaleModeToDataScalingOff()
-        glyphs.SetColorModeToColorByScalar()
-        mapper = vtkPolyDataMapper2D()
-        mapper.SetInputConnection(glyphs.GetOutputPort())
-        mapper.SetColorModeToDirectScalars()  # the points' RGB values, not a lookup table
         actor = vtkActor2D()
-        actor.SetMapper(mapper)
+        actor.SetMapper(point_glyph_mapper(polydata))
         return cls(polydata, actor)
 
     def show_segments(self, segments, opacity: float) -> None:

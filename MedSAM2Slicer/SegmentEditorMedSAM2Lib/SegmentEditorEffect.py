@@ -17,24 +17,20 @@ import qt
 import vtk
 
 import slicer
-from MedSAM2Lib.slicer_glue.effect import (PARAMETER_DEFAULTS, DeferredActions, LastSliceView, SelectionWatch,
-                                           act_after_setup, post_processing, report_for, segmenter_for,
-                                           session_options, slice_node_of, what_to_show)
+from MedSAM2Lib.slicer_glue.effect import (DIRECTIONS, PARAMETER_DEFAULTS, WINDOWINGS, WRITE_MODES, DeferredActions,
+                                           LastSliceView, PreEncodeTrigger, SelectionWatch, act_after_setup,
+                                           offers_through_time, post_processing, progress_sentence, report_for,
+                                           reset_session, segmenter_for, session_options, slice_node_of, through_time,
+                                           what_to_show)
 from MedSAM2Lib.slicer_glue.box import BoxTool, rotate_views_to_segmentation, slice_tolerance_mm
-from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, set_point_glyphs
+from MedSAM2Lib.slicer_glue.gestures import KEY_EVENTS, ViewGestures, point_glyph_mapper, set_point_glyphs
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-DIRECTIONS = [("Both directions", "both"), ("Forward (increasing slice index)", "forward"),
-              ("Backward (decreasing slice index)", "backward")]
-WINDOWINGS = [("Display window (as shown)", "display"), ("CT soft tissue", "soft-tissue"),
-              ("CT lung", "lung"), ("CT bone", "bone"), ("CT brain", "brain"),
-              ("MR percentiles 0.5-99.5", "mr-percentiles"), ("Values as they are (0-255)", "none")]
 # VTK interactor events -> gesture events. The double-click is taken too: unhandled, it maximizes the view
 # (SegmentEditorDrawEffect handles it for the same reason). Esc is not among the keys: the Segment Editor widget
 # owns it (qMRMLSegmentEditorWidget::installKeyboardShortcuts: Escape deactivates the active effect).
 BOX_EVENTS = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
               vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.LeftButtonDoubleClickEvent: "double_click"}
-WRITE_MODES = [("Replace the computed slices", "replace"), ("Add to the segment's earlier content", "add")]
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -52,6 +48,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.pointActors = {}  # slice widget -> PointsActor showing the session's points of its slice
         self.lastSliceView = LastSliceView()  # the view "Use the segment on this slice" works in
         self.selection = SelectionWatch()
+        self.preEncoding = PreEncodeTrigger()  # when the slice the active view shows is encoded in the background
         self.deferred = DeferredActions(lambda action: qt.QTimer.singleShot(0, action))
         self.sceneClosedTag = None
         self.editorNodeObservation = None  # (segment editor node, tag): its selected segment is watched
@@ -72,7 +69,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return """<html>MedSAM2: <b>drag a box</b> around a structure: its slice is segmented at once; <b>Propagate</b> follows it through the volume, each direction ending a few slices after the structure (<i>Early stop</i>).<br>
 <b>Click</b> (object) or <b>Shift+click</b> (background) on any slice of that axis re-segments it; <b>Update</b> (or <i>Update automatically</i>) re-propagates from there; <b>Ctrl+click</b> (Mac: Cmd+click) a point removes it; <b>Backspace</b> or <b>Delete</b> (Mac: delete) removes the last point, then the box.<br>
-<b>Use the segment on this slice</b> makes a repainted slice (in the view you last worked in) the prompt; each segment keeps its session (or each box gets a new segment); Undo reverts the segment; <b>Cancel</b> stops a run (Esc leaves the effect, which stops it too).</html>"""
+<b>Use the segment on this slice</b> makes a repainted slice (in the view you last worked in) the prompt; each segment keeps its session (or each box gets a new segment); Undo reverts the segment; <b>Cancel</b> stops a run (Esc leaves the effect, which stops it too). When the source volume is a frame of a Sequence (cine, 4D), <b>Propagate through time</b> follows the box's slice through the frames instead: correct any frame (show it with the Sequences toolbar) with clicks or a box, then <b>Update</b>.</html>"""
 
     # -- options ------------------------------------------------------------------------------------------
 
@@ -137,6 +134,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for checkBox in (self.backgroundCheckBox, self.autoUpdateCheckBox, self.newSegmentCheckBox):
             sessionLayout.addWidget(checkBox)
         self.scriptedEffect.addOptionsWidget(sessionLayout)
+        # Offered only when the source volume is the proxy of a Sequence (refresh shows it: what_to_show decides).
+        self.throughTimeCheckBox = qt.QCheckBox("Propagate through time (cine)")
+        self.throughTimeCheckBox.setToolTip(
+            "The source volume is a frame of a Sequence (a cine loop or 4D image): the box's slice is followed "
+            "through the frames instead of the slices and written into a segmentation sequence played with the "
+            "volume. Clicks or a box on any other frame correct it, Update re-propagates from there, Undo reverts "
+            "a whole step on every frame (until another frame is shown, as for every edit of a sequence).")
+        self.scriptedEffect.addOptionsWidget(self.throughTimeCheckBox)
         self.writeModeCombo = qt.QComboBox()
         for label, value in WRITE_MODES:
             self.writeModeCombo.addItem(label, value)
@@ -173,6 +178,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                                (self.backgroundCheckBox, "toggled(bool)"),
                                (self.autoUpdateCheckBox, "toggled(bool)"),
                                (self.newSegmentCheckBox, "toggled(bool)"),
+                               (self.throughTimeCheckBox, "toggled(bool)"),
                                (self.writeModeCombo, "currentIndexChanged(int)")):
             widget.connect(signal, self.updateMRMLFromGUI)
         self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
@@ -198,8 +204,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         effect = self.scriptedEffect
         widgets = (self.directionCombo, self.windowingCombo, self.rangeCheckBox, self.rangeFirstSpinBox,
                    self.rangeLastSpinBox, self.fillHolesCheckBox, self.largestComponentCheckBox, self.backgroundCheckBox,
-                   self.autoUpdateCheckBox, self.newSegmentCheckBox, self.writeModeCombo, self.earlyStopCheckBox,
-                   self.earlyStopSpinBox)
+                   self.autoUpdateCheckBox, self.newSegmentCheckBox, self.throughTimeCheckBox, self.writeModeCombo,
+                   self.earlyStopCheckBox, self.earlyStopSpinBox)
         blocked = [widget.blockSignals(True) for widget in widgets]
         self.directionCombo.setCurrentIndex(max(0, self.directionCombo.findData(effect.parameter("Direction"))))
         self.windowingCombo.setCurrentIndex(max(0, self.windowingCombo.findData(effect.parameter("Windowing"))))
@@ -211,6 +217,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.backgroundCheckBox.checked = effect.integerParameter("BackgroundClicks") != 0
         self.autoUpdateCheckBox.checked = effect.integerParameter("AutoUpdate") != 0
         self.newSegmentCheckBox.checked = effect.integerParameter("NewSegmentPerBox") != 0
+        self.throughTimeCheckBox.checked = effect.integerParameter("ThroughTime") != 0
         self.writeModeCombo.setCurrentIndex(max(0, self.writeModeCombo.findData(effect.parameter("WriteMode"))))
         settings = moduleLogic().settings
         self.earlyStopCheckBox.checked = settings.early_stop() is not None
@@ -232,6 +239,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         effect.setParameter("BackgroundClicks", int(self.backgroundCheckBox.checked))
         effect.setParameter("AutoUpdate", int(self.autoUpdateCheckBox.checked))
         effect.setParameter("NewSegmentPerBox", int(self.newSegmentCheckBox.checked))
+        effect.setParameter("ThroughTime", int(self.throughTimeCheckBox.checked))
         effect.setParameter("WriteMode", self.writeModeCombo.currentData)
 
     def onModelChanged(self, index):
@@ -275,6 +283,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             elif widget in self.pointActors:
                 self.pointActors.pop(widget).remove()
         buttons = shown.buttons
+        self.throughTimeCheckBox.visible = shown.through_time_offered
         self.propagateButton.text = buttons.propagate_text
         self.propagateButton.enabled = self.useSegmentButton.enabled = buttons.propagate_enabled
         self.resetButton.enabled = buttons.reset_enabled
@@ -308,6 +317,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onEditorNodeModified(self, caller, event):
         if self.selection.changed(caller, self.tool):
             self.refresh()
+        elif hasattr(self, "throughTimeCheckBox"):  # another source volume may be a cine, or no longer one
+            self.throughTimeCheckBox.visible = offers_through_time(caller)
 
     def deactivate(self):
         # Esc (the Segment Editor's shortcut), another effect, another module or another segmentation deactivate
@@ -315,6 +326,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         # action waiting for setup does not start (slicer_glue.effect.act_after_setup).
         moduleLogic().runs.cancel("The MedSAM2 effect was deactivated.", owner=self)
         self.stopObservingEditorNode()
+        self.preEncoding.entered(None)
         self.tool.box = None
         self.removeActors()
 
@@ -346,6 +358,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         sliceNode = slice_node_of(viewWidget.mrmlAbstractViewNode())
         if sliceNode is None:
             return False
+        if eventId == vtk.vtkCommand.EnterEvent:  # the editor forwards it (qMRMLSegmentEditorWidget::setupViewObservations)
+            self.preEncoding.entered(sliceNode)
+            self.preEncode(sliceNode)
+            return False
         if eventId == vtk.vtkCommand.KeyPressEvent:
             event = KEY_EVENTS.get(callerInteractor.GetKeySym())
         else:
@@ -371,6 +387,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         # Called for 3D view nodes too (qMRMLSegmentEditorWidget observes them): those show neither box nor points.
         if slice_node_of(callerViewNode) is not None:
             self.refresh(viewWidget)  # pan, zoom and scrolling change where the box is drawn and which points are shown
+            self.preEncode(callerViewNode)  # the active view scrolled to another slice: encode it in the background
+
+    def preEncode(self, sliceNode):
+        """The slice the active view shows, and its neighbours, are encoded in the background so that the box's
+        preview needs only the decoder (slicer_glue.effect.PreEncodeTrigger decides when; nothing before setup)."""
+        try:
+            failure = self.preEncoding.ask(self.segmenter, self.editorAccess() if self.segmenter is not None else None,
+                                           sliceNode, lambda: session_options(self.scriptedEffect.parameterSetNode()),
+                                           moduleLogic().runs.busy)
+        except Exception as error:
+            self.report(error)
+            return
+        if failure:
+            self.statusLabel.text = failure
 
     def setBox(self, sliceWidget, xyCorners):
         """Set the box programmatically: two opposite corners in the view's XY coordinates."""
@@ -391,11 +421,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.act("use_segment_on_slice", sliceNode)
 
     def reset(self):
-        if self.segmenter is not None:  # a session saved in the segment's tag is dropped too (not restored)
-            self.segmenter.end_session(self.editorAccess())
-        self.tool.box = None
+        status = reset_session(self.segmenter, self.editorAccess() if self.segmenter is not None else None, self.tool)
         self.refresh()
-        self.statusLabel.text = "The selected segment's MedSAM2 session was reset. Drag a box to start again."
+        self.statusLabel.text = status
 
     def cancel(self):
         moduleLogic().runs.cancel("Cancelled.", owner=self)
@@ -428,7 +456,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         with moduleLogic().runs.computing():
             fillHoles, largestComponent = post_processing(self.scriptedEffect.parameterSetNode())
             logic = self.logic or moduleLogic().segmentation_logic(fillHoles, largestComponent)
-            self.segmenter = segmenter_for(self.segmenter, logic, slicer.mrmlScene)
+            # Through time the segmenter writes segmentation sequences with Slicer's Sequences logic, the
+            # vtkSlicerSequencesLogic that slicer.modules.sequences.logic() returns (as Slicer's own
+            # CropVolumeSequence.py gets it): AddSynchronizedNode, UpdateProxyNodesFromSequences.
+            throughTime = through_time(self.scriptedEffect.parameterSetNode())
+            sequencesLogic = slicer.modules.sequences.logic() if throughTime else None
+            self.segmenter = segmenter_for(self.segmenter, logic, slicer.mrmlScene, sequencesLogic)
         return self.segmenter.run(moduleLogic().runs, self.editorAccess(), action, *arguments,
                                   session_options(self.scriptedEffect.parameterSetNode()), owner=self,
                                   progress=self.onProgress, confirm_target=self.confirmTargetVisible)
@@ -456,7 +489,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onProgress(self, done, total):
         self.progressBar.maximum = total
         self.progressBar.value = done
-        self.statusLabel.text = f"Segmenting slice {done} of {total}... (Cancel stops)"
+        self.statusLabel.text = progress_sentence(self.scriptedEffect.parameterSetNode(), done, total)
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
     def offerRotateViews(self, message):
@@ -553,20 +586,8 @@ class PointsActor:
         self.scriptedEffect = scriptedEffect
         self.sliceWidget = sliceWidget
         self.polyData = vtk.vtkPolyData()
-        glyph = vtk.vtkGlyphSource2D()
-        glyph.SetGlyphTypeToCircle()
-        glyph.FilledOn()
-        glyph.SetScale(10)
-        glyphs = vtk.vtkGlyph2D()
-        glyphs.SetInputData(self.polyData)
-        glyphs.SetSourceConnection(glyph.GetOutputPort())
-        glyphs.SetScaleModeToDataScalingOff()
-        glyphs.SetColorModeToColorByScalar()
-        mapper = vtk.vtkPolyDataMapper2D()
-        mapper.SetInputConnection(glyphs.GetOutputPort())
-        mapper.SetColorModeToDirectScalars()  # the points' RGB values, not a lookup table
         self.actor = vtk.vtkActor2D()
-        self.actor.SetMapper(mapper)
+        self.actor.SetMapper(point_glyph_mapper(self.polyData))
         scriptedEffect.addActor2D(sliceWidget, self.actor)
 
     def show(self, points):
