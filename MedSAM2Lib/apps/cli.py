@@ -307,6 +307,7 @@ def segment_session(args: argparse.Namespace):
 
 
 def command_segment(args: argparse.Namespace) -> int:
+    from ..inference.cpu_memory import release_free_memory
     from ..inference.objects import compose_labels
     from ..inference.preprocessing import Windowing
     from ..inference.session_file import check_steps, object_steps
@@ -350,7 +351,11 @@ def command_segment(args: argparse.Namespace) -> int:
     for object_id, found in tracked.items():
         for stop in found.stops:
             print(f"Object {object_id}: {stop}" if len(tracked) > 1 else stop, file=sys.stderr)
-    regions = [(object_id, found.on_grid(document.stack, stack.shape)) for object_id, found in tracked.items()]
+    # The model and the stack go, with the heap's free pages, before the whole-volume arrays of the output come.
+    stack_shape = stack.shape
+    del cache, stack, predictor
+    release_free_memory()
+    regions = [(object_id, found.on_grid(document.stack, stack_shape)) for object_id, found in tracked.items()]
     labels, _ = compose_labels(shape, regions)
     write_mask(args.output, labels, geometry)
     objects_voxels = ", ".join(f"object {object_id}: {int((labels == object_id).sum())}" for object_id in tracked)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Iterator, List,
 import numpy as np
 
 from ..model.medsam2 import NO_OBJECT_LOGIT
+from .cpu_memory import release_free_memory
 from .early_stop import DEFAULT_ABSENT_SLICES, DirectionStop
 from .predictor import FeatureCache, PromptError, SliceResult, VolumePredictor
 from .session import Session
@@ -177,6 +178,7 @@ def segment_objects(predictor: VolumePredictor, volume: np.ndarray, objects: Map
     def walk(key: Hashable, steps: NumberedSteps) -> Iterator:
         session = Session(predictor, volume, cache, predictor.early_stop)
         yield from step_results(session, steps)
+        release_free_memory()  # its tracking is over: the heap's free pages go before its whole-volume mask comes
         tracked[key] = TrackedObject.of(session)  # the session (its memory of every slice) goes once it is done
 
     walks = {key: walk(key, steps) for key, steps in objects.items()}
