@@ -16,8 +16,10 @@ matrices bounds the time of a slice from below, whatever else is removed. Measur
 - the limit: those operations at the measured rate, against the issue's targets (bfloat16 <= 0.15 s with AMX,
   <= 0.30 s with AVX-512 BF16; float32 <= 0.45 s).
 
-Reports the CPU's features (AMX, AVX-512 BF16, PyTorch's ATen kernel level). Profiler times are CPU times of all
-threads divided by the threads, so they are comparable to wall time only on an otherwise idle machine: run it alone.
+Reports the CPU's features (AMX, AVX-512 BF16, PyTorch's ATen kernel level). The profiler times each operation on
+the thread that calls it, from its start to its end (its intra-op threads work within that span), so the shares
+add up to about the wall time of a slice, plus the profiler's own cost. Run it alone: shared cores make every
+figure meaningless.
 """
 
 from __future__ import annotations
@@ -119,7 +121,6 @@ def measure_precision(model: MedSAM2, precision: str, slices: int) -> Dict:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiled:
         for _ in range(slices):
             next(results)
-    threads = torch.get_num_threads()
     operations = product_seconds = all_seconds = 0.0
     for event in profiled.events():
         all_seconds += event.self_cpu_time_total / 1e6
@@ -129,11 +130,10 @@ def measure_precision(model: MedSAM2, precision: str, slices: int) -> Dict:
     return {
         "wall_s_per_tracked_slice": round(wall, 3),
         "gflop_per_tracked_slice": round(operations / slices / 1e9, 1),
-        # CPU time of all threads over the thread count: about wall time on an idle machine.
-        "profiled_products_s_per_slice": round(product_seconds / slices / threads, 3),
-        "profiled_other_s_per_slice": round((all_seconds - product_seconds) / slices / threads, 3),
+        "profiled_products_s_per_slice": round(product_seconds / slices, 3),
+        "profiled_other_s_per_slice": round((all_seconds - product_seconds) / slices, 3),
         "profiled_products_share": round(product_seconds / all_seconds, 3),
-        "achieved_product_gflops": round(operations / product_seconds * threads / 1e9) if product_seconds else None,
+        "achieved_product_gflops": round(operations / product_seconds / 1e9) if product_seconds else None,
     }
 
 
