@@ -330,3 +330,27 @@ def test_3d_view_shows_the_segment_after_a_propagation_only(tmp_path):
         assert segmentation.ContainsRepresentation(SURFACE)
 
     run(tmp_path, scenario)
+
+
+def test_save_never_replaces_the_image_it_segments(tmp_path):
+    """medsam2 web CT.nii.gz, Save writing into the image's own folder (--out's default is the current folder):
+    the label map would be CT.nii.gz, the image itself. Refused with a sentence, the image untouched; the
+    .seg.nrrd beside it is written."""
+    import SimpleITK as sitk
+
+    image = tmp_path / "lesion.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(volume_file(tmp_path, "short"))), str(image))
+    before = image.read_bytes()
+
+    async def main() -> None:
+        page = Tool(web_app(image, tmp_path))
+        await page.box(BOX)
+        page.app._save("nii.gz")
+        assert page.tool.message == (
+            f"Cannot write the .nii.gz file to {image}: that is the image open, which it would replace; start "
+            "medsam2 web with another --out folder.")
+        assert image.read_bytes() == before
+        page.app._save("seg.nrrd")
+        assert page.tool.message == f"Saved {tmp_path / 'lesion.seg.nrrd'}." and (tmp_path / "lesion.seg.nrrd").is_file()
+
+    asyncio.run(main())

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -216,7 +216,14 @@ class MedSAM2WebApp(TrameApp):
 
     def _save(self, file_format: str) -> None:
         with contextlib.suppress(Exception):  # the message says what happened; the log keeps the details
-            self.tool.save(self.options.out, file_format)
+            self.tool.save(self.options.out, file_format, self._reads())
+
+    def _reads(self) -> List[Tuple[str, Path]]:
+        """The files this app reads, which Save must not replace: the image open, and the data folder's images."""
+        reads = [("the image open", self.image)]
+        if self.options.data is not None:
+            reads += [("an image of the data folder", self.options.data.path_of(name)) for name in self._image_names()]
+        return reads
 
     def _show_state(self) -> None:
         shown = self.tool.state()

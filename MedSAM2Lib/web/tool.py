@@ -24,12 +24,12 @@ import concurrent.futures
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import slicer
 from vtkmodules.vtkCommonCore import vtkCommand
 
-from ..atomic import write_atomically
+from ..atomic import FileUses, write_atomically
 from ..model.precision import PRECISIONS, resolve_precision
 from ..slicer_glue.box import BoxEvent
 from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, reset_session, segmenter_for,
@@ -345,15 +345,21 @@ class WebTool:
     def redo(self) -> None:
         self._history(self.editor_logic.Redo, "Redone.")
 
-    def save(self, folder: Path, file_format: str) -> Path:
+    def save(self, folder: Path, file_format: str, reads: Sequence[Tuple[str, Path]] = ()) -> Path:
         """Write the segmentation (``seg.nrrd``) or the selected segment (``nii.gz``) atomically into folder, named
-        after the source volume; returns the path. The message says what was written or why nothing was."""
+        after the source volume; returns the path. ``reads``: (role, path) of the files the app reads (the image,
+        the data folder's images), which the file must not replace (a ``.nii.gz`` image saved into its own folder
+        would otherwise be overwritten by its label map). The message says what was written or why nothing was."""
         editor_node = self.editor_logic.GetSegmentEditorNode()
         segmentation_node, volume_node = editor_node.GetSegmentationNode(), editor_node.GetSourceVolumeNode()
         path = Path(folder) / f"{volume_node.GetName()}.{file_format}"
         try:
             if self.busy:
                 raise RunRefused("MedSAM2 is segmenting: save once it has finished (or cancel it).")
+            files = FileUses()
+            for role, read in reads:
+                files.read(role, read)
+            files.write(f"the .{file_format} file", path, fix="start medsam2 web with another --out folder")
             if file_format == "seg.nrrd":
                 write_atomically(path, lambda temporary: save_segmentation(segmentation_node, temporary))
             elif file_format == "nii.gz":
