@@ -186,6 +186,12 @@ def reference_session(predictor, cine, view, steps):
                              for t in range(FRAMES)])
 
 
+def click_inside(view, proxy, frame_kji: np.ndarray):
+    """The view XY of a voxel of the segment on slice 1 of a frame (K, J, I), to click there."""
+    inside = np.argwhere(frame_kji[SLICE])[0]
+    return xy_of(view, proxy, (float(inside[1]), float(inside[0]), SLICE))
+
+
 def box_and_propagate(app, sequences_logic, predictor, view, proxy):  # noqa: F811
     segmenter = CineSegmenter(MedSAM2Logic(predictor), sequences_logic)
     corners = [xy_of(view, proxy, ijk) for ijk in BOX_IJK]
@@ -280,8 +286,7 @@ def test_undo_takes_back_a_whole_action_through_time_and_redo_brings_it_back(
     propagated = frames_in_sequence(browser, segmentation, segment_id)
     assert propagated[:, SLICE].reshape(FRAMES, -1).any(axis=1).all()
     # A correction: a background click inside the found region on the shown frame, written as a second action.
-    inside = np.argwhere(propagated[SHOWN, SLICE])[0]
-    click = xy_of(view, proxy, (float(inside[1]), float(inside[0]), SLICE))
+    click = click_inside(view, proxy, propagated[SHOWN])
     segmenter.points(app.editor, view, [(click, 0)], InteractiveOptions(auto_update=True))
     corrected = frames_in_sequence(browser, segmentation, segment_id)
     assert not np.array_equal(corrected, propagated)
@@ -325,8 +330,7 @@ def test_a_correction_on_another_frame_re_propagates_from_it(
     box = list(state.session.steps[0]["box"])
     before = frames_in_sequence(browser, segmentation, segment_id)
     show(browser, sequences_logic, 4)  # the user plays the cine to frame 4 and clicks there
-    inside = np.argwhere(before[4, SLICE])[0]
-    click = xy_of(view, proxy, (float(inside[1]), float(inside[0]), SLICE))
+    click = click_inside(view, proxy, before[4])
     result = segmenter.points(app.editor, view, [(click, 0)])
     assert "Point on frame 4: a correction of the forward tracking" in result.message
     assert segmenter.points_in_view(app.editor, view) == [(pytest.approx(click[0]), pytest.approx(click[1]), 0)]
@@ -350,6 +354,50 @@ def test_a_correction_on_another_frame_re_propagates_from_it(
     np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), before)
     show(browser, sequences_logic, 1)
     assert segmenter.points_in_view(app.editor, view) == []  # the point is frame 4's
+
+
+def test_a_frame_painted_after_a_propagation_is_kept_and_becomes_a_correction(
+        app, sequences_logic, cine_editor, predictor):  # noqa: F811
+    browser, proxy, segmentation, view = cine_editor
+    segment_id = app.editor_node.GetSelectedSegmentID()
+    segmenter, _, _ = box_and_propagate(app, sequences_logic, predictor, view, proxy)
+    before = frames_in_sequence(browser, segmentation, segment_id)
+    show(browser, sequences_logic, 5)  # the user paints frame 5 (the editor edits the shown frame's item)
+    painted = before[5].copy()
+    painted[SLICE, 2:9, 2:9] = 1
+    set_segment_array(segmentation, segment_id, painted, proxy)
+    painted = frames_in_sequence(browser, segmentation, segment_id)[5]
+    show(browser, sequences_logic, 4)  # then corrects frame 4 with a click and updates
+    click = click_inside(view, proxy, before[4])
+    pointed = segmenter.points(app.editor, view, [(click, 0)])
+    state = segmenter.session_of(app.editor)
+    assert "Frame 5 kept as you edited it, used as a correction." in pointed.message
+    assert state.prompts[5].mask is not None and 5 in state.kept
+    after_point = frames_in_sequence(browser, segmentation, segment_id)
+    update = segmenter.propagate(app.editor)
+    assert "Frame 5 kept as you edited it" in update.message and "frame(s) recomputed" in update.message
+    written = frames_in_sequence(browser, segmentation, segment_id)
+    assert written[5].tobytes() == painted.tobytes()  # byte for byte as painted
+    np.testing.assert_array_equal(written[:SHOWN + 1], before[:SHOWN + 1])
+    assert not np.array_equal(written[4], before[4])  # the corrected frame is rewritten
+    prompt = box_prompt_on(cine_of(proxy))
+    for number in range(5):
+        np.testing.assert_array_equal(written[number, SLICE], on_frame_grid(prompt, state.session.results[number].mask),
+                                      err_msg=f"frame {number}")
+
+    app.editor_logic.Undo()  # Update's frames go back; the painted frame stays, and stays kept
+    np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), after_point)
+    app.editor_logic.Redo()
+    np.testing.assert_array_equal(frames_in_sequence(browser, segmentation, segment_id), written)
+    app.editor_logic.Undo()
+    again = segmenter.propagate(app.editor)  # Update again after the Undo: the paint is still not overwritten
+    assert "Frame 5 kept" in again.message
+    assert frames_in_sequence(browser, segmentation, segment_id)[5].tobytes() == painted.tobytes()
+    # A box on the painted frame hands it back to MedSAM2.
+    show(browser, sequences_logic, 5)
+    boxed = segmenter.box(app.editor, view, [xy_of(view, proxy, ijk) for ijk in BOX_IJK])
+    assert "kept" not in boxed.message and 5 not in state.kept
+    assert not np.array_equal(frames_in_sequence(browser, segmentation, segment_id)[5], painted)
 
 
 def test_refusals_through_time(app, sequences_logic, cine_editor, predictor):  # noqa: F811

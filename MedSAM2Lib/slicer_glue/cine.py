@@ -24,9 +24,14 @@ becomes the action's ID again (Redo), it writes them again. Showing another fram
 another frame is shown.
 
 **Writing.** A prompt writes the frames it recomputed, a propagation every frame the session computed, each only
-where the segment's content on the session's slice differs; frames edited with another effect are overwritten
-when an action writes them (unlike slice sessions, which keep such slices as corrections). The session's slice is
-the view's when the box was drawn; the segmentation must be on the source volume's grid.
+where the segment's content on the session's slice differs. The session records a digest of what MedSAM2 last
+wrote on each frame's slice (:attr:`CineSession.written`, in memory: sessions through time are not saved). A frame
+whose content there differs from its digest at the start of an action was edited with another effect (Paint,
+Erase, ...): it is kept exactly as the user left it from then on, and its content becomes the session's mask
+prompt there, so that tracking goes on from the user's fix, as slice sessions do (:mod:`.interactive`); only a
+box on that frame hands it back to MedSAM2. When writing, a frame kept, or edited since the action started, is
+not written. Undo and Redo of an action put the record back with its frames. The session's slice is the view's
+when the box was drawn; the segmentation must be on the source volume's grid.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import contextlib
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import slicer
@@ -46,7 +51,7 @@ from ..inference.preprocessing import Windowing
 from ..inference.session import Session
 from .geometry import AXIS_NAMES, StackGeometry, StackPrompt, point_prompt, transform_points
 from .interactive import (ActionResult, InteractionError, InteractiveOptions, SegmentActions, SlicePrompts, _slab,
-                          prompt_kind, propagate_session, remove_point)
+                          prompt_kind, propagate_session, remove_point, slice_digest)
 from .logic import (EditorAccess, EditorStateError, MedSAM2Logic, SourceImage, array_from_image, display_windowing,
                     grid_part, labelmap_like, segment_mask_on, slab_modifications, view_geometry, view_to_index,
                     world_to_node_matrix)
@@ -91,6 +96,8 @@ class CineSession:
     prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
     point_order: List[int] = field(default_factory=list)  # frame of each point, in the order they were added
     propagated: bool = False
+    written: Dict[int, str] = field(default_factory=dict)  # frame -> slice_digest of what MedSAM2 last wrote there
+    kept: Set[int] = field(default_factory=set)  # frames kept as the user edited them (their content a mask prompt)
 
 
 @dataclass
@@ -101,6 +108,7 @@ class CineComputed:
     frames: List[int]  # frames whose output to write where it differs from the segment
     frame: Optional[int]  # the prompted frame, if any
     sentence: str
+    taken: List[int] = field(default_factory=list)  # frames the user edited, taken as mask prompts by the action
 
 
 class CineSegmenter(SegmentActions):
@@ -125,14 +133,18 @@ class CineSegmenter(SegmentActions):
         same_axis = state is not None and state.geometry.slice_axis == view_geometry(source, slice_node).slice_axis
         prompt = self.logic.prompt_from_view(source, slice_node, xy_corners,
                                              state.geometry if same_axis else None).stack
+        frame = cine.shown_frame
         if state is None or not _fits(state, cine, prompt, options):
             state = self._start(cine, prompt, options)
-        frame = cine.shown_frame
+            taken = []
+        else:
+            taken = self._take_edits(editor, state, exclude=frame)  # the box replaces what was on its frame
+            state.kept.discard(frame)
         kind = prompt_kind(state.session, state.propagated, frame, replacing=True)
         state.session.add_prompt(frame, box=list(prompt.box))
         state.prompts[frame] = SlicePrompts(box=prompt.box)
         state.point_order = [f for f in state.point_order if f != frame]
-        return self._then(state, options, frame, f"Box on frame {frame}: {kind}", progress, should_cancel)
+        return self._then(state, options, frame, f"Box on frame {frame}: {kind}", progress, should_cancel, taken)
 
     def compute_points(self, editor: EditorAccess, slice_node, clicks: Sequence[Tuple[Sequence[float], int]],
                        options: InteractiveOptions = InteractiveOptions(), progress=None, should_cancel=None
@@ -152,6 +164,8 @@ class CineSegmenter(SegmentActions):
                                        f"{state.slice_index} of every frame; this view shows slice {index}. Go back to "
                                        "that slice, or draw a box here to start over on this one.")
         frame = state.cine.shown_frame
+        taken = self._take_edits(editor, state)  # an edit of this frame is the mask the points refine
+        state.kept.discard(frame)
         labels = [int(label) for _, label in clicks]
         kind = prompt_kind(state.session, state.propagated, frame, replacing=False)
         state.session.add_prompt(frame, points=[list(xy) for _, xy in located], labels=labels, add=True)
@@ -160,29 +174,32 @@ class CineSegmenter(SegmentActions):
         frame_prompts.labels += labels
         state.point_order += [frame] * len(located)
         what = "Point" if len(labels) == 1 else f"{len(labels)} points"
-        return self._then(state, options, frame, f"{what} on frame {frame}: {kind}", progress, should_cancel)
+        return self._then(state, options, frame, f"{what} on frame {frame}: {kind}", progress, should_cancel,
+                          taken)
 
     def compute_propagate(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
                           progress=None, should_cancel=None) -> CineComputed:
         """Propagate through time, or Update after corrections: only what the prompts change is recomputed; every
         frame the session computed is written where it differs."""
         state, _ = self._session_for(editor, "Propagate")
+        taken = self._take_edits(editor, state)
         propagated, stops = propagate_session(state.session, self.logic.predictor.early_stop, _in_time(options),
                                               progress, should_cancel)
         state.propagated = True
         sentence = (f"Propagated through time: {len(propagated)} frame(s) recomputed." if propagated
                     else "Nothing to update: every frame is up to date.")
         return CineComputed(state, sorted(state.session.results), None,
-                            " ".join([sentence, *stops, "Undo (Ctrl+Z) reverts every frame."]))
+                            " ".join([sentence, *stops, "Undo (Ctrl+Z) reverts every frame."]), taken)
 
     def compute_remove_point(self, editor: EditorAccess, frame: int, number: int,
                              options: InteractiveOptions = InteractiveOptions(), progress=None,
                              should_cancel=None) -> CineComputed:
         """Remove a point (from :meth:`point_near`): its frame is prompted again with what remains on it."""
         state, _ = self._session_for(editor, "removing a point")
+        taken = self._take_edits(editor, state, exclude=frame)  # the frame is prompted again below
         recomputed = remove_point(state, frame, number)
         return self._then(state, options, frame if recomputed else None, f"Point removed from frame {frame}",
-                          progress, should_cancel)
+                          progress, should_cancel, taken)
 
     def compute_remove_last_point(self, editor: EditorAccess, options: InteractiveOptions = InteractiveOptions(),
                                   progress=None, should_cancel=None) -> CineComputed:
@@ -213,16 +230,25 @@ class CineSegmenter(SegmentActions):
             sequence = segmentation_sequence(state.cine, target.segmentation_node, self.sequences_logic)
         except ValueError as error:
             raise EditorStateError(str(error)) from error
-        contents = {frame: state.session.results[frame].mask for frame in computed.frames}
+        edited = set(_edited_frames(state, sequence, target.segment_id)) if target.segment_id else set()
+        # Frames left as the user edited them: taken by the action or edited since, less the prompted one (written).
+        left = set(computed.taken) | state.kept | edited
+        kept = sorted(frame for frame in left & (set(computed.taken) | set(computed.frames)) if frame != computed.frame)
+        contents = {frame: state.session.results[frame].mask for frame in computed.frames if frame not in kept}
         edit = CineEdit(state.cine, sequence, state.geometry, state.slice_index)
+        edit.follow_record(state)
         segment_id = edit.write(editor, target, contents)
+        for frame, content in _frame_contents(state, sequence, segment_id, contents).items():
+            state.written[frame] = slice_digest(content)  # as stored (the editable area may have cut the shown one)
+            state.kept.discard(frame)
+        edit.record_after = (dict(state.written), set(state.kept))
         self.undo.add(edit)
         key = (target.segmentation_node.GetID(), segment_id)
         self.sessions.pop(key, None)
         self.sessions[key] = state
         changed = len(edit.frames) + edit.shown_changed
-        return ActionResult(f"{computed.sentence} {changed} frame(s) changed.", computed.frame, computed.frames,
-                            segment_id)
+        return ActionResult(f"{computed.sentence} {_kept_sentence(kept)}{changed} frame(s) changed.", computed.frame,
+                            computed.frames, segment_id)
 
     # -- queries and lifetime -----------------------------------------------------------------------
 
@@ -291,8 +317,29 @@ class CineSegmenter(SegmentActions):
                                    "through time. Draw a box to start again.")
         return state, source
 
+    def _take_edits(self, editor: EditorAccess, state: CineSession, exclude: Optional[int] = None) -> List[int]:
+        """The frames edited with another effect since MedSAM2 last wrote them (their content on the session's
+        slice differs from the record's digest), except ``exclude``: each becomes the session's mask prompt there and
+        is kept as it is from now on. Returns them, in order."""
+        key = self._selected_key(editor)
+        sequence = state.cine.browser.GetSequenceNode(editor.segmentation_node()) if key is not None else None
+        if sequence is None:
+            return []
+        taken = []
+        for frame, content in _edited_frames(state, sequence, key[1]).items():
+            if frame == exclude:
+                continue
+            mask = content.astype(bool)
+            state.session.add_prompt(frame, mask=mask)
+            state.prompts[frame] = SlicePrompts(mask=mask)
+            state.point_order = [f for f in state.point_order if f != frame]
+            state.written[frame] = slice_digest(content)
+            state.kept.add(frame)
+            taken.append(frame)
+        return taken
+
     def _then(self, state: CineSession, options: InteractiveOptions, frame: Optional[int], sentence: str,
-              progress, should_cancel) -> CineComputed:
+              progress, should_cancel, taken: List[int]) -> CineComputed:
         """After a prompt: propagate too when asked (auto update) and the session has propagated before."""
         frames = [frame] if frame is not None else []
         if options.auto_update and state.propagated:
@@ -304,7 +351,7 @@ class CineSegmenter(SegmentActions):
             sentence += ". Click Update to re-propagate from it."
         else:
             sentence += ". Propagate to follow it through time."
-        return CineComputed(state, frames, frame, sentence)
+        return CineComputed(state, frames, frame, sentence, taken)
 
     def _shown_points(self, editor: EditorAccess, slice_node) -> List[Tuple[int, int, float, float, int]]:
         """(frame, point number, view x, view y, label) of the selected segment's points on the shown frame, when
@@ -346,6 +393,36 @@ def _fits(state: CineSession, cine: Cine, prompt: StackPrompt, options: Interact
             and options.windowing in (None, state.windowing))
 
 
+def _frame_contents(state: CineSession, sequence, segment_id: str, frames) -> Dict[int, np.ndarray]:
+    """frame -> uint8 (rows, columns): the segment on the session's slice of those frames' items (zeros where an
+    item has no such segment)."""
+    source = frame_source(state.cine)
+    part = grid_part(source.image, _slab(source, state.geometry, state.slice_index, state.slice_index))
+    contents = {}
+    for frame in frames:
+        item = sequence.GetDataNodeAtValue(state.cine.index_value(frame), True)
+        contents[frame] = (state.geometry.to_stack(segment_mask_on(item, segment_id, part))[0]
+                           if item is not None and item.GetSegmentation().GetSegment(segment_id) is not None
+                           else np.zeros(state.session.volume.shape[1:], np.uint8))
+    return contents
+
+
+def _edited_frames(state: CineSession, sequence, segment_id: str) -> Dict[int, np.ndarray]:
+    """frame -> content (:func:`_frame_contents`) of the frames whose content differs from what MedSAM2 last wrote
+    there: edited with another effect since."""
+    contents = _frame_contents(state, sequence, segment_id, sorted(state.written))
+    return {frame: content for frame, content in contents.items() if slice_digest(content) != state.written[frame]}
+
+
+def _kept_sentence(kept: Sequence[int]) -> str:
+    """Which frames an action left as the user edited them ("" if none)."""
+    if not kept:
+        return ""
+    if len(kept) == 1:
+        return f"Frame {kept[0]} kept as you edited it, used as a correction. "
+    return f"Frames {', '.join(map(str, kept))} kept as you edited them, used as corrections. "
+
+
 class CineEdit:
     """One action's output written on the session's slice of several frames of a segmentation sequence.
 
@@ -365,6 +442,11 @@ class CineEdit:
         self.frames: Dict[str, Tuple[Any, Any]] = {}  # index value -> (item before, item after) of other frames
         self.shown_changed = False
         self.applied = False
+        # The session whose record of what MedSAM2 wrote (written, kept) Undo and Redo put back with the frames, as
+        # it was before and after this action (CineSegmenter.write sets them).
+        self.state: Optional[CineSession] = None
+        self.record_before: Optional[Tuple[Dict[int, str], Set[int]]] = None
+        self.record_after: Optional[Tuple[Dict[int, str], Set[int]]] = None
 
     def write(self, editor: EditorAccess, target: WriteTarget, contents: Dict[int, np.ndarray]) -> str:
         """Write ``contents`` (frame -> uint8 (rows, columns) on the session's slice) where it differs; returns the
@@ -435,6 +517,7 @@ class CineEdit:
         with _batched(self.sequence):
             for value, (before, _) in self.frames.items():
                 self.sequence.SetDataNodeAtValue(before, value)
+        self._put_record(self.record_before)
         self.applied = False
 
     def redo_frames(self) -> None:
@@ -442,7 +525,16 @@ class CineEdit:
         with _batched(self.sequence):
             for value, (_, after) in self.frames.items():
                 self.sequence.SetDataNodeAtValue(after, value)
+        self._put_record(self.record_after)
         self.applied = True
+
+    def follow_record(self, state: CineSession) -> None:
+        """Undo and Redo put the session's record back with the frames; this is it before the action."""
+        self.state, self.record_before = state, (dict(state.written), set(state.kept))
+
+    def _put_record(self, record: Optional[Tuple[Dict[int, str], Set[int]]]) -> None:
+        if self.state is not None and record is not None:
+            self.state.written, self.state.kept = dict(record[0]), set(record[1])
 
 
 class CineUndo:
