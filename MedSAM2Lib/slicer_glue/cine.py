@@ -514,19 +514,19 @@ class CineEdit:
 
     def undo_frames(self) -> None:
         """Put the other frames back as they were before the action."""
-        with _batched(self.sequence):
-            for value, (before, _) in self.frames.items():
-                self.sequence.SetDataNodeAtValue(before, value)
-        self._put_record(self.record_before)
-        self.applied = False
+        self._set_frames(applied=False)
 
     def redo_frames(self) -> None:
         """Write the other frames again as the action wrote them."""
+        self._set_frames(applied=True)
+
+    def _set_frames(self, applied: bool) -> None:
+        """The other frames (and the session's record of what MedSAM2 wrote) as after the action, or as before."""
         with _batched(self.sequence):
-            for value, (_, after) in self.frames.items():
-                self.sequence.SetDataNodeAtValue(after, value)
-        self._put_record(self.record_after)
-        self.applied = True
+            for value, (before, after) in self.frames.items():
+                self.sequence.SetDataNodeAtValue(after if applied else before, value)
+        self._put_record(self.record_after if applied else self.record_before)
+        self.applied = applied
 
     def follow_record(self, state: CineSession) -> None:
         """Undo and Redo put the session's record back with the frames; this is it before the action."""
