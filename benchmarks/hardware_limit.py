@@ -90,7 +90,7 @@ def matmul_rate_gflops(dtype: torch.dtype, m: int, k: int, n: int, seconds: floa
 def product_operations(event) -> float:
     """Floating-point operations of one profiled matrix product or fused attention, from its input shapes."""
     shapes = event.input_shapes
-    if event.name in ("aten::addmm",):  # (bias, a (M, K), b (K, N))
+    if event.name == "aten::addmm":  # (bias, a (M, K), b (K, N))
         (m, k), (_, n) = shapes[1], shapes[2]
         return 2.0 * m * k * n
     if event.name == "aten::mm":
