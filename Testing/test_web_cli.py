@@ -210,8 +210,10 @@ def test_a_session_file_opens_with_its_segment_and_the_user_goes_on(tmp_path, da
         app = await serve(web_args(image, tmp_path / "out", "--prompts", str(session_file), "--data",
                                    str(data_folder)))
         try:
-            for _ in range(6000):  # the restore starts once the server is ready, as the page's first run
-                if app.tool.task is not None and app.tool.task.done():
+            # The restore starts once the server is ready, as the page's first run; when it ends, the tool is idle
+            # with the run's sentence in place of the opening one.
+            for _ in range(6000):
+                if not app.tool.busy and not app.tool.message.startswith("Opening the session"):
                     break
                 await asyncio.sleep(0.05)
             tool = app.tool
