@@ -89,25 +89,26 @@ def at(view: dict, fraction) -> tuple:
 
 
 async def open_page(volume_file: Path, out: Path, scenario, *options: str) -> None:
-    """Serve the app, open it in chromium, run ``scenario(Page)``, stop both. The app is made inside the running
-    loop: trame-slicer schedules each view's registration on the loop current when the view is created."""
-    app = web_app(volume_file, out, options=("--precision", "float32", *options))
-    app.start(exec_mode="task")
-    assert await app.server.ready
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGUMENTS)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(120_000)  # a loaded machine renders and answers slowly
-            await page.goto(f"http://127.0.0.1:{app.server.port}/")
-            await page.wait_for_function(
-                "Array.from(document.querySelectorAll('img')).filter(image => image.naturalWidth > 0).length >= 3",
-                timeout=60_000)
-            await asyncio.sleep(1.0)  # the views are fitted once laid out (a resize event each)
-            await scenario(Page(app, page))
-        finally:
-            await browser.close()
-            await app.server.stop()
+    """Serve the app, open it in chromium, run ``scenario(Page)``, stop both and close the app. The app is made
+    inside the running loop: trame-slicer schedules each view's registration on the loop current when the view is
+    created."""
+    with web_app(volume_file, out, options=("--precision", "float32", *options)) as app:
+        app.start(exec_mode="task")
+        assert await app.server.ready
+        async with async_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGUMENTS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+                page.set_default_timeout(120_000)  # a loaded machine renders and answers slowly
+                await page.goto(f"http://127.0.0.1:{app.server.port}/")
+                await page.wait_for_function(
+                    "Array.from(document.querySelectorAll('img')).filter(image => image.naturalWidth > 0)"
+                    ".length >= 3", timeout=60_000)
+                await asyncio.sleep(1.0)  # the views are fitted once laid out (a resize event each)
+                await scenario(Page(app, page))
+            finally:
+                await browser.close()
+                await app.server.stop()
 
 
 def view_to_stack(app: MedSAM2WebApp, view: dict, fraction) -> np.ndarray:

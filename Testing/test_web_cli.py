@@ -247,6 +247,7 @@ def test_a_session_file_opens_with_its_segment_and_the_user_goes_on(tmp_path, da
             assert app.server.state.medsam2_message.startswith("Opened sub/b.nii.gz.")
         finally:
             await app.server.stop()
+            app.close()
 
     asyncio.run(scenario())
 

@@ -81,7 +81,8 @@ def run(tmp_path: Path, scenario, **app_options) -> None:
     """The app on the 11-slice volume (made inside the loop, as trame-slicer needs), then ``scenario(Tool)``."""
 
     async def main() -> None:
-        await scenario(Tool(web_app(volume_file(tmp_path, "short"), tmp_path, **app_options)))
+        with web_app(volume_file(tmp_path, "short"), tmp_path, **app_options) as app:
+            await scenario(Tool(app))
 
     asyncio.run(main())
 
@@ -343,14 +344,33 @@ def test_save_never_replaces_the_image_it_segments(tmp_path):
     before = image.read_bytes()
 
     async def main() -> None:
-        page = Tool(web_app(image, tmp_path))
-        await page.box(BOX)
-        page.app._save("nii.gz")
-        assert page.tool.message == (
-            f"Cannot write the .nii.gz file to {image}: that is the image open, which it would replace; start "
-            "medsam2 web with another --out folder.")
-        assert image.read_bytes() == before
-        page.app._save("seg.nrrd")
-        assert page.tool.message == f"Saved {tmp_path / 'lesion.seg.nrrd'}." and (tmp_path / "lesion.seg.nrrd").is_file()
+        with web_app(image, tmp_path) as app:
+            page = Tool(app)
+            await page.box(BOX)
+            page.app._save("nii.gz")
+            assert page.tool.message == (
+                f"Cannot write the .nii.gz file to {image}: that is the image open, which it would replace; start "
+                "medsam2 web with another --out folder.")
+            assert image.read_bytes() == before
+            page.app._save("seg.nrrd")
+            assert page.tool.message == f"Saved {tmp_path / 'lesion.seg.nrrd'}."
+            assert (tmp_path / "lesion.seg.nrrd").is_file()
 
     asyncio.run(main())
+
+
+def test_close_ends_the_sessions_and_takes_the_scene_apart(tmp_path):
+    """What the command does when it stops serving (and each test when it ends): no session, no image features,
+    no background encoding left, the scene emptied and the editor logic detached from it; closing twice is
+    harmless."""
+    async def scenario(page: Tool) -> None:
+        await page.box(BOX)
+        logic = page.tool.segmenter.logic
+        assert page.sessions() == 1 and logic.feature_bytes() > 0
+        page.app.close()
+        assert page.sessions() == 0 and logic.feature_bytes() == 0 and logic.pre_encoder.idle
+        assert page.app.slicer.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+        assert page.tool.editor_logic.GetMRMLScene() is None
+        page.app.close()
+
+    run(tmp_path, scenario)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,12 +30,18 @@ def volume_file(folder: Path, length: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
 def web_app(volume_file: Path, out: Path, checkpoint: Optional[Path] = None,
-            options: Sequence[str] = ("--precision", "float32")) -> MedSAM2WebApp:
+            options: Sequence[str] = ("--precision", "float32")) -> Iterator[MedSAM2WebApp]:
     """``medsam2 web VOLUME`` on the tiny model (or another tiny checkpoint), on a free port, with its own trame
-    server; ``options``: more of the command's arguments."""
+    server; ``options``: more of the command's arguments. Closed (``MedSAM2WebApp.close``) when the block ends, as
+    the command closes it when it stops serving."""
     args = build_parser().parse_args([
         "web", str(volume_file), "--port", "0", "--out", str(out), "--device", "cpu", *options,
         "--checkpoint", str(checkpoint or DATA / "medsam2_tiny_random_seed0.pt"),
         "--config", str(DATA / "medsam2_tiny_test.yaml")])
-    return MedSAM2WebApp(*prepare_web(args), server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
+    app = MedSAM2WebApp(*prepare_web(args), server=get_server(f"medsam2-web-{uuid.uuid4()}", client_type="vue3"))
+    try:
+        yield app
+    finally:
+        app.close()

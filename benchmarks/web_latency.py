@@ -56,6 +56,7 @@ async def measure(args) -> dict:
     app.start(exec_mode="task")
     await app.server.ready
     previews, propagations = [], []
+    slices = app.volume_node.GetImageData().GetDimensions()[2]
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGUMENTS)
         try:
@@ -92,11 +93,12 @@ async def measure(args) -> dict:
         finally:
             await browser.close()
             await app.server.stop()
+            app.close()
             shutil.rmtree(out, ignore_errors=True)
     return {"release_to_preview_s": previews, "propagate_to_done_s": propagations,
             "release_to_preview_median_s": statistics.median(previews),
             "propagate_to_done_median_s": statistics.median(propagations),
-            "slices": app.volume_node.GetImageData().GetDimensions()[2]}
+            "slices": slices}
 
 
 def main() -> None:

@@ -582,7 +582,10 @@ def command_web(args: argparse.Namespace) -> int:
     options, model = prepare_web(args)
     app = MedSAM2WebApp(options, model)  # refuses a session file that does not fit the image
     print(f"MedSAM2 in the browser: {app.url(args.port)} (Ctrl+C stops; Save writes into {args.out})", flush=True)
-    app.start()
+    try:
+        app.start()  # until Ctrl+C or the server stops
+    finally:
+        app.close()
     return 0
 
 

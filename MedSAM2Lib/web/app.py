@@ -240,6 +240,18 @@ class MedSAM2WebApp(TrameApp):
             state.medsam2_selected_segment = shown.selected_segment
         self.effect.redraw()
 
+    def close(self) -> None:
+        """Take the app apart once it no longer serves (the command's exit, each test): the tool (sessions, the
+        background encoder), then each view (its observers, its render window's graphics context), then the scene.
+        In this order, as a test's Slicer scene (Testing/slicer_support.SlicerScene.close), instead of leaving
+        the native objects to the interpreter's exit, which frees them in no fixed order while modules are torn
+        down; the app is unusable afterwards."""
+        self.tool.close()
+        for view in self.slicer.view_manager.get_views():
+            view.render_window().RemoveAllObservers()  # the resize observers of _fit_views_on_resize hold the app
+            view.finalize()  # trame-slicer's AbstractView.finalize: hides and finalizes the render window
+        self.slicer.scene.Clear(True)
+
     # -- serving -------------------------------------------------------------------------------------------
 
     def url(self, port: int) -> str:

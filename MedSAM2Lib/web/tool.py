@@ -147,7 +147,7 @@ class WebTool:
         self.selection = SelectionWatch()
         self.selection.changed(editor_node)
         self._writing = False
-        editor_node.AddObserver(vtkCommand.ModifiedEvent, self._on_editor_node_modified)
+        self._editor_node_observer = editor_node.AddObserver(vtkCommand.ModifiedEvent, self._on_editor_node_modified)
         self.runs = LoopRunController(self._write)
         self.runs.observe(self._changed_from_any_thread)
         self.message = "Drag a box around the structure in a slice view."
@@ -234,6 +234,14 @@ class WebTool:
 
     def propagate(self) -> Optional[asyncio.Task]:
         return self.start("propagate")
+
+    def close(self) -> None:
+        """The app ends (:meth:`MedSAM2WebApp.close`): a run still going is told to stop, the sessions and the
+        background encoding end, and the tool lets go of the editor node and the scene."""
+        self.cancel("MedSAM2 is closing.")
+        self.segmenter.close()
+        self.editor_node.RemoveObserver(self._editor_node_observer)
+        self.editor_logic.SetMRMLScene(None)
 
     def reset(self) -> None:
         """Forget the selected segment's prompts (its session, also the one saved with it; the content is kept)."""
