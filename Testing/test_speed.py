@@ -15,11 +15,14 @@ import torch.nn.functional as F
 
 from MedSAM2Lib.inference.early_stop import DirectionStop
 from MedSAM2Lib.inference.predictor import FeatureCache, VolumePredictor
+from MedSAM2Lib.inference.session import Session
+from MedSAM2Lib.inference.session_file import run_steps
 from MedSAM2Lib.model.checkpoint import load_model
 from MedSAM2Lib.model.common import attention
 from MedSAM2Lib.model.precision import autocast, cpu_has_fast_bfloat16, resolve_precision
 
 from model_doubles import scripted_score_model
+from test_session import SCENARIOS, scenario_steps
 
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -78,15 +81,23 @@ def test_cpu_softmax_of_bfloat16_is_computed_in_float32():
 
 
 def test_fast_mode_masks_agree_with_exact_mode(tiny_model, input_volume):
-    """Measured: Dice 0.9958 (2390 of 281897 voxels differ) on the tiny random-weight model. The bar is the
-    issue's target for the real-size benchmark, 0.98; a broken fast path (wrong scale, softmax axis, dtype)
-    gives far less."""
+    """Issue 19's bar: Dice >= 0.995 against exact mode on the tiny model, for the CT pipeline and each shared
+    session scenario. Measured on AMD Zen 4 (AVX-512 and ATEN_CPU_CAPABILITY=avx2 alike): 0.9976 and 0.9960-0.9980;
+    with the mask decoder in bfloat16 as well (before it computed in float32) 0.9951 and 0.9817-0.9956, which fails."""
     volume, key_slice, box = input_volume
-    exact = VolumePredictor(tiny_model).segment(volume, key_slice, box)
+    exact_predictor = VolumePredictor(tiny_model)
     fast_predictor = VolumePredictor(tiny_model, precision="bfloat16")
-    fast = fast_predictor.segment(volume, key_slice, box)
     assert fast_predictor.dtype == torch.bfloat16
-    assert dice(fast > 0, exact > 0) >= 0.98
+    exact = exact_predictor.segment(volume, key_slice, box)
+    fast = fast_predictor.segment(volume, key_slice, box)
+    assert dice(fast > 0, exact > 0) >= 0.995
+    for name in SCENARIOS:
+        masks = []
+        for predictor in (exact_predictor, fast_predictor):
+            session = Session(predictor, volume)
+            run_steps(session, scenario_steps(name))
+            masks.append(session.mask() > 0)
+        assert dice(*masks) >= 0.995, name
 
 
 def test_bfloat16_layer_weights_give_autocast_s_results_bit_for_bit(tiny_model, input_volume):
@@ -97,6 +108,8 @@ def test_bfloat16_layer_weights_give_autocast_s_results_bit_for_bit(tiny_model, 
     fast = VolumePredictor(tiny_model, precision="bfloat16")
     assert fast.model is not tiny_model
     assert fast.model.memory_attention.layers[0].linear1.weight.dtype == torch.bfloat16
+    # The mask decoder computes in float32 in both, on the weights the copy shares with the model.
+    assert fast.model.sam_mask_decoder.transformer.final_attn_token_to_image.q_proj.weight.dtype == torch.float32
     assert fast.model.memory_attention.layers[0].norm1.weight is tiny_model.memory_attention.layers[0].norm1.weight
     assert all(parameter.dtype == torch.float32 for parameter in tiny_model.parameters())
     cast_per_call = VolumePredictor(tiny_model, precision="bfloat16")
@@ -214,8 +227,6 @@ def test_feature_cache_is_bounded_by_memory(tiny_model, input_volume):
 def test_session_early_stop_is_on_by_default_and_a_preview_is_not_encoded_again(tiny_config, checkpoints,
                                                                                  input_volume):
     """tiny_absent sees no object on any tracked slice: each direction ends after the default 5 such slices."""
-    from MedSAM2Lib.inference.session import Session
-
     volume, key_slice, box = input_volume
     predictor = VolumePredictor(load_model(checkpoints["tiny_absent"], tiny_config), fill_holes=False)
     session = Session(predictor, volume)

@@ -12,7 +12,7 @@ matrices bounds the time of a slice from below, whatever else is removed. Measur
 - per tracked slice of a propagation (after the memory bank is full), in each precision: wall seconds without the
   profiler, then under ``torch.profiler`` the operations of the matrix products (counted from their input shapes:
   2 M N K per product, 4 Nq Nk D per head of fused attention) and the CPU time spent in them against everything
-  else (copies, casts, softmax, GELU, norms, convolutions, resizes);
+  else (copies, casts, softmax, GELU, norms, convolutions, resizes), the largest of those by name;
 - the limit: those operations at the measured rate, against the issue's targets (bfloat16 <= 0.15 s with AMX,
   <= 0.30 s with AVX-512 BF16; float32 <= 0.45 s).
 
@@ -46,6 +46,7 @@ MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm")
 FUSED_ATTENTION = "aten::_scaled_dot_product_flash_attention_for_cpu"
 # The memory bank holds 7 slices; from then on every tracked slice does the same work.
 FILL_SLICES = 8
+OTHER_OPERATIONS_LISTED = 12  # the operations other than products that take longest, with their self time
 
 
 def cpu_features() -> Dict:
@@ -122,11 +123,17 @@ def measure_precision(model: MedSAM2, precision: str, slices: int) -> Dict:
         for _ in range(slices):
             next(results)
     operations = product_seconds = all_seconds = 0.0
+    others: Dict[str, List[float]] = {}  # operation -> [self seconds, calls]
     for event in profiled.events():
         all_seconds += event.self_cpu_time_total / 1e6
         if event.name in MATRIX_PRODUCTS or event.name == FUSED_ATTENTION:
             operations += product_operations(event)
             product_seconds += event.self_cpu_time_total / 1e6
+        else:
+            entry = others.setdefault(event.name, [0.0, 0])
+            entry[0] += event.self_cpu_time_total / 1e6
+            entry[1] += 1
+    largest_others = sorted(others.items(), key=lambda item: -item[1][0])[:OTHER_OPERATIONS_LISTED]
     return {
         "wall_s_per_tracked_slice": round(wall, 3),
         "gflop_per_tracked_slice": round(operations / slices / 1e9, 1),
@@ -134,6 +141,9 @@ def measure_precision(model: MedSAM2, precision: str, slices: int) -> Dict:
         "profiled_other_s_per_slice": round((all_seconds - product_seconds) / slices, 3),
         "profiled_products_share": round(product_seconds / all_seconds, 3),
         "achieved_product_gflops": round(operations / product_seconds / 1e9) if product_seconds else None,
+        "largest_other_operations": [
+            {"operation": name, "s_per_slice": round(seconds / slices, 4), "calls_per_slice": round(calls / slices)}
+            for name, (seconds, calls) in largest_others],
     }
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 from pathlib import Path
-from typing import ContextManager
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
@@ -67,6 +68,29 @@ def cpu_bfloat16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def float32_under_autocast(forward: Callable) -> Callable:
+    """Decorates the ``forward`` of a part of the network that fast mode computes in float32 (the mask decoder,
+    :class:`~.mask_decoder.MaskDecoder`): inside autocast it runs with autocast off on float32 copies of its
+    floating-point tensor arguments (also inside tuples); outside autocast (exact mode) it changes nothing. The
+    part's class sets ``computes_in_float32 = True``, so that :func:`with_bfloat16_weights` leaves its layers in
+    float32."""
+
+    def to_float32(value):
+        if isinstance(value, tuple):
+            return tuple(to_float32(item) for item in value)
+        return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+    @functools.wraps(forward)
+    def wrapper(module: nn.Module, *args):
+        device = next(arg for arg in args if torch.is_tensor(arg)).device.type
+        if not torch.is_autocast_enabled(device):
+            return forward(module, *args)
+        with torch.autocast(device, enabled=False):
+            return forward(module, *to_float32(args))
+
+    return wrapper
+
+
 _ROUNDED_BY_AUTOCAST = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
@@ -76,12 +100,15 @@ def with_bfloat16_weights(model: nn.Module) -> nn.Module:
 
     Autocast computes these layers in bfloat16 either way, rounding each float32 weight again on every call (about
     300 casts, 39 M values, per tracked t512 slice); the copy rounds them once, so results are bit for bit the
-    same. It holds 2 bytes a weight; the float32 weights are freed when nothing else holds ``model``.
+    same. It holds 2 bytes a weight; the float32 weights are freed when nothing else holds ``model``. The layers
+    of a part that computes in float32 (:func:`float32_under_autocast`) stay float32, shared with ``model``.
     """
     shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
     rounded = copy.deepcopy(model, memo=shared)
+    in_float32 = {id(module) for part in rounded.modules() if getattr(part, "computes_in_float32", False)
+                  for module in part.modules()}
     for module in rounded.modules():
-        if isinstance(module, _ROUNDED_BY_AUTOCAST):
+        if isinstance(module, _ROUNDED_BY_AUTOCAST) and id(module) not in in_float32:
             for name, parameter in list(module.named_parameters(recurse=False)):
                 setattr(module, name, nn.Parameter(parameter.detach().to(torch.bfloat16), requires_grad=False))
     return rounded.eval()
