@@ -35,9 +35,9 @@ class MaskDecoder(nn.Module):
     math kernel, as the SAM 2.1 reference does (EfficientTAM's leaves the choice to PyTorch).
 
     Fast mode computes the decoder in float32 (:func:`~.precision.float32_under_autocast`): its logits are the
-    masks, and in bfloat16 they cost more agreement with exact mode than the rest of the network together (on
-    the tiny test model, Dice against exact mode 0.982-0.996 over the shared session scenarios with the decoder
-    in bfloat16, 0.996-0.998 with it in float32), for about a hundredth of a tracked slice's operations."""
+    masks, and in bfloat16 it made most of fast mode's disagreement with exact mode (on the tiny test model,
+    Dice against exact mode 0.982-0.996 over the shared session scenarios with the decoder in bfloat16,
+    0.996-0.998 with it in float32), for about a hundredth of a tracked slice's operations."""
 
     computes_in_float32 = True
 

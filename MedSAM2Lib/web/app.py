@@ -242,10 +242,10 @@ class MedSAM2WebApp(TrameApp):
 
     def close(self) -> None:
         """Take the app apart once it no longer serves (the command's exit, each test): the tool (sessions, the
-        background encoder), then each view (its observers, its render window's graphics context), then the scene.
-        In this order, as a test's Slicer scene (Testing/slicer_support.SlicerScene.close), instead of leaving
-        the native objects to the interpreter's exit, which frees them in no fixed order while modules are torn
-        down; the app is unusable afterwards."""
+        background encoder), then each view (its observers, its render window's graphics context), then the scene,
+        in this order as a test's Slicer scene (Testing/slicer_support.SlicerScene.close), instead of leaving them
+        live until the interpreter exits (trame keeps every server it made, and the app with it). The app is
+        unusable afterwards."""
         self.tool.close()
         for view in self.slicer.view_manager.get_views():
             view.render_window().RemoveAllObservers()  # the resize observers of _fit_views_on_resize hold the app
