@@ -17,7 +17,11 @@ from vtkmodules.vtkIOImage import vtkPNGWriter  # noqa: F401,E402 (the rendering
 from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 
+from MedSAM2Lib.inference.predictor import VolumePredictor  # noqa: E402
 from MedSAM2Lib.inference.preprocessing import Windowing  # noqa: E402
+from MedSAM2Lib.inference.session import Session  # noqa: E402
+from MedSAM2Lib.inference.session_file import run_steps  # noqa: E402
+from MedSAM2Lib.slicer_glue.effect import post_processing  # noqa: E402
 from MedSAM2Lib.slicer_glue.gestures import POINT_COLOURS  # noqa: E402
 from MedSAM2Lib.slicer_glue.scenario import segment_array, set_segment_array  # noqa: E402
 from MedSAM2Lib.web.app import MedSAM2WebApp  # noqa: E402
@@ -112,6 +116,44 @@ def test_direction_and_range_options_limit_propagation(tmp_path):
 
         tool.set_option("RangeLast", "7.5")
         assert "not one; unchanged" in tool.message and tool.option("RangeLast") == "7"
+
+    run(tmp_path, scenario)
+
+
+def library_mask(state, fill_holes: bool, keep_largest_component: bool) -> np.ndarray:
+    """The library's own result of a segment session's steps on its stack (a Session on a VolumePredictor with this
+    post-processing, tracking to the end), as (K, J, I) on the volume's grid."""
+    predictor = state.session.predictor
+    library = VolumePredictor(predictor.model, fill_holes=fill_holes, keep_largest_component=keep_largest_component,
+                              precision="float32", early_stop=None)
+    session = Session(library, state.session.volume, early_stop=None)
+    run_steps(session, state.session.steps)
+    return state.geometry.from_stack(session.mask())
+
+
+def test_fill_holes_and_largest_component_options_reach_the_next_action(tmp_path):
+    """Off, the page's segment is the library's result without that post-processing (which differs from the
+    default's on this volume), as the desktop effect's parameters make it; on again, the next action applies it."""
+
+    async def scenario(page: Tool) -> None:
+        tool = page.tool
+        tool.set_early_stop(None)
+        assert tool.option("FillHoles") == tool.option("LargestComponent") == "1"  # the command line's defaults
+        tool.set_option("FillHoles", False)
+        tool.set_option("LargestComponent", False)
+        await page.box()
+        await page.propagate()
+        state = tool.segmenter.session_of(tool.editor)
+        unprocessed = library_mask(state, fill_holes=False, keep_largest_component=False)
+        np.testing.assert_array_equal(page.segment(), unprocessed)
+        for fill_holes, keep_largest_component in ((True, False), (False, True)):  # each option changes it here
+            assert not np.array_equal(library_mask(state, fill_holes, keep_largest_component), unprocessed)
+
+        tool.set_option("FillHoles", True)
+        tool.set_option("LargestComponent", True)
+        await page.click(shift=True)
+        await page.propagate()
+        np.testing.assert_array_equal(page.segment(), library_mask(state, True, True))
 
     run(tmp_path, scenario)
 
@@ -272,6 +314,7 @@ def test_page_controls_reach_the_tool(tmp_path):
         tool, state = page.tool, page.app.server.state
         state.ready()  # as when the server starts: the state is sent and its listeners called
         assert state.medsam2_direction == "both" and state.medsam2_precision == "float32"
+        assert state.medsam2_fill_holes and state.medsam2_largest_component
         with state:
             state.medsam2_direction = "backward"
             state.medsam2_write_mode = "add"
@@ -281,14 +324,32 @@ def test_page_controls_reach_the_tool(tmp_path):
             state.medsam2_early_stop_slices = "3"
             state.medsam2_precision = "bfloat16"
             state.medsam2_windowing = "lung"
+            state.medsam2_fill_holes = False
+            state.medsam2_largest_component = False
         assert [tool.option(name) for name in ("Direction", "WriteMode", "NewSegmentPerBox", "RangeEnabled",
-                                               "RangeFirst", "Windowing")] == ["backward", "add", "1", "1", "2", "lung"]
+                                               "RangeFirst", "Windowing", "FillHoles", "LargestComponent")
+                ] == ["backward", "add", "1", "1", "2", "lung", "0", "0"]
+        assert post_processing(tool.editor_node) == (False, False)  # what the next action hands the logic
         assert tool.model.settings.early_stop() == 3 and tool.model.settings.precision() == "bfloat16"
         with state:
             state.medsam2_early_stop_on = False
         assert tool.model.settings.early_stop() is None
 
     run(tmp_path, scenario)
+
+
+def test_command_line_post_processing_is_where_the_page_options_start(tmp_path):
+    """``medsam2 web --no-fill-holes --all-components``: the page's checkboxes start off, as the effect's
+    parameters."""
+
+    async def scenario(page: Tool) -> None:
+        state = page.app.server.state
+        assert (page.tool.option("FillHoles"), page.tool.option("LargestComponent")) == ("0", "0")
+        assert not state.medsam2_fill_holes and not state.medsam2_largest_component
+        predictor = page.tool.segmenter.logic.predictor
+        assert not predictor.fill_holes and not predictor.keep_largest_component
+
+    run(tmp_path, scenario, options=("--precision", "float32", "--no-fill-holes", "--all-components"))
 
 
 def test_points_are_drawn_in_their_label_colour(tmp_path):

@@ -50,7 +50,8 @@ class ModelOptions:
 
 
 class PageModel:
-    """The page's model: ModelOptions, with the precision and early stop the page sets since."""
+    """The page's model: ModelOptions, with the precision and early stop the page sets since (its fill holes and
+    largest component are where the page starts: the tool keeps them as the effect's parameters)."""
 
     def __init__(self, options: ModelOptions) -> None:
         self.options = options
@@ -62,8 +63,9 @@ class PageModel:
     def choice(self) -> ModelChoice:
         return replace(self.options.choice, precision=self.settings.precision())
 
-    def logic(self) -> MedSAM2Logic:
-        """The logic in the precision chosen now, with the early stop chosen now: the same object while the
-        precision stays (its image features are kept); the first call loads the model."""
-        return self.models.logic(self.choice(), self.options.fill_holes, self.options.keep_largest_component,
-                                 self.settings.early_stop())
+    def logic(self, fill_holes: bool, keep_largest_component: bool) -> MedSAM2Logic:
+        """The logic in the precision chosen now, with the early stop chosen now and this post-processing (the
+        effect's, :func:`~MedSAM2Lib.slicer_glue.effect.post_processing`, as the desktop module's
+        ``segmentation_logic`` takes it): the same object while the precision stays (its image features are
+        kept); the first call loads the model."""
+        return self.models.logic(self.choice(), fill_holes, keep_largest_component, self.settings.early_stop())

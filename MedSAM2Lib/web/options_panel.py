@@ -16,7 +16,8 @@ from .tool import WebTool
 PARAMETER_STATE = {"medsam2_direction": ("Direction", str), "medsam2_range_on": ("RangeEnabled", bool),
                    "medsam2_range_first": ("RangeFirst", str), "medsam2_range_last": ("RangeLast", str),
                    "medsam2_write_mode": ("WriteMode", str), "medsam2_new_segment_per_box": ("NewSegmentPerBox", bool),
-                   "medsam2_background_clicks": ("BackgroundClicks", bool), "medsam2_windowing": ("Windowing", str)}
+                   "medsam2_background_clicks": ("BackgroundClicks", bool), "medsam2_windowing": ("Windowing", str),
+                   "medsam2_fill_holes": ("FillHoles", bool), "medsam2_largest_component": ("LargestComponent", bool)}
 SWATCH = ("`display: inline-block; width: 14px; height: 14px; border-radius: 3px; margin-right: 8px; "
           "vertical-align: middle; background: ${segment.colour}`")
 
@@ -79,6 +80,11 @@ def build_options_panel(server, tool: WebTool) -> None:
                      v_model=("medsam2_new_segment_per_box",), density="compact", hide_details=True)
         v3.VCheckbox(label="Clicks add background points", v_model=("medsam2_background_clicks",),
                      density="compact", hide_details=True)
+        with html.Div(style="display: flex; gap: 8px;"):  # the desktop effect's labels
+            v3.VCheckbox(label="Fill small holes", id="medsam2-fill-holes", v_model=("medsam2_fill_holes",),
+                         density="compact", hide_details=True)
+            v3.VCheckbox(label="Keep largest 3D component", id="medsam2-largest-component",
+                         v_model=("medsam2_largest_component",), density="compact", hide_details=True)
         v3.VSelect(label="Write", items=("write_items", _items(WRITE_MODES)), v_model=("medsam2_write_mode",),
                    id="medsam2-write-mode", density="compact", hide_details=True, classes="my-2")
         v3.VSelect(label="Intensities", items=("windowing_items", _items(WINDOWINGS)), v_model=("medsam2_windowing",),

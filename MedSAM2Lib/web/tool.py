@@ -11,7 +11,9 @@ through ``loop.call_soon_threadsafe``. The worker reads the scene only when an a
 the view's geometry, the target segment), while the page waits for it.
 
 The page's options are the desktop effect's: session options are the effect's parameters on the segment editor
-node (:func:`~MedSAM2Lib.slicer_glue.effect.session_options`), precision and early stop the module's settings
+node (:func:`~MedSAM2Lib.slicer_glue.effect.session_options`), and so are fill holes and the largest component
+(:func:`~MedSAM2Lib.slicer_glue.effect.post_processing`, handed to the logic as the desktop effect hands them;
+the command line's choice is where they start), precision and early stop the module's settings
 (:class:`~MedSAM2Lib.web.model.PageModel`), read when an action starts. The segment shown in the 3D view is its
 closed surface, made after each action that propagated; other actions drop it before they write (a preview
 would otherwise convert the whole segment again on every click).
@@ -32,8 +34,8 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from ..atomic import FileUses, write_atomically
 from ..model.precision import PRECISIONS, resolve_precision
 from ..slicer_glue.box import BoxEvent
-from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, reset_session, segmenter_for,
-                                  session_options, set_parameter, switch)
+from ..slicer_glue.effect import (PreEncodeTrigger, SelectionWatch, parameter, post_processing, reset_session,
+                                  segmenter_for, session_options, set_parameter, switch)
 from ..slicer_glue.geometry import ObliqueViewError
 from ..slicer_glue.gestures import ViewGestures
 from ..slicer_glue.interactive import InteractionError
@@ -47,7 +49,7 @@ LOG = logging.getLogger(__name__)
 REFUSALS = (InteractionError, EditorStateError, ObliqueViewError, RunRefused, ValueError)
 # The effect parameters the page sets (slicer_glue.effect.PARAMETER_DEFAULTS), as the desktop effect's options panel.
 PAGE_PARAMETERS = ("Direction", "RangeEnabled", "RangeFirst", "RangeLast", "WriteMode", "NewSegmentPerBox",
-                   "BackgroundClicks", "Windowing")
+                   "BackgroundClicks", "Windowing", "FillHoles", "LargestComponent")
 SAVE_FORMATS = {"seg.nrrd": "segmentation (all segments, names, colours, MedSAM2 sessions)",
                 "nii.gz": "the selected segment as a 0/1 label map on the volume's grid"}
 
@@ -138,7 +140,11 @@ class WebTool:
         self.editor_logic.SetMRMLApplicationLogic(app_logic)
         self.editor_logic.SetSegmentEditorNode(editor_node)
         self.editor = EditorAccess(SegmentEditorLogicBackend(self.editor_logic))
-        self.segmenter = segmenter_for(None, model.logic(), scene)
+        # The command line's post-processing (--no-fill-holes, --all-components, a session file's) is where the
+        # page's options start.
+        set_parameter(editor_node, "FillHoles", model.options.fill_holes)
+        set_parameter(editor_node, "LargestComponent", model.options.keep_largest_component)
+        self.segmenter = segmenter_for(None, model.logic(*post_processing(editor_node)), scene)
         self.gestures = ViewGestures()
         self.pre_encoding = PreEncodeTrigger()
         # Another segment selected (in the list, by Undo): the box drawn for the previous one goes, and the page
@@ -393,7 +399,7 @@ class WebTool:
         try:
             # The options chosen now. A precision change makes a new logic (a bfloat16 copy, warmed up): on the
             # worker; the segmenter that replaces the old one (ending its sessions) watches the scene: on the loop.
-            logic = await asyncio.to_thread(self.model.logic)
+            logic = await asyncio.to_thread(self.model.logic, *post_processing(self.editor_node))
             self.segmenter = segmenter_for(self.segmenter, logic, self.scene)
             outcome = await asyncio.to_thread(self.segmenter.run, self.runs, self.editor, action, *arguments,
                                               session_options(self.editor_node), owner=self,
