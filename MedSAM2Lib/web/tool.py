@@ -15,11 +15,8 @@ node (:func:`~MedSAM2Lib.slicer_glue.effect.session_options`), and so are fill h
 (:func:`~MedSAM2Lib.slicer_glue.effect.post_processing`, handed to the logic as the desktop effect hands them;
 the command line's choice is where they start), precision and early stop the module's settings
 (:class:`~MedSAM2Lib.web.model.PageModel`), read when an action starts. The segment shown in the 3D view is its
-closed surface, made after each action that propagated and after the previews of a session that has not
-propagated yet (its segment is then usually the previewed slices: 30 ms on an 11 x 224 x 256 volume, 130 ms on
-64 x 512 x 512 with one slice). A correction after a propagation drops it before it writes: the conversion is the
-whole segment's (280 ms on 64 x 512 x 512 for a 64-slice segment), on every click, on the loop's thread
-(CreateClosedSurfaceRepresentation timed with perf_counter on the 2-core development machine, under load).
+closed surface, made after each action that propagated; other actions drop it before they write (a preview
+would otherwise convert the whole segment again on every click).
 """
 
 from __future__ import annotations
@@ -418,9 +415,8 @@ class WebTool:
             self.on_change()
 
     def _write(self, write: Callable, computed, target):
-        """The run's write on the loop, with the 3D view's closed surface made again after an action that
-        propagated or a preview of a session that has not propagated (module docstring); the segment it selects
-        keeps the box."""
+        """The run's write on the loop, with the 3D view's closed surface made again only after an action that
+        propagated; the segment it selects keeps the box."""
         node = target.segmentation_node
         node.RemoveClosedSurfaceRepresentation()  # else every single-slice write converts the whole segment again
         self._writing = True
@@ -428,7 +424,7 @@ class WebTool:
             return write(computed, target)
         finally:
             self._writing = False
-            if computed.propagated or not computed.state.propagated:
+            if computed.propagated:
                 node.CreateClosedSurfaceRepresentation()
 
     def _pre_encode(self, slice_node) -> None:
