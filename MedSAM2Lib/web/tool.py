@@ -16,7 +16,11 @@ node (:func:`~MedSAM2Lib.slicer_glue.effect.session_options`), and so are fill h
 the command line's choice is where they start), precision and early stop the module's settings
 (:class:`~MedSAM2Lib.web.model.PageModel`), read when an action starts. The segment shown in the 3D view is its
 closed surface, made after each action that propagated; other actions drop it before they write (a preview
-would otherwise convert the whole segment again on every click).
+would otherwise convert the whole segment again on every click, on the loop's thread). Not even after a first
+preview, whose segment is one slice: CreateClosedSurfaceRepresentation of a one-slice segment took 30 ms on an
+11 x 224 x 256 volume but 130 ms on 64 x 512 x 512 (250 ms with all 64 slices;
+benchmarks/surface_conversion.py on the 2-core development machine under load), against 0.30 s from release to
+preview at 512 x 512 (README, In the browser, Latency).
 """
 
 from __future__ import annotations
