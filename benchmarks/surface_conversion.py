@@ -1,6 +1,6 @@
 """How long the web page's 3D view would add to a preview: a segment's closed surface made from its labelmap.
 
-    python benchmarks/surface_conversion.py [--repeats 3] [--json]
+    python benchmarks/surface_conversion.py [--repeats 3]
 
 ``medsam2 web`` makes the closed surface (CreateClosedSurfaceRepresentation, on the server's event loop) after a
 propagation only (MedSAM2Lib/web/tool.py). This times it, best of ``--repeats``, for a segment of one slice (what
@@ -12,7 +12,6 @@ each of its slices, spacing 1 x 1 x 2.5 mm. Figures taken on a machine shared wi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,19 +55,12 @@ def conversion_seconds(shape, slices: slice, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args()
-    figures = {}
     for shape in SHAPES:
         middle = shape[0] // 2
-        for name, slices in (("one_slice", slice(middle, middle + 1)), ("every_slice", slice(None))):
-            key = f"{'x'.join(map(str, shape))}_{name}_ms"
-            figures[key] = round(1000 * conversion_seconds(shape, slices, args.repeats))
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for name, value in figures.items():
-            print(f"{name:28s} {value}")
+        for name, slices in (("one slice", slice(middle, middle + 1)), ("every slice", slice(None))):
+            milliseconds = 1000 * conversion_seconds(shape, slices, args.repeats)
+            print(f"{' x '.join(map(str, shape))}, {name}: {milliseconds:.0f} ms")
 
 
 if __name__ == "__main__":
