@@ -74,7 +74,7 @@ def tiny_model(tiny_config, checkpoints):
 
 
 # -- ending the test process -----------------------------------------------------------------------------------
-# Twice in six fresh-clone CI runs the pytest process crashed (SIGSEGV, exit 139) after the last test had passed
+# In two of five fresh-clone CI runs the pytest process crashed (SIGSEGV, exit 139) after the last test had passed
 # and the summary was printed, with PYTHONFAULTHANDLER=1 printing no Python stack: the crash is in native teardown
 # after Python's own finalization (C atexit handlers and library destructors), with threads that some libraries
 # leave running to the end (Ray's gRPC threads outlive ray.shutdown(), Mesa's llvmpipe threads outlive the render
